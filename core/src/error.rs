@@ -1,0 +1,176 @@
+//! The core's error type. Variants carry what they are about (layer, digest, path),
+//! so the CLI can print one sentence and the cause chain.
+
+use std::path::PathBuf;
+
+use crate::digest::{Digest, DigestError};
+
+/// A boxed error from a source or other pluggable part.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Everything that can go wrong in the core.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A JSON document could not be parsed.
+    #[error("{what} is not valid JSON of the expected shape")]
+    Json {
+        /// Which document, e.g. `index.json of layout ./dir`.
+        what: String,
+        /// The parser's complaint.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A JSON document is larger than we are willing to parse.
+    #[error("{what} is {size} bytes, more than the {limit} byte limit for JSON documents")]
+    TooLarge {
+        /// Which document.
+        what: String,
+        /// Its size (or a lower bound).
+        size: u64,
+        /// The limit.
+        limit: u64,
+    },
+    /// A manifest or index whose media type we do not handle.
+    #[error("{what} has media type {media_type:?}, which is not an OCI or Docker schema-2 image manifest or index")]
+    UnsupportedMediaType {
+        /// Which document.
+        what: String,
+        /// Its media type.
+        media_type: String,
+    },
+    /// No manifest in an index serves the wanted platform.
+    #[error("{what} has no image for platform {wanted} (available: {})", if available.is_empty() { "none".to_owned() } else { available.join(", ") })]
+    NoMatchingPlatform {
+        /// Which index.
+        what: String,
+        /// The platform asked for.
+        wanted: String,
+        /// The platforms the index offers.
+        available: Vec<String>,
+    },
+    /// A single-platform image built for another platform than the one asked for.
+    #[error("{what} is built for {actual}, not for the requested platform {wanted}")]
+    PlatformMismatch {
+        /// Which image.
+        what: String,
+        /// The platform asked for.
+        wanted: String,
+        /// The image's platform.
+        actual: String,
+    },
+    /// Image indexes nested deeper than we follow.
+    #[error("{what}: image indexes are nested more than {limit} deep")]
+    IndexTooDeep {
+        /// Which image.
+        what: String,
+        /// The depth limit.
+        limit: usize,
+    },
+    /// A digest string in a document is not well formed.
+    #[error("{what} names a malformed digest")]
+    BadDigest {
+        /// Where the digest was found.
+        what: String,
+        /// What is wrong with it.
+        #[source]
+        source: DigestError,
+    },
+    /// Content does not hash to the digest it was named by.
+    #[error("{what}: content does not match its digest (expected {expected}, got {actual}); the source is corrupt or was tampered with")]
+    DigestMismatch {
+        /// Which blob or document.
+        what: String,
+        /// The digest it was named by.
+        expected: Digest,
+        /// The digest of what was read.
+        actual: Digest,
+    },
+    /// Content is not the size its descriptor says.
+    #[error("{what}: size is {actual} bytes but its descriptor says {expected}")]
+    SizeMismatch {
+        /// Which blob.
+        what: String,
+        /// The size in the descriptor.
+        expected: u64,
+        /// The number of bytes read (or a lower bound when it is too long).
+        actual: u64,
+    },
+    /// A layer failed to apply; `source` says why.
+    #[error("layer {index} ({digest}) could not be applied")]
+    Layer {
+        /// 1-based layer number.
+        index: usize,
+        /// The layer's digest.
+        digest: Digest,
+        /// Why.
+        #[source]
+        source: Box<Error>,
+    },
+    /// An archive entry that we refuse to apply.
+    #[error("entry {entry:?}: {reason}")]
+    BadEntry {
+        /// The entry name as found in the archive.
+        entry: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The layer is not a readable tar stream.
+    #[error("the layer is not a valid tar stream (truncated or corrupt?)")]
+    Tar(#[source] std::io::Error),
+    /// A filesystem operation failed.
+    #[error("could not {op} {}", path.display())]
+    Io {
+        /// What we were doing, e.g. `create directory`.
+        op: &'static str,
+        /// On what.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The extraction target exists and is not empty.
+    #[error("target directory {} already exists and is not empty", .0.display())]
+    TargetNotEmpty(PathBuf),
+    /// The image source reported an error.
+    #[error(transparent)]
+    Source(BoxError),
+    /// A source spec names a scheme nobody serves.
+    #[error("unknown source scheme {scheme:?} in {spec:?} (known: {})", known.join(", "))]
+    UnknownScheme {
+        /// The scheme.
+        scheme: String,
+        /// The whole spec.
+        spec: String,
+        /// The schemes that are registered.
+        known: Vec<String>,
+    },
+    /// Two parties registered the same scheme.
+    #[error("source scheme {scheme:?} is registered twice: by {first} and by {second}")]
+    SchemeClash {
+        /// The scheme.
+        scheme: String,
+        /// Who registered it first.
+        first: String,
+        /// Who tried again.
+        second: String,
+    },
+    /// A background task died.
+    #[error("internal error: a worker task failed: {0}")]
+    Join(String),
+}
+
+/// Shorthand for core results.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// Wraps an I/O error with what we were doing and where.
+    pub fn io(op: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Error {
+        let path = path.into();
+        move |source| Error::Io { op, path, source }
+    }
+
+    /// Wraps any source error.
+    pub fn source(e: impl Into<BoxError>) -> Error {
+        Error::Source(e.into())
+    }
+}

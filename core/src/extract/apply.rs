@@ -1,0 +1,565 @@
+//! The layer applier: tar entries of successive layers applied to a target tree with
+//! OCI whiteout semantics, confined to the target root.
+//!
+//! Confinement rule: every parent directory of an entry is resolved inside the root
+//! (absolute symlinks are taken relative to the root, `..` stops at the root), and
+//! the last component is never followed. So every create, replace and remove happens
+//! at a path whose every directory is a real directory inside the root, whatever the
+//! archive says. The target is a fresh temporary directory that only we write to.
+
+use std::collections::{BTreeMap, HashSet};
+use std::ffi::{OsStr, OsString};
+use std::fs;
+use std::io::{self, Read};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use tar::EntryType;
+
+use super::path::{self, PathFilter, Relation, Whiteout};
+use crate::error::{Error, Result};
+
+/// How many symlinks one path resolution may follow (as the kernel's ELOOP limit).
+const MAX_SYMLINKS: usize = 40;
+/// Copy buffer for file contents.
+const COPY_BUF: usize = 128 * 1024;
+
+/// What one extraction did, for summaries and tests.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct Stats {
+    /// Regular files written.
+    pub files: u64,
+    /// Directories made or updated.
+    pub dirs: u64,
+    /// Symlinks made.
+    pub symlinks: u64,
+    /// Hard links made.
+    pub hardlinks: u64,
+    /// Whiteouts and opaque markers applied.
+    pub whiteouts: u64,
+    /// Device nodes skipped because we are not privileged.
+    pub skipped_devices: u64,
+    /// Entries outside the path filter.
+    pub filtered_out: u64,
+    /// Bytes of file content written.
+    pub bytes: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct DirMeta {
+    mode: u32,
+    mtime: i64,
+}
+
+/// Applies layers, in order, to one target root.
+pub struct Applier {
+    root: PathBuf,
+    filter: PathFilter,
+    privileged: bool,
+    /// Directories' final mode and mtime, applied last (keys are resolved paths
+    /// relative to the root).
+    dir_meta: BTreeMap<PathBuf, DirMeta>,
+    /// Resolved paths written by the current layer, with their ancestors.
+    touched: HashSet<PathBuf>,
+    stats: Stats,
+    buf: Vec<u8>,
+}
+
+impl Applier {
+    /// An applier writing under `root`, which must exist and be empty.
+    pub fn new(root: impl Into<PathBuf>, filter: PathFilter) -> Self {
+        Applier {
+            root: root.into(),
+            filter,
+            privileged: rustix::process::geteuid().is_root(),
+            dir_meta: BTreeMap::new(),
+            touched: HashSet::new(),
+            stats: Stats::default(),
+            buf: vec![0; COPY_BUF],
+        }
+    }
+
+    /// Applies one uncompressed layer tar stream. Returns the stream, read up to the
+    /// end of the archive, so the caller can drain and verify it.
+    pub fn apply_layer<R: Read>(&mut self, tar_stream: R) -> Result<R> {
+        self.touched.clear();
+        let mut archive = tar::Archive::new(tar_stream);
+        let entries = archive.entries().map_err(Error::Tar)?;
+        for entry in entries {
+            let mut entry = entry.map_err(Error::Tar)?;
+            let raw_name = entry.path_bytes().into_owned();
+            self.apply_entry(&mut entry, &raw_name).map_err(|e| match e {
+                e @ (Error::BadEntry { .. } | Error::Tar(_)) => e,
+                other => Error::BadEntry {
+                    entry: String::from_utf8_lossy(&raw_name).into_owned(),
+                    reason: error_chain(&other),
+                },
+            })?;
+        }
+        Ok(archive.into_inner())
+    }
+
+    /// Sets directory modes and mtimes (last, since writing into a directory changes
+    /// its mtime) and returns what was done.
+    pub fn finish(self) -> Result<Stats> {
+        // Deepest first, so a read-only parent does not stop us changing its children.
+        for (rel, meta) in self.dir_meta.iter().rev() {
+            let p = self.root.join(rel);
+            match fs::symlink_metadata(&p) {
+                Ok(m) if m.is_dir() => {}
+                _ => continue,
+            }
+            fs::set_permissions(&p, fs::Permissions::from_mode(meta.mode))
+                .map_err(Error::io("set permissions of", &p))?;
+            let t = filetime::FileTime::from_unix_time(meta.mtime, 0);
+            filetime::set_symlink_file_times(&p, t, t).map_err(Error::io("set times of", &p))?;
+        }
+        Ok(self.stats)
+    }
+
+    fn bad(raw: &[u8], reason: impl Into<String>) -> Error {
+        Error::BadEntry {
+            entry: String::from_utf8_lossy(raw).into_owned(),
+            reason: reason.into(),
+        }
+    }
+
+    fn apply_entry<R: Read>(&mut self, entry: &mut tar::Entry<'_, R>, raw: &[u8]) -> Result<()> {
+        let kind = entry.header().entry_type();
+        if matches!(kind, EntryType::XGlobalHeader | EntryType::XHeader | EntryType::GNULongName | EntryType::GNULongLink) {
+            return Ok(());
+        }
+        let comps = path::normalise(raw).map_err(|r| Self::bad(raw, r))?;
+        let Some((name, parent)) = comps.split_last() else {
+            // The root itself ("./"): only its metadata can change.
+            if kind.is_dir() {
+                let mode = self.mode_of(entry.header())?;
+                let mtime = entry.header().mtime().unwrap_or(0) as i64;
+                self.chown(Path::new(""), entry.header())?;
+                self.dir_meta.insert(PathBuf::new(), DirMeta { mode, mtime });
+                return Ok(());
+            }
+            return Err(Self::bad(raw, "a non-directory entry for the image root"));
+        };
+        match path::whiteout(name) {
+            Whiteout::No => {}
+            Whiteout::Metadata => return Ok(()),
+            Whiteout::Invalid => {
+                return Err(Self::bad(raw, "a whiteout must name a file: '.wh.', '.wh..' and '.wh...' are not allowed"));
+            }
+            Whiteout::Opaque => {
+                if self.filter.relation(parent) == Relation::Outside {
+                    return Ok(());
+                }
+                self.stats.whiteouts += 1;
+                if let Some(dir) = self.resolve_dir(parent, false)? {
+                    self.prune_lower(&dir)?;
+                }
+                return Ok(());
+            }
+            Whiteout::Remove(target) => {
+                let mut logical = parent.to_vec();
+                logical.push(target.to_owned());
+                if self.filter.relation(&logical) == Relation::Outside {
+                    return Ok(());
+                }
+                self.stats.whiteouts += 1;
+                let Some(dir) = self.resolve_dir(parent, false)? else {
+                    return Ok(());
+                };
+                let victim = dir.join(target);
+                if self.touched.contains(&victim) {
+                    // Written by this same layer: whiteouts only hide lower layers.
+                    if self.lstat(&victim)?.is_some_and(|m| m.is_dir()) {
+                        self.prune_lower(&victim)?;
+                    }
+                } else {
+                    self.remove(&victim)?;
+                }
+                return Ok(());
+            }
+        }
+        let relation = self.filter.relation(&comps);
+        match relation {
+            Relation::Outside => {
+                self.stats.filtered_out += 1;
+                return Ok(());
+            }
+            Relation::Ancestor if !kind.is_dir() && !kind.is_symlink() => {
+                self.stats.filtered_out += 1;
+                return Ok(());
+            }
+            _ => {}
+        }
+        let dir = self
+            .resolve_dir(parent, true)?
+            .ok_or_else(|| Self::bad(raw, "its parent directory could not be made"))?;
+        let rel = dir.join(name);
+        let full = self.root.join(&rel);
+        let header = entry.header().clone();
+        match kind {
+            EntryType::Directory => {
+                match self.lstat(&rel)? {
+                    Some(m) if m.is_dir() => {}
+                    Some(_) => {
+                        self.remove(&rel)?;
+                        self.mkdir(&rel)?;
+                    }
+                    None => self.mkdir(&rel)?,
+                }
+                self.chown(&rel, &header)?;
+                let mode = self.mode_of(&header)?;
+                let mtime = header.mtime().unwrap_or(0) as i64;
+                self.dir_meta.insert(rel.clone(), DirMeta { mode, mtime });
+                self.stats.dirs += 1;
+            }
+            EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
+                self.replace(&rel)?;
+                let mut file = fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+                    .open(&full)
+                    .map_err(Error::io("create file", &full))?;
+                let n = copy(entry, &mut file, &mut self.buf).map_err(|e| match e {
+                    CopyError::Read(e) => Error::Tar(e),
+                    CopyError::Write(e) => Error::Io {
+                        op: "write",
+                        path: full.clone(),
+                        source: e,
+                    },
+                })?;
+                self.stats.bytes += n;
+                drop(file);
+                self.chown(&rel, &header)?;
+                let mode = self.mode_of(&header)?;
+                fs::set_permissions(&full, fs::Permissions::from_mode(mode))
+                    .map_err(Error::io("set permissions of", &full))?;
+                self.set_mtime(&rel, &header)?;
+                self.stats.files += 1;
+            }
+            EntryType::Symlink => {
+                let target = entry
+                    .link_name_bytes()
+                    .ok_or_else(|| Self::bad(raw, "a symlink without a target"))?
+                    .into_owned();
+                if target.is_empty() || target.contains(&0) {
+                    return Err(Self::bad(raw, "a symlink with an empty or NUL-containing target"));
+                }
+                self.replace(&rel)?;
+                std::os::unix::fs::symlink(OsStr::from_bytes(&target), &full)
+                    .map_err(Error::io("create symlink", &full))?;
+                self.chown(&rel, &header)?;
+                self.set_mtime(&rel, &header)?;
+                self.stats.symlinks += 1;
+            }
+            EntryType::Link => {
+                let target_raw = entry
+                    .link_name_bytes()
+                    .ok_or_else(|| Self::bad(raw, "a hard link without a target"))?
+                    .into_owned();
+                let target = path::normalise(&target_raw).map_err(|r| {
+                    Self::bad(raw, format!("hard link target {:?}: {r}", String::from_utf8_lossy(&target_raw)))
+                })?;
+                let Some((tname, tparent)) = target.split_last() else {
+                    return Err(Self::bad(raw, "a hard link to the image root"));
+                };
+                let source = self
+                    .resolve_dir(tparent, false)?
+                    .map(|d| d.join(tname));
+                let source_meta = match &source {
+                    Some(s) => self.lstat(s)?,
+                    None => None,
+                };
+                let (source, meta) = match (source, source_meta) {
+                    (Some(s), Some(m)) => (s, m),
+                    _ if self.filter.relation(&target) != Relation::Inside => {
+                        tracing::warn!(
+                            "skipped hard link {} -> {}: its target is outside the extracted paths ({})",
+                            path::display(&comps),
+                            path::display(&target),
+                            self.filter.paths().join(", ")
+                        );
+                        self.stats.filtered_out += 1;
+                        return Ok(());
+                    }
+                    _ => {
+                        return Err(Self::bad(
+                            raw,
+                            format!("hard link to {}, which does not exist in this or a lower layer", path::display(&target)),
+                        ))
+                    }
+                };
+                if meta.is_dir() {
+                    return Err(Self::bad(raw, "a hard link to a directory"));
+                }
+                if source == rel {
+                    return Ok(());
+                }
+                self.replace(&rel)?;
+                fs::hard_link(self.root.join(&source), &full).map_err(Error::io("create hard link", &full))?;
+                self.stats.hardlinks += 1;
+            }
+            EntryType::Fifo | EntryType::Char | EntryType::Block => {
+                if kind != EntryType::Fifo && !self.privileged {
+                    tracing::debug!("skipped device node {} (not running as root)", path::display(&comps));
+                    self.stats.skipped_devices += 1;
+                    return Ok(());
+                }
+                self.replace(&rel)?;
+                let (ftype, dev) = match kind {
+                    EntryType::Fifo => (rustix::fs::FileType::Fifo, 0),
+                    EntryType::Char => (rustix::fs::FileType::CharacterDevice, self.dev(&header)?),
+                    _ => (rustix::fs::FileType::BlockDevice, self.dev(&header)?),
+                };
+                let mode = self.mode_of(&header)?;
+                match rustix::fs::mknodat(
+                    rustix::fs::CWD,
+                    &full,
+                    ftype,
+                    rustix::fs::Mode::from_raw_mode(mode & 0o777),
+                    dev,
+                ) {
+                    Ok(()) => {}
+                    Err(rustix::io::Errno::PERM) if kind != EntryType::Fifo => {
+                        tracing::debug!("skipped device node {}: not permitted here", path::display(&comps));
+                        self.stats.skipped_devices += 1;
+                        return Ok(());
+                    }
+                    Err(e) => return Err(Error::io("create special file", &full)(e.into())),
+                }
+                self.chown(&rel, &header)?;
+                fs::set_permissions(&full, fs::Permissions::from_mode(mode))
+                    .map_err(Error::io("set permissions of", &full))?;
+                self.set_mtime(&rel, &header)?;
+                self.stats.files += 1;
+            }
+            other => {
+                tracing::warn!("skipped {} entry of unsupported type {:?}", path::display(&comps), other);
+                return Ok(());
+            }
+        }
+        self.touch(&rel);
+        Ok(())
+    }
+
+    fn dev(&self, h: &tar::Header) -> Result<rustix::fs::Dev> {
+        let major = h.device_major().ok().flatten().unwrap_or(0);
+        let minor = h.device_minor().ok().flatten().unwrap_or(0);
+        Ok(rustix::fs::makedev(major, minor))
+    }
+
+    fn mode_of(&self, h: &tar::Header) -> Result<u32> {
+        let mode = h.mode().map_err(Error::Tar)? & 0o7777;
+        Ok(if self.privileged { mode } else { mode & 0o1777 })
+    }
+
+    fn chown(&self, rel: &Path, h: &tar::Header) -> Result<()> {
+        if !self.privileged {
+            return Ok(());
+        }
+        let uid = h.uid().map_err(Error::Tar)? as u32;
+        let gid = h.gid().map_err(Error::Tar)? as u32;
+        let p = self.root.join(rel);
+        std::os::unix::fs::lchown(&p, Some(uid), Some(gid)).map_err(Error::io("change owner of", &p))
+    }
+
+    fn set_mtime(&self, rel: &Path, h: &tar::Header) -> Result<()> {
+        let mtime = h.mtime().unwrap_or(0) as i64;
+        let t = filetime::FileTime::from_unix_time(mtime, 0);
+        let p = self.root.join(rel);
+        filetime::set_symlink_file_times(&p, t, t).map_err(Error::io("set times of", &p))
+    }
+
+    /// Records `rel` and its ancestors as written by the current layer.
+    fn touch(&mut self, rel: &Path) {
+        let mut p = rel.to_path_buf();
+        loop {
+            if !self.touched.insert(p.clone()) {
+                break;
+            }
+            if !p.pop() {
+                break;
+            }
+        }
+    }
+
+    fn lstat(&self, rel: &Path) -> Result<Option<fs::Metadata>> {
+        let p = self.root.join(rel);
+        match fs::symlink_metadata(&p) {
+            Ok(m) => Ok(Some(m)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::io("inspect", p)(e)),
+        }
+    }
+
+    fn mkdir(&mut self, rel: &Path) -> Result<()> {
+        let p = self.root.join(rel);
+        fs::DirBuilder::new()
+            .mode(0o755)
+            .create(&p)
+            .map_err(Error::io("create directory", &p))
+    }
+
+    /// Removes whatever is at `rel` (never following a symlink) so a new entry can
+    /// take its place; a directory is kept only if the new entry is one.
+    fn replace(&mut self, rel: &Path) -> Result<()> {
+        if self.lstat(rel)?.is_some() {
+            self.remove(rel)?;
+        }
+        Ok(())
+    }
+
+    /// Removes `rel` and everything below it. Symlinks are removed, not followed.
+    fn remove(&mut self, rel: &Path) -> Result<()> {
+        let p = self.root.join(rel);
+        let Some(meta) = self.lstat(rel)? else {
+            return Ok(());
+        };
+        if meta.is_dir() {
+            // Children may be read-only dirs from an earlier layer when unprivileged.
+            if !self.privileged {
+                make_writable(&p)?;
+            }
+            fs::remove_dir_all(&p).map_err(Error::io("remove directory", &p))?;
+            let stale: Vec<PathBuf> = self
+                .dir_meta
+                .range(rel.to_path_buf()..)
+                .take_while(|(k, _)| k.starts_with(rel))
+                .map(|(k, _)| k.clone())
+                .collect();
+            for k in stale {
+                self.dir_meta.remove(&k);
+            }
+        } else {
+            fs::remove_file(&p).map_err(Error::io("remove", &p))?;
+        }
+        Ok(())
+    }
+
+    /// Removes everything under `dir` that the current layer did not write
+    /// (opaque directories, and whiteouts of directories this layer also writes).
+    fn prune_lower(&mut self, dir: &Path) -> Result<()> {
+        let full = self.root.join(dir);
+        let children = fs::read_dir(&full).map_err(Error::io("read directory", &full))?;
+        let mut names: Vec<OsString> = Vec::new();
+        for c in children {
+            names.push(c.map_err(Error::io("read directory", &full))?.file_name());
+        }
+        for n in names {
+            let rel = dir.join(&n);
+            if self.touched.contains(&rel) {
+                if self.lstat(&rel)?.is_some_and(|m| m.is_dir()) {
+                    self.prune_lower(&rel)?;
+                }
+            } else {
+                self.remove(&rel)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Resolves directory components inside the root, following symlinks with the
+    /// root as `/`, and returns the real path relative to the root. Missing
+    /// directories are created when `create` is set, else `None` is returned.
+    fn resolve_dir(&mut self, comps: &[OsString], create: bool) -> Result<Option<PathBuf>> {
+        let mut todo: Vec<OsString> = comps.iter().rev().cloned().collect();
+        let mut cur = PathBuf::new();
+        let mut followed = 0;
+        while let Some(c) = todo.pop() {
+            let b = c.as_bytes();
+            if b.is_empty() || b == b"." {
+                continue;
+            }
+            if b == b".." {
+                cur.pop();
+                continue;
+            }
+            let next = cur.join(&c);
+            match self.lstat(&next)? {
+                Some(m) if m.is_dir() => cur = next,
+                Some(m) if m.file_type().is_symlink() => {
+                    followed += 1;
+                    if followed > MAX_SYMLINKS {
+                        return Err(Error::BadEntry {
+                            entry: path::display(comps),
+                            reason: format!("more than {MAX_SYMLINKS} symlinks on the way (a loop?)"),
+                        });
+                    }
+                    let full = self.root.join(&next);
+                    let target = fs::read_link(&full).map_err(Error::io("read symlink", &full))?;
+                    let tb = target.as_os_str().as_bytes();
+                    if tb.starts_with(b"/") {
+                        cur = PathBuf::new();
+                    }
+                    for part in tb.split(|&x| x == b'/').rev() {
+                        todo.push(OsStr::from_bytes(part).to_owned());
+                    }
+                }
+                Some(_) => {
+                    return Err(Error::BadEntry {
+                        entry: path::display(comps),
+                        reason: format!("/{} is not a directory", cur.join(&c).display()),
+                    })
+                }
+                None if create => {
+                    self.mkdir(&next)?;
+                    self.touch(&next);
+                    cur = next;
+                }
+                None => return Ok(None),
+            }
+        }
+        Ok(Some(cur))
+    }
+}
+
+enum CopyError {
+    Read(io::Error),
+    Write(io::Error),
+}
+
+fn copy(r: &mut impl Read, w: &mut impl io::Write, buf: &mut [u8]) -> std::result::Result<u64, CopyError> {
+    let mut n = 0u64;
+    loop {
+        let k = match r.read(buf) {
+            Ok(0) => return Ok(n),
+            Ok(k) => k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(CopyError::Read(e)),
+        };
+        w.write_all(&buf[..k]).map_err(CopyError::Write)?;
+        n += k as u64;
+    }
+}
+
+fn make_writable(dir: &Path) -> Result<()> {
+    let meta = fs::symlink_metadata(dir).map_err(Error::io("inspect", dir))?;
+    if !meta.is_dir() {
+        return Ok(());
+    }
+    if meta.permissions().mode() & 0o700 != 0o700 {
+        fs::set_permissions(dir, fs::Permissions::from_mode(meta.permissions().mode() | 0o700))
+            .map_err(Error::io("set permissions of", dir))?;
+    }
+    for c in fs::read_dir(dir).map_err(Error::io("read directory", dir))? {
+        let c = c.map_err(Error::io("read directory", dir))?;
+        if c.file_type().map_err(Error::io("inspect", c.path()))?.is_dir() {
+            make_writable(&c.path())?;
+        }
+    }
+    Ok(())
+}
+
+fn error_chain(e: &Error) -> String {
+    let mut s = e.to_string();
+    let mut cur: Option<&dyn std::error::Error> = std::error::Error::source(e);
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}

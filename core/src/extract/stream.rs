@@ -1,0 +1,155 @@
+//! Byte-stream plumbing for layers: hashing and counting readers and decompression
+//! chosen by magic bytes (never by media type, which archives get wrong).
+
+use std::io::{self, BufRead, Read};
+
+use crate::digest::{Digest, Hasher};
+
+/// A reader that hashes and counts everything read through it.
+pub struct HashingReader<R> {
+    inner: R,
+    hasher: Hasher,
+    count: u64,
+    on_read: Option<Box<dyn FnMut(u64) + Send>>,
+}
+
+impl<R: Read> HashingReader<R> {
+    /// Hashes with the algorithm of `like`.
+    pub fn new(inner: R, like: &Digest) -> Self {
+        HashingReader {
+            inner,
+            hasher: like.hasher(),
+            count: 0,
+            on_read: None,
+        }
+    }
+
+    /// Calls `f` with the number of bytes of every read.
+    pub fn with_progress(mut self, f: Box<dyn FnMut(u64) + Send>) -> Self {
+        self.on_read = Some(f);
+        self
+    }
+
+    /// Bytes read so far.
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+
+    /// Reads the rest of the stream (so the digest covers every byte) and returns
+    /// the digest and total byte count.
+    pub fn finish(mut self) -> io::Result<(Digest, u64)> {
+        io::copy(&mut self, &mut io::sink())?;
+        Ok((self.hasher.finish(), self.count))
+    }
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.count += n as u64;
+        if let Some(f) = &mut self.on_read {
+            f(n as u64);
+        }
+        Ok(n)
+    }
+}
+
+/// A layer's compression, as told by its first bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    /// A plain tar.
+    None,
+    /// gzip (one or more members).
+    Gzip,
+    /// zstd (one or more frames).
+    Zstd,
+}
+
+/// Tells the compression from a stream's first bytes.
+pub fn detect(prefix: &[u8]) -> Compression {
+    if prefix.starts_with(&[0x1f, 0x8b]) {
+        Compression::Gzip
+    } else if prefix.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+        Compression::Zstd
+    } else {
+        Compression::None
+    }
+}
+
+/// Wraps `input` in the decompressor its first bytes call for.
+pub fn decompress<'a, R: BufRead + 'a>(mut input: R) -> io::Result<(Compression, Box<dyn Read + 'a>)> {
+    // Peek enough bytes to see a magic number, even across short reads.
+    let compression = loop {
+        let buf = input.fill_buf()?;
+        if buf.len() >= 4 || buf.is_empty() {
+            break detect(buf);
+        }
+        // A short first read: fall back to what we have (BufReader reads at least
+        // what the OS gives; a 1-3 byte blob cannot be a valid compressed tar).
+        break detect(buf);
+    };
+    let reader: Box<dyn Read + 'a> = match compression {
+        Compression::None => Box::new(input),
+        Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(input)),
+        Compression::Zstd => Box::new(zstd::stream::read::Decoder::with_buffer(input)?),
+    };
+    Ok((compression, reader))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn gz(data: &[u8]) -> Vec<u8> {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        e.write_all(data).unwrap();
+        e.finish().unwrap()
+    }
+
+    fn roundtrip(blob: &[u8]) -> (Compression, Vec<u8>) {
+        let (c, mut r) = decompress(io::BufReader::new(blob)).unwrap();
+        let mut out = Vec::new();
+        r.read_to_end(&mut out).unwrap();
+        (c, out)
+    }
+
+    #[test]
+    fn by_magic() {
+        let data = b"hello world, this is a tar stream pretending".repeat(100);
+        assert_eq!(roundtrip(&data), (Compression::None, data.clone()));
+        assert_eq!(roundtrip(&gz(&data)), (Compression::Gzip, data.clone()));
+        let z = zstd::encode_all(&data[..], 3).unwrap();
+        assert_eq!(roundtrip(&z), (Compression::Zstd, data.clone()));
+        // multi-member gzip and multi-frame zstd
+        let mut multi = gz(&data[..1000]);
+        multi.extend(gz(&data[1000..]));
+        assert_eq!(roundtrip(&multi), (Compression::Gzip, data.clone()));
+        let mut multi = zstd::encode_all(&data[..1000], 3).unwrap();
+        multi.extend(zstd::encode_all(&data[1000..], 3).unwrap());
+        assert_eq!(roundtrip(&multi), (Compression::Zstd, data.clone()));
+        assert_eq!(roundtrip(b""), (Compression::None, vec![]));
+    }
+
+    #[test]
+    fn truncated_gzip_is_an_error() {
+        let data = b"abcdefgh".repeat(10_000);
+        let z = gz(&data);
+        let (_, mut r) = decompress(io::BufReader::new(&z[..z.len() / 2])).unwrap();
+        let mut out = Vec::new();
+        assert!(r.read_to_end(&mut out).is_err());
+    }
+
+    #[test]
+    fn hashing_reader_drains() {
+        let data = b"0123456789".repeat(1000);
+        let d = Digest::sha256_of(&data);
+        let mut r = HashingReader::new(&data[..], &d);
+        let mut first = [0u8; 10];
+        r.read_exact(&mut first).unwrap();
+        assert_eq!(r.count(), 10);
+        let (got, n) = r.finish().unwrap();
+        assert_eq!((got, n), (d, data.len() as u64));
+    }
+}

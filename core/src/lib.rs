@@ -1,0 +1,31 @@
+//! `locald-core`: the model and the machinery every other `locald` crate shares.
+//!
+//! - the model: [`reference`] (Docker-normalised image references), [`digest`]
+//!   (validated digests that can safely become paths), [`platform`], and
+//!   [`manifest`] (index/manifest/config parsing and platform selection, pure);
+//! - [`source`]: the object-safe [`source::ImageSource`] trait, source specs and the
+//!   scheme registry that built-in sources and plugins add to, and
+//!   [`source::resolve`], which verifies every document a source returns;
+//! - [`extract`]: the streaming, confined layer applier with OCI whiteout semantics
+//!   and atomic publish. The `tar` crate only reads entries here: its own `unpack`
+//!   applies no whiteouts and resolves paths against the host.
+//!
+//! Dependencies point inward: sources, runners and the CLI depend on this crate,
+//! and it depends on none of them. `oci_spec` is re-exported so all agree on one
+//! version.
+
+pub use oci_spec;
+
+pub mod digest;
+pub mod error;
+pub mod extract;
+pub mod manifest;
+pub mod platform;
+pub mod progress;
+pub mod reference;
+pub mod source;
+
+pub use digest::Digest;
+pub use error::{Error, Result};
+pub use platform::Platform;
+pub use reference::ImageReference;

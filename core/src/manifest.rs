@@ -1,0 +1,299 @@
+//! Parsing image documents (index, manifest, config) with a size cap, and choosing a
+//! manifest from an index by platform. Pure functions: no I/O here.
+
+use oci_spec::image::{Descriptor, ImageConfiguration, ImageIndex, ImageManifest};
+
+use crate::digest::Digest;
+use crate::error::{Error, Result};
+use crate::platform::Platform;
+
+/// The largest JSON document (index, manifest, config) we parse: 20 MiB.
+pub const MAX_JSON_BYTES: u64 = 20 * 1024 * 1024;
+
+/// OCI image index.
+pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+/// OCI image manifest.
+pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+/// OCI image config.
+pub const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
+/// Docker manifest list (schema 2).
+pub const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+/// Docker image manifest (schema 2).
+pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+/// Docker image config.
+pub const DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
+/// The annotation naming an image in an OCI layout's index.
+pub const REF_NAME: &str = "org.opencontainers.image.ref.name";
+
+/// What a document is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DocumentKind {
+    /// An image index / manifest list.
+    Index,
+    /// An image manifest.
+    Manifest,
+}
+
+/// Classifies a document by its media type, falling back to its own `mediaType`
+/// field and then to its shape (OCI allows the media type to be absent).
+pub fn classify(media_type: Option<&str>, bytes: &[u8], what: &str) -> Result<DocumentKind> {
+    #[derive(serde::Deserialize)]
+    struct Probe {
+        #[serde(rename = "mediaType")]
+        media_type: Option<String>,
+        manifests: Option<serde_json::Value>,
+        layers: Option<serde_json::Value>,
+    }
+    check_size(bytes.len() as u64, what)?;
+    let probe: Probe = serde_json::from_slice(bytes).map_err(|source| Error::Json {
+        what: what.to_owned(),
+        source,
+    })?;
+    let mt = media_type
+        .filter(|m| !m.is_empty())
+        .map(str::to_owned)
+        .or(probe.media_type);
+    match mt.as_deref() {
+        Some(OCI_INDEX) | Some(DOCKER_LIST) => Ok(DocumentKind::Index),
+        Some(OCI_MANIFEST) | Some(DOCKER_MANIFEST) => Ok(DocumentKind::Manifest),
+        Some(other) if other != "application/json" => Err(Error::UnsupportedMediaType {
+            what: what.to_owned(),
+            media_type: other.to_owned(),
+        }),
+        _ if probe.manifests.is_some() => Ok(DocumentKind::Index),
+        _ if probe.layers.is_some() => Ok(DocumentKind::Manifest),
+        _ => Err(Error::UnsupportedMediaType {
+            what: what.to_owned(),
+            media_type: "(none)".to_owned(),
+        }),
+    }
+}
+
+/// Refuses sizes over [`MAX_JSON_BYTES`].
+pub fn check_size(size: u64, what: &str) -> Result<()> {
+    if size > MAX_JSON_BYTES {
+        return Err(Error::TooLarge {
+            what: what.to_owned(),
+            size,
+            limit: MAX_JSON_BYTES,
+        });
+    }
+    Ok(())
+}
+
+fn parse<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T> {
+    check_size(bytes.len() as u64, what)?;
+    serde_json::from_slice(bytes).map_err(|source| Error::Json {
+        what: what.to_owned(),
+        source,
+    })
+}
+
+/// Parses an image index (OCI or Docker manifest list).
+pub fn parse_index(bytes: &[u8], what: &str) -> Result<ImageIndex> {
+    parse(bytes, what)
+}
+
+/// Parses an image manifest (OCI or Docker schema 2).
+pub fn parse_manifest(bytes: &[u8], what: &str) -> Result<ImageManifest> {
+    parse(bytes, what)
+}
+
+/// Parses an image configuration.
+pub fn parse_config(bytes: &[u8], what: &str) -> Result<ImageConfiguration> {
+    parse(bytes, what)
+}
+
+/// Our validated digest of a descriptor (`what` names it in errors).
+pub fn descriptor_digest(d: &Descriptor, what: &str) -> Result<Digest> {
+    Digest::parse(d.digest().as_ref()).map_err(|source| Error::BadDigest {
+        what: what.to_owned(),
+        source,
+    })
+}
+
+/// Whether an index entry is an attestation or other non-image artifact that must
+/// never be chosen as "the image" (BuildKit writes `unknown/unknown` entries).
+fn is_attestation(d: &Descriptor) -> bool {
+    d.annotations()
+        .as_ref()
+        .is_some_and(|a| a.contains_key("vnd.docker.reference.type"))
+        || d
+            .platform()
+            .as_ref()
+            .is_some_and(|p| p.os().to_string() == "unknown")
+}
+
+/// A platform as written in a descriptor, for messages.
+pub fn descriptor_platform(d: &Descriptor) -> Option<String> {
+    d.platform().as_ref().map(|p| {
+        let mut s = format!("{}/{}", p.os(), p.architecture());
+        if let Some(v) = p.variant().as_ref().filter(|v| !v.is_empty()) {
+            s.push('/');
+            s.push_str(v);
+        }
+        s
+    })
+}
+
+/// Chooses the entry of an index that serves `platform`.
+///
+/// Entries without a platform are taken only when the index has exactly one image
+/// entry (single-image layouts often omit it). Attestations are never chosen.
+pub fn select_manifest<'a>(
+    index: &'a ImageIndex,
+    platform: &Platform,
+    what: &str,
+) -> Result<&'a Descriptor> {
+    let candidates: Vec<&Descriptor> = index
+        .manifests()
+        .iter()
+        .filter(|d| !is_attestation(d))
+        .collect();
+    let matching = candidates.iter().find(|d| match d.platform() {
+        Some(p) => platform.matches(
+            &p.os().to_string(),
+            &p.architecture().to_string(),
+            p.variant().as_deref(),
+        ),
+        None => false,
+    });
+    if let Some(d) = matching {
+        return Ok(d);
+    }
+    if let [only] = candidates.as_slice() {
+        if only.platform().is_none() {
+            return Ok(only);
+        }
+    }
+    Err(Error::NoMatchingPlatform {
+        what: what.to_owned(),
+        wanted: platform.to_string(),
+        available: candidates
+            .iter()
+            .map(|d| descriptor_platform(d).unwrap_or_else(|| "(unspecified)".to_owned()))
+            .collect(),
+    })
+}
+
+/// The platform an image configuration declares.
+pub fn config_platform(config: &ImageConfiguration) -> Platform {
+    Platform::new(
+        &config.os().to_string(),
+        &config.architecture().to_string(),
+        config.variant().as_deref(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn digest(n: u8) -> String {
+        format!("sha256:{}", hex::encode([n; 32]))
+    }
+
+    fn index_json(entries: &[(&str, Option<&str>)]) -> Vec<u8> {
+        let manifests: Vec<serde_json::Value> = entries
+            .iter()
+            .enumerate()
+            .map(|(i, (plat, annot))| {
+                let mut m = serde_json::json!({
+                    "mediaType": OCI_MANIFEST,
+                    "digest": digest(i as u8),
+                    "size": 100,
+                });
+                if !plat.is_empty() {
+                    let p: Vec<&str> = plat.split('/').collect();
+                    let mut pj = serde_json::json!({"os": p[0], "architecture": p[1]});
+                    if let Some(v) = p.get(2) {
+                        pj["variant"] = (*v).into();
+                    }
+                    m["platform"] = pj;
+                }
+                if let Some(a) = annot {
+                    m["annotations"] = serde_json::json!({ *a: "x" });
+                }
+                m
+            })
+            .collect();
+        serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": OCI_INDEX,
+            "manifests": manifests,
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn select_by_platform_table() {
+        let idx = parse_index(
+            &index_json(&[
+                ("linux/amd64", None),
+                ("linux/arm64/v8", None),
+                ("linux/arm/v7", None),
+                ("unknown/unknown", Some("vnd.docker.reference.type")),
+            ]),
+            "test",
+        )
+        .unwrap();
+        let pick = |p: &str| {
+            select_manifest(&idx, &p.parse().unwrap(), "test")
+                .map(|d| d.digest().to_string())
+        };
+        assert_eq!(pick("linux/amd64").unwrap(), digest(0));
+        assert_eq!(pick("linux/arm64").unwrap(), digest(1));
+        assert_eq!(pick("linux/arm64/v8").unwrap(), digest(1));
+        assert_eq!(pick("linux/arm").unwrap(), digest(2));
+        let err = pick("linux/s390x").unwrap_err().to_string();
+        assert!(err.contains("linux/s390x"), "{err}");
+        assert!(err.contains("linux/amd64, linux/arm64/v8, linux/arm/v7"), "{err}");
+        assert!(!err.contains("unknown"), "{err}");
+    }
+
+    #[test]
+    fn single_entry_without_platform() {
+        let idx = parse_index(&index_json(&[("", None)]), "t").unwrap();
+        assert!(select_manifest(&idx, &"linux/arm64".parse().unwrap(), "t").is_ok());
+        let idx = parse_index(&index_json(&[("", None), ("", None)]), "t").unwrap();
+        assert!(select_manifest(&idx, &"linux/arm64".parse().unwrap(), "t").is_err());
+    }
+
+    #[test]
+    fn classify_table() {
+        let idx = index_json(&[]);
+        assert_eq!(classify(None, &idx, "t").unwrap(), DocumentKind::Index);
+        assert_eq!(classify(Some(DOCKER_LIST), b"{}", "t").unwrap(), DocumentKind::Index);
+        assert_eq!(
+            classify(Some(DOCKER_MANIFEST), b"{}", "t").unwrap(),
+            DocumentKind::Manifest
+        );
+        assert_eq!(classify(None, br#"{"layers":[]}"#, "t").unwrap(), DocumentKind::Manifest);
+        let e = classify(
+            Some("application/vnd.docker.distribution.manifest.v1+prettyjws"),
+            b"{}",
+            "t",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("v1+prettyjws"));
+        assert!(classify(None, b"{}", "t").is_err());
+        assert!(classify(None, b"not json", "t").is_err());
+    }
+
+    #[test]
+    fn size_cap() {
+        let big = vec![b' '; (MAX_JSON_BYTES + 1) as usize];
+        let e = parse_index(&big, "index.json").unwrap_err();
+        assert!(matches!(e, Error::TooLarge { .. }), "{e}");
+        assert!(e.to_string().contains("index.json"));
+    }
+
+    #[test]
+    fn bad_digest_in_descriptor_is_refused() {
+        let json = br#"{"schemaVersion":2,"manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:../../etc/passwd","size":1}]}"#;
+        assert!(parse_index(json, "t").is_err());
+        let json = br#"{"schemaVersion":2,"manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha1:abcd","size":1}]}"#;
+        let idx = parse_index(json, "t").unwrap();
+        assert!(descriptor_digest(&idx.manifests()[0], "t").is_err());
+    }
+}

@@ -1,0 +1,401 @@
+//! Image sources: the [`ImageSource`] trait, source specs (`[SCHEME:]LOCATION`) and
+//! the scheme registry, and [`resolve`], which turns a source + image name +
+//! platform into a verified [`ResolvedImage`].
+//!
+//! Sources only fetch bytes. Selecting a platform, verifying digests and sizes and
+//! parsing documents is done here, once, for every source.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+
+use oci_spec::image::{Descriptor, ImageConfiguration, ImageManifest};
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+use crate::digest::Digest;
+use crate::error::{Error, Result};
+use crate::manifest::{self, DocumentKind, MAX_JSON_BYTES};
+use crate::platform::Platform;
+
+/// A boxed, sendable future (keeps [`ImageSource`] object-safe).
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// A blob's bytes as an async stream.
+pub type BlobReader = Pin<Box<dyn AsyncRead + Send + 'static>>;
+
+/// A small JSON document (index or manifest) as a source found it.
+#[derive(Debug, Clone)]
+pub struct Document {
+    /// The raw bytes.
+    pub bytes: Vec<u8>,
+    /// The media type the source reported, if any.
+    pub media_type: Option<String>,
+    /// The digest the source says the bytes have; verified by the core.
+    pub digest: Option<Digest>,
+    /// The name this document was found under (e.g. a layout's ref.name), for messages.
+    pub name: Option<String>,
+}
+
+/// Where images come from: a registry, a layout directory, an archive, a plugin.
+///
+/// Required: [`ImageSource::describe`], [`ImageSource::root`] and
+/// [`ImageSource::open_blob`]. The rest have defaults built on those.
+pub trait ImageSource: Send + Sync {
+    /// A short description for messages, e.g. `oci-layout:./builder`.
+    fn describe(&self) -> String;
+
+    /// The top-level document (index or manifest) that `image` names in this source.
+    /// `None` asks for the only image the source holds.
+    fn root<'a>(&'a self, image: Option<&'a str>) -> BoxFuture<'a, Result<Document>>;
+
+    /// Opens a blob (layer, config, nested manifest) as a byte stream. The core
+    /// verifies size and digest; the source need not.
+    fn open_blob<'a>(&'a self, descriptor: &'a Descriptor) -> BoxFuture<'a, Result<BlobReader>>;
+
+    /// A nested manifest or index named by a descriptor. Registries override this
+    /// (manifests live at a different endpoint than blobs).
+    fn fetch_manifest<'a>(&'a self, descriptor: &'a Descriptor) -> BoxFuture<'a, Result<Vec<u8>>> {
+        Box::pin(async move {
+            let what = format!("manifest {}", descriptor.digest());
+            manifest::check_size(descriptor.size(), &what)?;
+            let reader = self.open_blob(descriptor).await?;
+            read_capped(reader, MAX_JSON_BYTES, &what).await
+        })
+    }
+
+    /// The current digest of what `image` names, as cheaply as the source can tell.
+    fn current_digest<'a>(&'a self, image: Option<&'a str>) -> BoxFuture<'a, Result<Digest>> {
+        Box::pin(async move {
+            let doc = self.root(image).await?;
+            Ok(doc.digest.unwrap_or_else(|| Digest::sha256_of(&doc.bytes)))
+        })
+    }
+}
+
+/// Reads a whole small stream, refusing more than `limit` bytes.
+pub async fn read_capped(reader: BlobReader, limit: u64, what: &str) -> Result<Vec<u8>> {
+    let mut buf = Vec::new();
+    let mut limited = reader.take(limit + 1);
+    limited
+        .read_to_end(&mut buf)
+        .await
+        .map_err(|e| Error::source(format!("{what}: read failed: {e}")))?;
+    manifest::check_size(buf.len() as u64, what)?;
+    Ok(buf)
+}
+
+/// One layer of a resolved image.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LayerInfo {
+    /// Its (compressed) digest.
+    pub digest: Digest,
+    /// Its size in bytes.
+    pub size: u64,
+    /// Its media type.
+    pub media_type: String,
+    /// The digest of its uncompressed tar, from the config, when known.
+    pub diff_id: Option<Digest>,
+    /// The descriptor, to hand back to [`ImageSource::open_blob`].
+    #[serde(skip)]
+    pub descriptor: Descriptor,
+}
+
+/// An image resolved to one manifest for one platform, every document verified.
+#[derive(Debug, Clone)]
+pub struct ResolvedImage {
+    /// What was asked for (or the name the source found), for messages.
+    pub name: String,
+    /// The digest of the top-level document (an index for multi-platform images).
+    pub root_digest: Digest,
+    /// The digest of the image manifest.
+    pub manifest_digest: Digest,
+    /// The manifest.
+    pub manifest: ImageManifest,
+    /// Its raw bytes (digest-verified).
+    pub manifest_bytes: Vec<u8>,
+    /// The config digest.
+    pub config_digest: Digest,
+    /// The config.
+    pub config: ImageConfiguration,
+    /// The config's raw bytes (digest-verified).
+    pub config_bytes: Vec<u8>,
+    /// The platform the config declares.
+    pub platform: Platform,
+    /// The layers, bottom first.
+    pub layers: Vec<LayerInfo>,
+}
+
+/// How deep nested indexes are followed.
+const MAX_INDEX_DEPTH: usize = 4;
+
+fn verify_bytes(bytes: &[u8], expected: Option<&Digest>, what: &str) -> Result<Digest> {
+    let actual = match expected {
+        Some(e) => {
+            let mut h = e.hasher();
+            h.update(bytes);
+            h.finish()
+        }
+        None => Digest::sha256_of(bytes),
+    };
+    if let Some(e) = expected {
+        if *e != actual {
+            return Err(Error::DigestMismatch {
+                what: what.to_owned(),
+                expected: e.clone(),
+                actual,
+            });
+        }
+    }
+    Ok(actual)
+}
+
+fn verify_size(bytes: &[u8], d: &Descriptor, what: &str) -> Result<()> {
+    if bytes.len() as u64 != d.size() {
+        return Err(Error::SizeMismatch {
+            what: what.to_owned(),
+            expected: d.size(),
+            actual: bytes.len() as u64,
+        });
+    }
+    Ok(())
+}
+
+/// Resolves `image` in `source` to one verified manifest and config for `platform`.
+///
+/// `explicit_platform` says whether the user asked for the platform (then a
+/// single-platform image built for another one is an error) or it is the default
+/// (then it is a warning).
+pub async fn resolve(
+    source: &dyn ImageSource,
+    image: Option<&str>,
+    platform: &Platform,
+    explicit_platform: bool,
+) -> Result<ResolvedImage> {
+    let root = source.root(image).await?;
+    let name = image
+        .map(str::to_owned)
+        .or(root.name.clone())
+        .unwrap_or_else(|| "the image".to_owned());
+    let what = format!("{name} in {}", source.describe());
+    let root_digest = verify_bytes(&root.bytes, root.digest.as_ref(), &format!("manifest of {what}"))?;
+    let mut bytes = root.bytes;
+    let mut media_type = root.media_type;
+    let mut digest = root_digest.clone();
+    for depth in 0.. {
+        if depth > MAX_INDEX_DEPTH {
+            return Err(Error::IndexTooDeep {
+                what,
+                limit: MAX_INDEX_DEPTH,
+            });
+        }
+        let doc_what = format!("{} of {what}", digest.short());
+        match manifest::classify(media_type.as_deref(), &bytes, &doc_what)? {
+            DocumentKind::Manifest => break,
+            DocumentKind::Index => {
+                let index = manifest::parse_index(&bytes, &format!("image index {doc_what}"))?;
+                let chosen = manifest::select_manifest(&index, platform, &what)?.clone();
+                let child_what = format!("manifest {} of {what}", chosen.digest());
+                let child_digest = manifest::descriptor_digest(&chosen, &child_what)?;
+                let child = source.fetch_manifest(&chosen).await?;
+                verify_size(&child, &chosen, &child_what)?;
+                verify_bytes(&child, Some(&child_digest), &child_what)?;
+                tracing::debug!(digest = %child_digest, "selected {} for {platform}", manifest::descriptor_platform(&chosen).unwrap_or_default());
+                bytes = child;
+                media_type = chosen.media_type().to_string().into();
+                digest = child_digest;
+            }
+        }
+    }
+    let manifest_what = format!("manifest {digest} of {what}");
+    let manifest = manifest::parse_manifest(&bytes, &manifest_what)?;
+    let config_desc = manifest.config().clone();
+    let config_what = format!("config of {what}");
+    let config_digest = manifest::descriptor_digest(&config_desc, &config_what)?;
+    let config_bytes = source.fetch_manifest(&config_desc).await?;
+    verify_size(&config_bytes, &config_desc, &config_what)?;
+    verify_bytes(&config_bytes, Some(&config_digest), &config_what)?;
+    let config = manifest::parse_config(&config_bytes, &config_what)?;
+    let image_platform = manifest::config_platform(&config);
+    if !platform.matches(&image_platform.os, &image_platform.architecture, image_platform.variant.as_deref()) {
+        if explicit_platform {
+            return Err(Error::PlatformMismatch {
+                what,
+                wanted: platform.to_string(),
+                actual: image_platform.to_string(),
+            });
+        }
+        tracing::warn!("{what} is built for {image_platform}, not for this machine ({platform})");
+    }
+    let diff_ids = config.rootfs().diff_ids();
+    let mut layers = Vec::with_capacity(manifest.layers().len());
+    for (i, l) in manifest.layers().iter().enumerate() {
+        let lwhat = format!("layer {} of {what}", i + 1);
+        let digest = manifest::descriptor_digest(l, &lwhat)?;
+        let diff_id = match diff_ids.get(i) {
+            Some(d) => Some(Digest::parse(d).map_err(|source| Error::BadDigest {
+                what: format!("diff_id of {lwhat}"),
+                source,
+            })?),
+            None => None,
+        };
+        layers.push(LayerInfo {
+            digest,
+            size: l.size(),
+            media_type: l.media_type().to_string(),
+            diff_id,
+            descriptor: l.clone(),
+        });
+    }
+    Ok(ResolvedImage {
+        name,
+        root_digest,
+        manifest_digest: digest,
+        manifest,
+        manifest_bytes: bytes,
+        config_digest,
+        config,
+        config_bytes,
+        platform: image_platform,
+        layers,
+    })
+}
+
+/// A parsed `[SCHEME:]LOCATION` source spec.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceSpec {
+    /// The scheme, `registry` when none was written.
+    pub scheme: String,
+    /// Everything after the first `:` (may be empty for the registry).
+    pub location: String,
+}
+
+/// The scheme used when a spec names none.
+pub const DEFAULT_SCHEME: &str = "registry";
+
+impl SourceSpec {
+    /// Parses a spec. A scheme is a leading `[a-z][a-z0-9+.-]*` followed by `:`;
+    /// anything else is a registry location.
+    pub fn parse(spec: &str) -> SourceSpec {
+        if let Some((scheme, location)) = spec.split_once(':') {
+            let valid = scheme
+                .bytes()
+                .next()
+                .is_some_and(|b| b.is_ascii_lowercase())
+                && scheme
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"+.-".contains(&b));
+            if valid {
+                return SourceSpec {
+                    scheme: scheme.to_owned(),
+                    location: location.to_owned(),
+                };
+            }
+        }
+        SourceSpec {
+            scheme: DEFAULT_SCHEME.to_owned(),
+            location: spec.to_owned(),
+        }
+    }
+}
+
+impl std::fmt::Display for SourceSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.scheme, self.location)
+    }
+}
+
+/// Makes sources for one scheme.
+pub trait SourceFactory: Send + Sync {
+    /// Who provides this scheme (a crate or plugin path), for messages.
+    fn provider(&self) -> String;
+    /// Opens a source at `location`.
+    fn open(&self, location: &str) -> Result<Box<dyn ImageSource>>;
+}
+
+/// Schemes and the factories that serve them; built-in crates and plugins add to it.
+#[derive(Default)]
+pub struct SchemeRegistry {
+    factories: BTreeMap<String, Box<dyn SourceFactory>>,
+}
+
+impl SchemeRegistry {
+    /// An empty registry.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Registers `scheme`; a scheme registered twice is an error naming both.
+    pub fn register(&mut self, scheme: &str, factory: Box<dyn SourceFactory>) -> Result<()> {
+        if let Some(existing) = self.factories.get(scheme) {
+            return Err(Error::SchemeClash {
+                scheme: scheme.to_owned(),
+                first: existing.provider(),
+                second: factory.provider(),
+            });
+        }
+        self.factories.insert(scheme.to_owned(), factory);
+        Ok(())
+    }
+
+    /// The registered schemes, sorted.
+    pub fn schemes(&self) -> Vec<String> {
+        self.factories.keys().cloned().collect()
+    }
+
+    /// Opens the source a spec names.
+    pub fn open(&self, spec: &str) -> Result<Box<dyn ImageSource>> {
+        let parsed = SourceSpec::parse(spec);
+        match self.factories.get(&parsed.scheme) {
+            Some(f) => f.open(&parsed.location),
+            None => Err(Error::UnknownScheme {
+                scheme: parsed.scheme,
+                spec: spec.to_owned(),
+                known: self.schemes(),
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spec_table() {
+        for (input, scheme, loc) in [
+            ("oci-layout:./dir", "oci-layout", "./dir"),
+            ("docker-archive:/tmp/a.tar", "docker-archive", "/tmp/a.tar"),
+            ("docker-archive:-", "docker-archive", "-"),
+            ("registry:", "registry", ""),
+            ("./just/a/path", "registry", "./just/a/path"),
+            ("Weird:x", "registry", "Weird:x"),
+            ("oci-layout:C:/x", "oci-layout", "C:/x"),
+            ("my+scheme.v2:loc", "my+scheme.v2", "loc"),
+        ] {
+            let s = SourceSpec::parse(input);
+            assert_eq!((s.scheme.as_str(), s.location.as_str()), (scheme, loc), "{input}");
+        }
+    }
+
+    struct Named(&'static str);
+    impl SourceFactory for Named {
+        fn provider(&self) -> String {
+            self.0.to_owned()
+        }
+        fn open(&self, location: &str) -> Result<Box<dyn ImageSource>> {
+            Err(Error::source(format!("{} cannot open {location}", self.0)))
+        }
+    }
+
+    #[test]
+    fn registry_clash_and_unknown() {
+        let mut r = SchemeRegistry::new();
+        r.register("x", Box::new(Named("first"))).unwrap();
+        let e = r.register("x", Box::new(Named("second"))).unwrap_err().to_string();
+        assert!(e.contains("first") && e.contains("second"), "{e}");
+        let e = r.open("nope:loc").err().unwrap().to_string();
+        assert!(e.contains("nope") && e.contains("known: x"), "{e}");
+        let e = r.open("x:loc").err().unwrap().to_string();
+        assert_eq!(e, "first cannot open loc");
+    }
+}

@@ -1,0 +1,8 @@
+//! `locald-tests`: test support for locald's integration tests: an exact OCI layout
+//! writer for hand-crafted (including hostile) layers, tree snapshots and
+//! comparison, and thin wrappers around real peers (`umoci`, `skopeo`).
+#![allow(clippy::unwrap_used)]
+
+pub mod fixture;
+pub mod peers;
+pub mod tree;
