@@ -1,1 +1,131 @@
-fn main() {}
+//! `locald`: the command-line front end. Wires sources to the core, draws progress,
+//! sets up logging, and turns errors into one sentence, the cause chain, a hint and
+//! an exit code.
+
+mod args;
+mod commands;
+mod env;
+mod progress;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use args::{Cli, Command, ImageCommand};
+
+/// Exit codes, in one place.
+#[derive(Debug, Clone, Copy)]
+enum Exit {
+    /// Everything worked.
+    Success = 0,
+    /// The operation failed: bad input, a corrupt or missing image, a refused archive.
+    Failure = 1,
+    // 2 is clap's: a usage error.
+}
+
+/// An error the user can act on, with a hint line.
+#[derive(Debug)]
+pub struct UserError {
+    message: String,
+    hint: String,
+}
+
+impl UserError {
+    /// An error with a hint.
+    pub fn with_hint(message: impl Into<String>, hint: impl Into<String>) -> Self {
+        UserError {
+            message: message.into(),
+            hint: hint.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for UserError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for UserError {}
+
+fn init_logging(verbose: u8, quiet: bool) {
+    let default = match (quiet, verbose) {
+        (true, _) => "error",
+        (false, 0) => "warn",
+        (false, 1) => "debug",
+        (false, _) => "trace",
+    };
+    let filter = std::env::var(env::LOCALD_LOG).unwrap_or_else(|_| default.to_owned());
+    let filter = tracing_subscriber::EnvFilter::try_new(&filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(verbose > 1)
+        .without_time()
+        .with_ansi(std::env::var_os(env::NO_COLOR).is_none() && std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose, cli.quiet);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: could not start the async runtime: {e}");
+            return ExitCode::from(Exit::Failure as u8);
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Image(ImageCommand::Extract(a)) => commands::image::extract(a, cli.quiet).await,
+            Command::Image(ImageCommand::Inspect(a)) => commands::image::inspect(a).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::from(Exit::Success as u8),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            if let Some(hint) = hint(&e) {
+                eprintln!("hint: {hint}");
+            }
+            ExitCode::from(Exit::Failure as u8)
+        }
+    }
+}
+
+/// A line telling the user what to do, where we know one.
+fn hint(e: &anyhow::Error) -> Option<String> {
+    for cause in e.chain() {
+        if let Some(u) = cause.downcast_ref::<UserError>() {
+            return Some(u.hint.clone());
+        }
+        if let Some(core) = cause.downcast_ref::<locald_core::Error>() {
+            use locald_core::Error as E;
+            let h = match core {
+                E::TargetNotEmpty(_) => "choose a new directory, or remove this one first",
+                E::NoMatchingPlatform { .. } => "pick one of the available platforms with --platform",
+                E::PlatformMismatch { .. } => "omit --platform or pick the image's platform",
+                E::DigestMismatch { .. } | E::SizeMismatch { .. } => {
+                    "the image source is corrupt; fetch or save the image again"
+                }
+                E::UnknownScheme { .. } => "use --source oci-layout:DIR",
+                _ => continue,
+            };
+            return Some(h.to_owned());
+        }
+        if let Some(l) = cause.downcast_ref::<locald_source_oci_layout::LayoutError>() {
+            use locald_source_oci_layout::LayoutError as L;
+            let h = match l {
+                L::NoSuchImage { .. } | L::NeedName { .. } | L::Ambiguous { .. } => {
+                    "name the image as the layout lists it (see `ls` of the layout's index.json annotations)"
+                }
+                L::NotALayout { .. } => "--source oci-layout:DIR expects a directory with oci-layout and index.json files",
+                _ => continue,
+            };
+            return Some(h.to_owned());
+        }
+    }
+    None
+}

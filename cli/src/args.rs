@@ -1,0 +1,87 @@
+//! Command-line arguments (clap derive).
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Cloud Native Buildpacks builds without a Docker daemon, and the fastest safe way
+/// to get files out of container images.
+#[derive(Debug, Parser)]
+#[command(name = "locald", version, propagate_version = true)]
+#[command(after_help = "Environment:\n  LOCALD_LOG   log filter (e.g. debug, locald_core=trace); overrides -v\n  NO_COLOR     no colour and no progress bars")]
+pub struct Cli {
+    /// More log output on stderr (-v debug, -vv trace).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    /// No progress bars or summaries; errors only.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Top-level commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Work with images: extract files, inspect metadata.
+    #[command(subcommand)]
+    Image(ImageCommand),
+}
+
+/// `locald image ...`
+#[derive(Debug, Subcommand)]
+pub enum ImageCommand {
+    /// Extract an image's files (all of them, or the paths given with --path) into a
+    /// directory, applying layers, whiteouts and links exactly as a container
+    /// runtime would, and never writing outside the directory.
+    #[command(after_help = "Examples:\n  locald image extract builder --source oci-layout:./layout --path /cnb --to ./out\n      (writes ./out/cnb/...)\n  locald image extract --source oci-layout:./layout --to ./rootfs\n      (the layout's only image, whole root filesystem)")]
+    Extract(ExtractArgs),
+    /// Show an image's manifest digest, platform, layers and config.
+    #[command(after_help = "Examples:\n  locald image inspect builder --source oci-layout:./layout\n  locald image inspect --source oci-layout:./layout --json | jq .layers")]
+    Inspect(InspectArgs),
+}
+
+/// Where the image comes from.
+#[derive(Debug, Args)]
+pub struct SourceArgs {
+    /// The image: a reference (`heroku/builder:22`) or, in a layout, the name it is
+    /// stored under (`org.opencontainers.image.ref.name`). May be omitted when the
+    /// source holds exactly one image.
+    pub image: Option<String>,
+    /// Where to read the image from: `oci-layout:DIR` (an OCI image layout
+    /// directory) or `registry:` (the default; not available yet).
+    #[arg(long, value_name = "SPEC")]
+    pub source: Option<String>,
+    /// The platform to select from a multi-platform image, OS/ARCH[/VARIANT].
+    /// Default: this machine's.
+    #[arg(long, value_name = "PLATFORM")]
+    pub platform: Option<String>,
+}
+
+/// `locald image extract`
+#[derive(Debug, Args)]
+pub struct ExtractArgs {
+    #[command(flatten)]
+    pub source: SourceArgs,
+    /// Only extract this image path and what is below it (repeatable). `--path /cnb`
+    /// writes DIR/cnb/...
+    #[arg(long = "path", value_name = "PATH")]
+    pub paths: Vec<String>,
+    /// The directory to write to. It must not exist or be empty; it appears only
+    /// once the whole image is extracted and verified.
+    #[arg(long, value_name = "DIR")]
+    pub to: PathBuf,
+    /// Print a JSON summary on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `locald image inspect`
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    #[command(flatten)]
+    pub source: SourceArgs,
+    /// Print JSON on stdout instead of text.
+    #[arg(long)]
+    pub json: bool,
+}

@@ -1,0 +1,145 @@
+//! `locald image extract` and `locald image inspect`.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use anyhow::Context;
+use locald_core::extract::{self, ExtractOptions, PathFilter};
+use locald_core::source::{self, ResolvedImage};
+
+use super::{open_source, platform};
+use crate::args::{ExtractArgs, InspectArgs, SourceArgs};
+use crate::UserError;
+
+async fn resolve(args: &SourceArgs) -> anyhow::Result<(Box<dyn locald_core::source::ImageSource>, ResolvedImage)> {
+    let src = open_source(args.source.as_deref())?;
+    let (plat, explicit) = platform(args.platform.as_deref())?;
+    let image = source::resolve(src.as_ref(), args.image.as_deref(), &plat, explicit)
+        .await
+        .with_context(|| match &args.image {
+            Some(i) => format!("could not resolve image {i:?} in {}", src.describe()),
+            None => format!("could not resolve the image in {}", src.describe()),
+        })?;
+    Ok((src, image))
+}
+
+/// `locald image extract`
+pub async fn extract(args: ExtractArgs, quiet: bool) -> anyhow::Result<()> {
+    let filter = PathFilter::new(&args.paths).map_err(|e| UserError::with_hint(e, "paths are image paths such as /cnb or /usr/local/bin"))?;
+    let started = Instant::now();
+    let (src, image) = resolve(&args.source).await?;
+    let options = ExtractOptions { filter };
+    let reporter = crate::progress::reporter(quiet || args.json);
+    let stats = extract::extract_image(src.as_ref(), &image, &args.to, &options, reporter)
+        .await
+        .with_context(|| format!("could not extract {} into {}", image.name, args.to.display()))?;
+    if !options.filter.is_everything() && stats.files + stats.dirs + stats.symlinks + stats.hardlinks == 0 {
+        tracing::warn!("the image has nothing at {}", options.filter.paths().join(", "));
+    }
+    let elapsed = started.elapsed();
+    if args.json {
+        let out = serde_json::json!({
+            "image": image.name,
+            "source": src.describe(),
+            "manifest_digest": image.manifest_digest,
+            "platform": image.platform.to_string(),
+            "to": args.to,
+            "paths": options.filter.paths(),
+            "stats": stats,
+            "seconds": elapsed.as_secs_f64(),
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else if !quiet {
+        eprintln!(
+            "Extracted {} ({}, {}) into {} in {:.2}s: {} files, {} directories, {} symlinks, {} hard links, {}",
+            image.name,
+            image.manifest_digest.short(),
+            image.platform,
+            args.to.display(),
+            elapsed.as_secs_f64(),
+            stats.files,
+            stats.dirs,
+            stats.symlinks,
+            stats.hardlinks,
+            human_bytes(stats.bytes),
+        );
+    }
+    Ok(())
+}
+
+/// `locald image inspect`
+pub async fn inspect(args: InspectArgs) -> anyhow::Result<()> {
+    let (src, image) = resolve(&args.source).await?;
+    let cfg = image.config.config().clone().unwrap_or_default();
+    let env = cfg.env().clone().unwrap_or_default();
+    let labels: BTreeMap<String, String> = cfg.labels().clone().unwrap_or_default().into_iter().collect();
+    let user = cfg.user().clone().unwrap_or_default();
+    if args.json {
+        let out = serde_json::json!({
+            "image": image.name,
+            "source": src.describe(),
+            "manifest_digest": image.manifest_digest,
+            "index_digest": (image.root_digest != image.manifest_digest).then_some(&image.root_digest),
+            "config_digest": image.config_digest,
+            "platform": image.platform,
+            "layers": image.layers,
+            "env": env,
+            "labels": labels,
+            "user": user,
+            "working_dir": cfg.working_dir(),
+            "entrypoint": cfg.entrypoint(),
+            "cmd": cfg.cmd(),
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+    let total: u64 = image.layers.iter().map(|l| l.size).sum();
+    println!("Image:     {}", image.name);
+    println!("Source:    {}", src.describe());
+    println!("Digest:    {}", image.manifest_digest);
+    if image.root_digest != image.manifest_digest {
+        println!("Index:     {}", image.root_digest);
+    }
+    println!("Platform:  {}", image.platform);
+    println!("User:      {}", if user.is_empty() { "(root)" } else { &user });
+    println!("Env:");
+    for e in &env {
+        println!("  {e}");
+    }
+    println!("Labels:");
+    for (k, v) in &labels {
+        let v = if v.len() > 120 { format!("{}... ({} bytes)", &v[..v.floor_char_boundary(117)], v.len()) } else { v.clone() };
+        println!("  {k}={v}");
+    }
+    println!("Layers:    {} ({})", image.layers.len(), human_bytes(total));
+    for (i, l) in image.layers.iter().enumerate() {
+        println!("  {:>3}  {}  {:>10}  {}", i + 1, l.digest, human_bytes(l.size), l.media_type);
+    }
+    Ok(())
+}
+
+fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn human_bytes_table() {
+        assert_eq!(super::human_bytes(0), "0 B");
+        assert_eq!(super::human_bytes(1023), "1023 B");
+        assert_eq!(super::human_bytes(1536), "1.5 KiB");
+        assert_eq!(super::human_bytes(5 * 1024 * 1024 * 1024), "5.0 GiB");
+    }
+}

@@ -1,0 +1,63 @@
+//! Progress bars (indicatif) for the core's [`Reporter`]; only on a terminal.
+
+use std::io::IsTerminal;
+use std::sync::{Arc, Mutex};
+
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use locald_core::progress::{Reporter, Silent};
+use locald_core::Digest;
+
+/// Per-layer progress bars.
+struct Bars {
+    multi: MultiProgress,
+    bars: Mutex<Vec<Option<ProgressBar>>>,
+}
+
+/// A reporter for this terminal: bars when stderr is a TTY and neither `-q` nor
+/// `NO_COLOR` asked for quiet, nothing otherwise.
+pub fn reporter(quiet: bool) -> Arc<dyn Reporter> {
+    let no_color = std::env::var_os(crate::env::NO_COLOR).is_some();
+    if quiet || no_color || !std::io::stderr().is_terminal() {
+        return Arc::new(Silent);
+    }
+    Arc::new(Bars {
+        multi: MultiProgress::with_draw_target(ProgressDrawTarget::stderr()),
+        bars: Mutex::new(Vec::new()),
+    })
+}
+
+impl Reporter for Bars {
+    fn layer_started(&self, index: usize, total: usize, digest: &Digest, size: u64) {
+        let bar = self.multi.add(ProgressBar::new(size));
+        let style = ProgressStyle::with_template(
+            "{prefix} {msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> ");
+        bar.set_style(style);
+        bar.set_prefix(format!("layer {index}/{total}"));
+        bar.set_message(digest.short());
+        if let Ok(mut bars) = self.bars.lock() {
+            if bars.len() < index {
+                bars.resize(index, None);
+            }
+            bars[index - 1] = Some(bar);
+        }
+    }
+
+    fn layer_progress(&self, index: usize, bytes: u64) {
+        if let Ok(bars) = self.bars.lock() {
+            if let Some(Some(b)) = bars.get(index - 1) {
+                b.inc(bytes);
+            }
+        }
+    }
+
+    fn layer_finished(&self, index: usize) {
+        if let Ok(bars) = self.bars.lock() {
+            if let Some(Some(b)) = bars.get(index - 1) {
+                b.finish_and_clear();
+            }
+        }
+    }
+}
