@@ -104,6 +104,13 @@ fn hint(e: &anyhow::Error) -> Option<String> {
         if let Some(core) = cause.downcast_ref::<locald_core::Error>() {
             use locald_core::Error as E;
             let h = match core {
+                E::Source(inner) => match inner.downcast_ref::<locald_source_oci_layout::LayoutError>() {
+                    Some(l) => match layout_hint(l) {
+                        Some(h) => h,
+                        None => continue,
+                    },
+                    None => continue,
+                },
                 E::TargetNotEmpty(_) => "choose a new directory, or remove this one first",
                 E::NoMatchingPlatform { .. } => "pick one of the available platforms with --platform",
                 E::PlatformMismatch { .. } => "omit --platform or pick the image's platform",
@@ -115,17 +122,18 @@ fn hint(e: &anyhow::Error) -> Option<String> {
             };
             return Some(h.to_owned());
         }
-        if let Some(l) = cause.downcast_ref::<locald_source_oci_layout::LayoutError>() {
-            use locald_source_oci_layout::LayoutError as L;
-            let h = match l {
-                L::NoSuchImage { .. } | L::NeedName { .. } | L::Ambiguous { .. } => {
-                    "name the image as the layout lists it (see `ls` of the layout's index.json annotations)"
-                }
-                L::NotALayout { .. } => "--source oci-layout:DIR expects a directory with oci-layout and index.json files",
-                _ => continue,
-            };
-            return Some(h.to_owned());
-        }
     }
     None
+}
+
+fn layout_hint(l: &locald_source_oci_layout::LayoutError) -> Option<&'static str> {
+    use locald_source_oci_layout::LayoutError as L;
+    match l {
+        L::NoSuchImage { .. } | L::NeedName { .. } | L::Ambiguous { .. } => {
+            Some("name the image exactly as the layout lists it (its org.opencontainers.image.ref.name)")
+        }
+        L::NotALayout { .. } => Some("--source oci-layout:DIR expects a directory holding oci-layout and index.json files"),
+        L::MissingBlob { .. } => Some("the layout is incomplete; copy or save the image again"),
+        _ => None,
+    }
 }

@@ -1,0 +1,7 @@
+//! Integration tests of extraction against real peers (umoci, skopeo) and a
+//! hostile-input corpus. One test binary for the crate, as uv and ripgrep do.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+mod conformance;
+mod hostile;

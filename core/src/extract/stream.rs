@@ -79,16 +79,9 @@ pub fn detect(prefix: &[u8]) -> Compression {
 
 /// Wraps `input` in the decompressor its first bytes call for.
 pub fn decompress<'a, R: BufRead + 'a>(mut input: R) -> io::Result<(Compression, Box<dyn Read + 'a>)> {
-    // Peek enough bytes to see a magic number, even across short reads.
-    let compression = loop {
-        let buf = input.fill_buf()?;
-        if buf.len() >= 4 || buf.is_empty() {
-            break detect(buf);
-        }
-        // A short first read: fall back to what we have (BufReader reads at least
-        // what the OS gives; a 1-3 byte blob cannot be a valid compressed tar).
-        break detect(buf);
-    };
+    // BufReader's first fill holds at least the 4 magic bytes of any real layer; a
+    // shorter blob cannot be a valid compressed tar and is read as plain.
+    let compression = detect(input.fill_buf()?);
     let reader: Box<dyn Read + 'a> = match compression {
         Compression::None => Box::new(input),
         Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(input)),
