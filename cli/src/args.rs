@@ -8,7 +8,9 @@ use clap::{Args, Parser, Subcommand};
 /// to get files out of container images.
 #[derive(Debug, Parser)]
 #[command(name = "locald", version, propagate_version = true)]
-#[command(after_help = "Environment:\n  LOCALD_LOG   log filter (e.g. debug, locald_core=trace); overrides -v\n  NO_COLOR     no colour and no progress bars")]
+#[command(
+    after_help = "Environment:\n  LOCALD_LOG   log filter (e.g. debug, locald_core=trace); overrides -v\n  NO_COLOR     no colour and no progress bars"
+)]
 pub struct Cli {
     /// More log output on stderr (-v debug, -vv trace).
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
@@ -34,10 +36,14 @@ pub enum ImageCommand {
     /// Extract an image's files (all of them, or the paths given with --path) into a
     /// directory, applying layers, whiteouts and links exactly as a container
     /// runtime would, and never writing outside the directory.
-    #[command(after_help = "Examples:\n  locald image extract builder --source oci-layout:./layout --path /cnb --to ./out\n      (writes ./out/cnb/...)\n  locald image extract --source oci-layout:./layout --to ./rootfs\n      (the layout's only image, whole root filesystem)")]
+    #[command(
+        after_help = "Examples:\n  locald image extract builder --source oci-layout:./layout --path /cnb --to ./out\n      (writes ./out/cnb/...)\n  locald image extract --source oci-layout:./layout --to ./rootfs\n      (the layout's only image, whole root filesystem)"
+    )]
     Extract(ExtractArgs),
     /// Show an image's manifest digest, platform, layers and config.
-    #[command(after_help = "Examples:\n  locald image inspect builder --source oci-layout:./layout\n  locald image inspect --source oci-layout:./layout --json | jq .layers")]
+    #[command(
+        after_help = "Examples:\n  locald image inspect builder --source oci-layout:./layout\n  locald image inspect --source oci-layout:./layout --json | jq .layers"
+    )]
     Inspect(InspectArgs),
 }
 

@@ -63,14 +63,20 @@ fn init_logging(verbose: u8, quiet: bool) {
         .with_writer(std::io::stderr)
         .with_target(verbose > 1)
         .without_time()
-        .with_ansi(std::env::var_os(env::NO_COLOR).is_none() && std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_ansi(
+            std::env::var_os(env::NO_COLOR).is_none()
+                && std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        )
         .init();
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.verbose, cli.quiet);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: could not start the async runtime: {e}");
@@ -79,7 +85,9 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Image(ImageCommand::Extract(a)) => commands::image::extract(a, cli.quiet).await,
+            Command::Image(ImageCommand::Extract(a)) => {
+                commands::image::extract(a, cli.quiet).await
+            }
             Command::Image(ImageCommand::Inspect(a)) => commands::image::inspect(a).await,
         }
     });
@@ -104,15 +112,19 @@ fn hint(e: &anyhow::Error) -> Option<String> {
         if let Some(core) = cause.downcast_ref::<locald_core::Error>() {
             use locald_core::Error as E;
             let h = match core {
-                E::Source(inner) => match inner.downcast_ref::<locald_source_oci_layout::LayoutError>() {
-                    Some(l) => match layout_hint(l) {
-                        Some(h) => h,
+                E::Source(inner) => {
+                    match inner.downcast_ref::<locald_source_oci_layout::LayoutError>() {
+                        Some(l) => match layout_hint(l) {
+                            Some(h) => h,
+                            None => continue,
+                        },
                         None => continue,
-                    },
-                    None => continue,
-                },
+                    }
+                }
                 E::TargetNotEmpty(_) => "choose a new directory, or remove this one first",
-                E::NoMatchingPlatform { .. } => "pick one of the available platforms with --platform",
+                E::NoMatchingPlatform { .. } => {
+                    "pick one of the available platforms with --platform"
+                }
                 E::PlatformMismatch { .. } => "omit --platform or pick the image's platform",
                 E::DigestMismatch { .. } | E::SizeMismatch { .. } => {
                     "the image source is corrupt; fetch or save the image again"
@@ -129,10 +141,12 @@ fn hint(e: &anyhow::Error) -> Option<String> {
 fn layout_hint(l: &locald_source_oci_layout::LayoutError) -> Option<&'static str> {
     use locald_source_oci_layout::LayoutError as L;
     match l {
-        L::NoSuchImage { .. } | L::NeedName { .. } | L::Ambiguous { .. } => {
-            Some("name the image exactly as the layout lists it (its org.opencontainers.image.ref.name)")
-        }
-        L::NotALayout { .. } => Some("--source oci-layout:DIR expects a directory holding oci-layout and index.json files"),
+        L::NoSuchImage { .. } | L::NeedName { .. } | L::Ambiguous { .. } => Some(
+            "name the image exactly as the layout lists it (its org.opencontainers.image.ref.name)",
+        ),
+        L::NotALayout { .. } => Some(
+            "--source oci-layout:DIR expects a directory holding oci-layout and index.json files",
+        ),
         L::MissingBlob { .. } => Some("the layout is incomplete; copy or save the image again"),
         _ => None,
     }

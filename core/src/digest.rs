@@ -70,7 +70,9 @@ impl Digest {
             _ => return Err(DigestError::UnsupportedAlgorithm(s.to_owned())),
         };
         let ok = hex.len() == algorithm.hex_len()
-            && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+            && hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
         if !ok {
             return Err(DigestError::BadHex(s.to_owned(), algorithm.hex_len()));
         }

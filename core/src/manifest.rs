@@ -118,8 +118,7 @@ fn is_attestation(d: &Descriptor) -> bool {
     d.annotations()
         .as_ref()
         .is_some_and(|a| a.contains_key("vnd.docker.reference.type"))
-        || d
-            .platform()
+        || d.platform()
             .as_ref()
             .is_some_and(|p| p.os().to_string() == "unknown")
 }
@@ -238,8 +237,7 @@ mod tests {
         )
         .unwrap();
         let pick = |p: &str| {
-            select_manifest(&idx, &p.parse().unwrap(), "test")
-                .map(|d| d.digest().to_string())
+            select_manifest(&idx, &p.parse().unwrap(), "test").map(|d| d.digest().to_string())
         };
         assert_eq!(pick("linux/amd64").unwrap(), digest(0));
         assert_eq!(pick("linux/arm64").unwrap(), digest(1));
@@ -247,7 +245,10 @@ mod tests {
         assert_eq!(pick("linux/arm").unwrap(), digest(2));
         let err = pick("linux/s390x").unwrap_err().to_string();
         assert!(err.contains("linux/s390x"), "{err}");
-        assert!(err.contains("linux/amd64, linux/arm64/v8, linux/arm/v7"), "{err}");
+        assert!(
+            err.contains("linux/amd64, linux/arm64/v8, linux/arm/v7"),
+            "{err}"
+        );
         assert!(!err.contains("unknown"), "{err}");
     }
 
@@ -263,12 +264,18 @@ mod tests {
     fn classify_table() {
         let idx = index_json(&[]);
         assert_eq!(classify(None, &idx, "t").unwrap(), DocumentKind::Index);
-        assert_eq!(classify(Some(DOCKER_LIST), b"{}", "t").unwrap(), DocumentKind::Index);
+        assert_eq!(
+            classify(Some(DOCKER_LIST), b"{}", "t").unwrap(),
+            DocumentKind::Index
+        );
         assert_eq!(
             classify(Some(DOCKER_MANIFEST), b"{}", "t").unwrap(),
             DocumentKind::Manifest
         );
-        assert_eq!(classify(None, br#"{"layers":[]}"#, "t").unwrap(), DocumentKind::Manifest);
+        assert_eq!(
+            classify(None, br#"{"layers":[]}"#, "t").unwrap(),
+            DocumentKind::Manifest
+        );
         let e = classify(
             Some("application/vnd.docker.distribution.manifest.v1+prettyjws"),
             b"{}",

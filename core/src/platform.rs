@@ -64,15 +64,16 @@ impl Platform {
 
 fn normalise_arch(arch: &str, variant: Option<&str>) -> (String, Option<String>) {
     let arch = arch.to_ascii_lowercase();
-    let variant = variant.filter(|v| !v.is_empty()).map(str::to_ascii_lowercase);
+    let variant = variant
+        .filter(|v| !v.is_empty())
+        .map(str::to_ascii_lowercase);
     match arch.as_str() {
-        "x86_64" | "x86-64" | "amd64" => (
-            "amd64".into(),
-            variant.filter(|v| v != "v1"),
-        ),
+        "x86_64" | "x86-64" | "amd64" => ("amd64".into(), variant.filter(|v| v != "v1")),
         "aarch64" | "arm64" => (
             "arm64".into(),
-            variant.map(|v| if v == "8" { "v8".into() } else { v }).filter(|v| v != "v8"),
+            variant
+                .map(|v| if v == "8" { "v8".into() } else { v })
+                .filter(|v| v != "v8"),
         ),
         "armhf" => ("arm".into(), Some("v7".into())),
         "armel" => ("arm".into(), Some("v6".into())),
@@ -136,9 +137,20 @@ mod tests {
             ("Linux/AMD64", "linux/amd64"),
             ("linux/riscv64", "linux/riscv64"),
         ] {
-            assert_eq!(input.parse::<Platform>().unwrap().to_string(), want, "{input}");
+            assert_eq!(
+                input.parse::<Platform>().unwrap().to_string(),
+                want,
+                "{input}"
+            );
         }
-        for bad in ["", "linux", "linux/", "/amd64", "linux/amd64/v8/x", "linux/am d64"] {
+        for bad in [
+            "",
+            "linux",
+            "linux/",
+            "/amd64",
+            "linux/amd64/v8/x",
+            "linux/am d64",
+        ] {
             assert!(bad.parse::<Platform>().is_err(), "{bad:?}");
         }
     }

@@ -195,14 +195,16 @@ fn valid_registry(r: &str) -> bool {
         }
     }
     if let Some(v6) = host.strip_prefix('[') {
-        return v6
-            .strip_suffix(']')
-            .is_some_and(|a| !a.is_empty() && a.bytes().all(|b| b.is_ascii_hexdigit() || b == b':'));
+        return v6.strip_suffix(']').is_some_and(|a| {
+            !a.is_empty() && a.bytes().all(|b| b.is_ascii_hexdigit() || b == b':')
+        });
     }
     !host.is_empty()
         && host.split('.').all(|label| {
             !label.is_empty()
-                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
                 && !label.starts_with('-')
                 && !label.ends_with('-')
         })
@@ -246,8 +248,7 @@ fn valid_tag(t: &str) -> bool {
     !b.is_empty()
         && b.len() <= 128
         && (b[0].is_ascii_alphanumeric() || b[0] == b'_')
-        && b
-            .iter()
+        && b.iter()
             .all(|&x| x.is_ascii_alphanumeric() || x == b'_' || x == b'.' || x == b'-')
 }
 
@@ -262,18 +263,48 @@ mod tests {
         let d = format!("@{D}");
         let cases: Vec<(String, String)> = vec![
             ("ubuntu".into(), "docker.io/library/ubuntu:latest".into()),
-            ("ubuntu:22.04".into(), "docker.io/library/ubuntu:22.04".into()),
-            ("heroku/builder:22".into(), "docker.io/heroku/builder:22".into()),
-            ("docker.io/heroku/builder:22".into(), "docker.io/heroku/builder:22".into()),
-            ("index.docker.io/library/busybox".into(), "docker.io/library/busybox:latest".into()),
+            (
+                "ubuntu:22.04".into(),
+                "docker.io/library/ubuntu:22.04".into(),
+            ),
+            (
+                "heroku/builder:22".into(),
+                "docker.io/heroku/builder:22".into(),
+            ),
+            (
+                "docker.io/heroku/builder:22".into(),
+                "docker.io/heroku/builder:22".into(),
+            ),
+            (
+                "index.docker.io/library/busybox".into(),
+                "docker.io/library/busybox:latest".into(),
+            ),
             ("localhost/foo".into(), "localhost/foo:latest".into()),
-            ("localhost:5000/foo/bar:1".into(), "localhost:5000/foo/bar:1".into()),
-            ("127.0.0.1:5000/heroku/builder:22".into(), "127.0.0.1:5000/heroku/builder:22".into()),
+            (
+                "localhost:5000/foo/bar:1".into(),
+                "localhost:5000/foo/bar:1".into(),
+            ),
+            (
+                "127.0.0.1:5000/heroku/builder:22".into(),
+                "127.0.0.1:5000/heroku/builder:22".into(),
+            ),
             (format!("host:5000/a/b{d}"), format!("host:5000/a/b{d}")),
-            (format!("host:5000/a/b:tag{d}"), format!("host:5000/a/b:tag{d}")),
-            (format!("busybox{d}"), format!("docker.io/library/busybox{d}")),
-            ("ghcr.io/a/b/c/d:v1.2-x_y".into(), "ghcr.io/a/b/c/d:v1.2-x_y".into()),
-            ("my-reg.example.com/a__b/c--d:1".into(), "my-reg.example.com/a__b/c--d:1".into()),
+            (
+                format!("host:5000/a/b:tag{d}"),
+                format!("host:5000/a/b:tag{d}"),
+            ),
+            (
+                format!("busybox{d}"),
+                format!("docker.io/library/busybox{d}"),
+            ),
+            (
+                "ghcr.io/a/b/c/d:v1.2-x_y".into(),
+                "ghcr.io/a/b/c/d:v1.2-x_y".into(),
+            ),
+            (
+                "my-reg.example.com/a__b/c--d:1".into(),
+                "my-reg.example.com/a__b/c--d:1".into(),
+            ),
             ("[::1]:5000/x:y".into(), "[::1]:5000/x:y".into()),
         ];
         for (input, want) in cases {
@@ -313,7 +344,10 @@ mod tests {
             "host:/a",
             "a/b:t t",
         ] {
-            assert!(ImageReference::parse(bad).is_err(), "{bad:?} should be refused");
+            assert!(
+                ImageReference::parse(bad).is_err(),
+                "{bad:?} should be refused"
+            );
         }
     }
 }

@@ -177,7 +177,11 @@ pub async fn resolve(
         .or(root.name.clone())
         .unwrap_or_else(|| "the image".to_owned());
     let what = format!("{name} in {}", source.describe());
-    let root_digest = verify_bytes(&root.bytes, root.digest.as_ref(), &format!("manifest of {what}"))?;
+    let root_digest = verify_bytes(
+        &root.bytes,
+        root.digest.as_ref(),
+        &format!("manifest of {what}"),
+    )?;
     let mut bytes = root.bytes;
     let mut media_type = root.media_type;
     let mut digest = root_digest.clone();
@@ -216,7 +220,11 @@ pub async fn resolve(
     verify_bytes(&config_bytes, Some(&config_digest), &config_what)?;
     let config = manifest::parse_config(&config_bytes, &config_what)?;
     let image_platform = manifest::config_platform(&config);
-    if !platform.matches(&image_platform.os, &image_platform.architecture, image_platform.variant.as_deref()) {
+    if !platform.matches(
+        &image_platform.os,
+        &image_platform.architecture,
+        image_platform.variant.as_deref(),
+    ) {
         if explicit_platform {
             return Err(Error::PlatformMismatch {
                 what,
@@ -373,7 +381,11 @@ mod tests {
             ("my+scheme.v2:loc", "my+scheme.v2", "loc"),
         ] {
             let s = SourceSpec::parse(input);
-            assert_eq!((s.scheme.as_str(), s.location.as_str()), (scheme, loc), "{input}");
+            assert_eq!(
+                (s.scheme.as_str(), s.location.as_str()),
+                (scheme, loc),
+                "{input}"
+            );
         }
     }
 
@@ -391,7 +403,10 @@ mod tests {
     fn registry_clash_and_unknown() {
         let mut r = SchemeRegistry::new();
         r.register("x", Box::new(Named("first"))).unwrap();
-        let e = r.register("x", Box::new(Named("second"))).unwrap_err().to_string();
+        let e = r
+            .register("x", Box::new(Named("second")))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("first") && e.contains("second"), "{e}");
         let e = r.open("nope:loc").err().unwrap().to_string();
         assert!(e.contains("nope") && e.contains("known: x"), "{e}");

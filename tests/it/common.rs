@@ -15,13 +15,27 @@ pub fn layout(dir: &Path) -> Box<dyn ImageSource> {
 
 /// Resolves `image` in the layout at `dir` and extracts `paths` (all when empty)
 /// into `target`, for linux/amd64.
-pub fn extract(dir: &Path, image: Option<&str>, paths: &[&str], target: &Path) -> Result<Stats, locald_core::Error> {
+pub fn extract(
+    dir: &Path,
+    image: Option<&str>,
+    paths: &[&str],
+    target: &Path,
+) -> Result<Stats, locald_core::Error> {
     extract_from(layout(dir).as_ref(), image, paths, target)
 }
 
 /// Like [`extract`], from any source.
-pub fn extract_from(src: &dyn ImageSource, image: Option<&str>, paths: &[&str], target: &Path) -> Result<Stats, locald_core::Error> {
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+pub fn extract_from(
+    src: &dyn ImageSource,
+    image: Option<&str>,
+    paths: &[&str],
+    target: &Path,
+) -> Result<Stats, locald_core::Error> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
         let platform: Platform = "linux/amd64".parse().unwrap();
         let img = source::resolve(src, image, &platform, false).await?;

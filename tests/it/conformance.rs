@@ -13,14 +13,19 @@ use crate::common;
 /// Files, links, whiteouts and opaque directories in every combination the OCI
 /// spec and real builders produce.
 fn semantic_layers() -> Vec<Layer> {
-    let long = format!("cnb/buildpacks/{}/bin/build", "very-long-buildpack-id-".repeat(6));
+    let long = format!(
+        "cnb/buildpacks/{}/bin/build",
+        "very-long-buildpack-id-".repeat(6)
+    );
     vec![
         Layer::new(
             vec![
                 Entry::dir("./"),
                 Entry::dir("cnb/").owner(1000, 1000),
                 Entry::dir("cnb/lifecycle/"),
-                Entry::file("cnb/lifecycle/lifecycle", "LIFECYCLE v1").mode(0o755).mtime(1_500_000_000),
+                Entry::file("cnb/lifecycle/lifecycle", "LIFECYCLE v1")
+                    .mode(0o755)
+                    .mtime(1_500_000_000),
                 Entry::symlink("cnb/lifecycle/creator", "lifecycle"),
                 Entry::symlink("cnb/lifecycle/detector", "/cnb/lifecycle/lifecycle"),
                 Entry::dir("etc/"),
@@ -29,7 +34,9 @@ fn semantic_layers() -> Vec<Layer> {
                 Entry::dir("usr/"),
                 Entry::dir("usr/bin/"),
                 Entry::file("usr/bin/sudo", "setuid tool").mode(0o4755),
-                Entry::file("usr/bin/wall", "setgid tool").mode(0o2755).owner(0, 5),
+                Entry::file("usr/bin/wall", "setgid tool")
+                    .mode(0o2755)
+                    .owner(0, 5),
                 Entry::dir("tmp/").mode(0o1777),
                 Entry::dir("opaque/"),
                 Entry::file("opaque/lower-file", "gone"),
@@ -76,8 +83,14 @@ fn semantic_layers() -> Vec<Layer> {
                 Entry::file("cnb/lifecycle/lifecycle", "LIFECYCLE v2").mode(0o755),
                 Entry::dir("cnb/").owner(1000, 1000),
                 Entry::dir("cnb/buildpacks/"),
-                Entry::dir(format!("cnb/buildpacks/{}/", "very-long-buildpack-id-".repeat(6))),
-                Entry::dir(format!("cnb/buildpacks/{}/bin/", "very-long-buildpack-id-".repeat(6))),
+                Entry::dir(format!(
+                    "cnb/buildpacks/{}/",
+                    "very-long-buildpack-id-".repeat(6)
+                )),
+                Entry::dir(format!(
+                    "cnb/buildpacks/{}/bin/",
+                    "very-long-buildpack-id-".repeat(6)
+                )),
                 Entry::file(&long, "long name").mode(0o755),
                 Entry::symlink("cnb/long-link", &long),
             ],
@@ -97,7 +110,9 @@ fn semantic_layers() -> Vec<Layer> {
                 Entry::dir("cnb/gnu/"),
                 Entry::file(format!("cnb/gnu/{}", "g".repeat(150)), "gnu long name"),
                 Entry::hardlink("cnb/owned-link", "etc/passwd"),
-                Entry::file("cnb/owned", "by cnb").owner(1000, 1000).mode(0o600),
+                Entry::file("cnb/owned", "by cnb")
+                    .owner(1000, 1000)
+                    .mode(0o600),
             ],
             Compression::None,
         )
@@ -126,7 +141,11 @@ fn assert_matches_umoci(ours: &Path, theirs: &Path) {
         }
         s
     };
-    tree::assert_same_snapshot(&strip(tree::snapshot(ours)), &strip(tree::snapshot(theirs)), &DiffOpts::default());
+    tree::assert_same_snapshot(
+        &strip(tree::snapshot(ours)),
+        &strip(tree::snapshot(theirs)),
+        &DiffOpts::default(),
+    );
 }
 
 #[test]
@@ -142,17 +161,33 @@ fn whole_root_matches_umoci_unpack() {
 
     // Spot checks that make the expectations explicit, whatever umoci does.
     let s = tree::snapshot(&ours);
-    for gone in ["wh/file", "wh/dir", "opaque/lower-file", "opaque/lower-dir/deep"] {
+    for gone in [
+        "wh/file",
+        "wh/dir",
+        "opaque/lower-file",
+        "opaque/lower-dir/deep",
+    ] {
         assert!(!s.contains_key(gone), "{gone} should be whited out");
     }
-    for kept in ["same/kept", "opaque/new-before", "opaque/new-after", "opaque/lower-dir/new-deep", "wh/keep/fresh", "readonly/a", "readonly/b"] {
+    for kept in [
+        "same/kept",
+        "opaque/new-before",
+        "opaque/new-after",
+        "opaque/lower-dir/new-deep",
+        "wh/keep/fresh",
+        "readonly/a",
+        "readonly/b",
+    ] {
         assert!(s.contains_key(kept), "{kept} should exist");
     }
     assert_eq!(s["usr/bin/sudo"].mode, 0o4755);
     assert_eq!(s["readonly"].mode, 0o555);
     assert_eq!(s["hard/original"].inode, s["hard/from-upper"].inode);
     assert_eq!(s["hard/original"].inode, s["hard/same-layer"].inode);
-    assert_eq!(std::fs::read_to_string(ours.join("cnb/lifecycle/creator")).unwrap(), "LIFECYCLE v2");
+    assert_eq!(
+        std::fs::read_to_string(ours.join("cnb/lifecycle/creator")).unwrap(),
+        "LIFECYCLE v2"
+    );
 }
 
 #[test]
@@ -167,17 +202,27 @@ fn path_filter_matches_umoci_subtree() {
         (vec!["opaque"], vec!["opaque"]),
         (vec!["/wh/keep"], vec!["wh/keep"]),
     ] {
-        let ours = t.path().join(format!("ours-{}", paths.join("+").replace('/', "_")));
+        let ours = t
+            .path()
+            .join(format!("ours-{}", paths.join("+").replace('/', "_")));
         common::extract(&layout, Some("semantic"), &paths, &ours).unwrap();
         let mut mine = tree::snapshot(&ours);
         let all = tree::snapshot(&rootfs);
         let mut want: tree::Snapshot = all
             .iter()
-            .filter(|(k, _)| subtrees.iter().any(|s| *k == s || k.starts_with(&format!("{s}/"))))
+            .filter(|(k, _)| {
+                subtrees
+                    .iter()
+                    .any(|s| *k == s || k.starts_with(&format!("{s}/")))
+            })
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         // Ancestors of the filter paths are plain directories made for them.
-        mine.retain(|k, _| subtrees.iter().any(|s| k == s || k.starts_with(&format!("{s}/"))));
+        mine.retain(|k, _| {
+            subtrees
+                .iter()
+                .any(|s| k == s || k.starts_with(&format!("{s}/")))
+        });
         // The cnb/owned-link hard link points at /etc/passwd, outside --path /cnb:
         // extracted alone it is a single file, not a link, so compare without grouping.
         let opts = DiffOpts {
@@ -185,7 +230,10 @@ fn path_filter_matches_umoci_subtree() {
             ..DiffOpts::default()
         };
         if paths == ["/cnb"] {
-            assert!(!mine.contains_key("cnb/owned-link"), "a hard link to a path outside --path is skipped (with a warning)");
+            assert!(
+                !mine.contains_key("cnb/owned-link"),
+                "a hard link to a path outside --path is skipped (with a warning)"
+            );
             want.remove("cnb/owned-link");
         }
         tree::assert_same_snapshot(&mine, &want, &opts);
@@ -204,7 +252,11 @@ fn umoci_made_layout_matches() {
             std::os::unix::fs::symlink("lifecycle", root.join("cnb/lifecycle/creator")).unwrap();
             std::fs::create_dir_all(root.join("cnb/buildpacks/a/1.0/bin")).unwrap();
             std::fs::write(root.join("cnb/buildpacks/a/1.0/bin/build"), "build").unwrap();
-            std::fs::hard_link(root.join("cnb/buildpacks/a/1.0/bin/build"), root.join("cnb/buildpacks/a/1.0/bin/detect")).unwrap();
+            std::fs::hard_link(
+                root.join("cnb/buildpacks/a/1.0/bin/build"),
+                root.join("cnb/buildpacks/a/1.0/bin/detect"),
+            )
+            .unwrap();
             std::fs::create_dir_all(root.join("old/dir")).unwrap();
             std::fs::write(root.join("old/dir/file"), "old").unwrap();
             std::fs::write(root.join("old/file"), "old").unwrap();
@@ -215,14 +267,21 @@ fn umoci_made_layout_matches() {
             std::fs::write(root.join("cnb/lifecycle/lifecycle"), "v2").unwrap();
             std::fs::remove_dir_all(root.join("cnb/buildpacks/a")).unwrap();
             std::fs::create_dir_all(root.join("cnb/buildpacks/b/2.0")).unwrap();
-            std::fs::write(root.join("cnb/buildpacks/b/2.0/buildpack.toml"), "api = \"0.10\"").unwrap();
+            std::fs::write(
+                root.join("cnb/buildpacks/b/2.0/buildpack.toml"),
+                "api = \"0.10\"",
+            )
+            .unwrap();
         }),
     ];
     peers::umoci_build(&layout, "peer", layers).unwrap();
     let rootfs = peers::umoci_unpack(&layout, "peer", &t.path().join("bundle")).unwrap();
     let ours = t.path().join("ours");
     let stats = common::extract(&layout, Some("peer"), &[], &ours).unwrap();
-    assert!(stats.whiteouts >= 2, "umoci should have written whiteouts: {stats:?}");
+    assert!(
+        stats.whiteouts >= 2,
+        "umoci should have written whiteouts: {stats:?}"
+    );
     assert_matches_umoci(&ours, &rootfs);
     assert!(!ours.join("old/dir").exists() && !ours.join("cnb/buildpacks/a").exists());
 }
@@ -240,8 +299,16 @@ fn skopeo_zstd_copy_gives_same_tree() {
         &["--dest-compress-format", "zstd", "--dest-compress"],
     )
     .unwrap();
-    let manifest = peers::skopeo(&["inspect", "--raw", &format!("oci:{}:semantic", zstd.display())]).unwrap();
-    assert!(manifest.contains("tar+zstd"), "skopeo did not recompress: {manifest}");
+    let manifest = peers::skopeo(&[
+        "inspect",
+        "--raw",
+        &format!("oci:{}:semantic", zstd.display()),
+    ])
+    .unwrap();
+    assert!(
+        manifest.contains("tar+zstd"),
+        "skopeo did not recompress: {manifest}"
+    );
     let a = t.path().join("a");
     let b = t.path().join("b");
     common::extract(&layout, Some("semantic"), &[], &a).unwrap();
@@ -257,7 +324,11 @@ fn docker_media_types_give_same_tree() {
     let docker = t.path().join("docker");
     write_semantic_layout(&oci);
     let mut b = LayoutBuilder::new(&docker);
-    b.add_image(ImageSpec::new(semantic_layers()).ref_name("semantic").docker());
+    b.add_image(
+        ImageSpec::new(semantic_layers())
+            .ref_name("semantic")
+            .docker(),
+    );
     b.write().unwrap();
     let a = t.path().join("a");
     let d = t.path().join("d");

@@ -11,7 +11,9 @@ use super::{open_source, platform};
 use crate::args::{ExtractArgs, InspectArgs, SourceArgs};
 use crate::UserError;
 
-async fn resolve(args: &SourceArgs) -> anyhow::Result<(Box<dyn locald_core::source::ImageSource>, ResolvedImage)> {
+async fn resolve(
+    args: &SourceArgs,
+) -> anyhow::Result<(Box<dyn locald_core::source::ImageSource>, ResolvedImage)> {
     let src = open_source(args.source.as_deref())?;
     let (plat, explicit) = platform(args.platform.as_deref())?;
     let image = source::resolve(src.as_ref(), args.image.as_deref(), &plat, explicit)
@@ -25,16 +27,29 @@ async fn resolve(args: &SourceArgs) -> anyhow::Result<(Box<dyn locald_core::sour
 
 /// `locald image extract`
 pub async fn extract(args: ExtractArgs, quiet: bool) -> anyhow::Result<()> {
-    let filter = PathFilter::new(&args.paths).map_err(|e| UserError::with_hint(e, "paths are image paths such as /cnb or /usr/local/bin"))?;
+    let filter = PathFilter::new(&args.paths).map_err(|e| {
+        UserError::with_hint(e, "paths are image paths such as /cnb or /usr/local/bin")
+    })?;
     let started = Instant::now();
     let (src, image) = resolve(&args.source).await?;
     let options = ExtractOptions { filter };
     let reporter = crate::progress::reporter(quiet || args.json);
     let stats = extract::extract_image(src.as_ref(), &image, &args.to, &options, reporter)
         .await
-        .with_context(|| format!("could not extract {} into {}", image.name, args.to.display()))?;
-    if !options.filter.is_everything() && stats.files + stats.dirs + stats.symlinks + stats.hardlinks == 0 {
-        tracing::warn!("the image has nothing at {}", options.filter.paths().join(", "));
+        .with_context(|| {
+            format!(
+                "could not extract {} into {}",
+                image.name,
+                args.to.display()
+            )
+        })?;
+    if !options.filter.is_everything()
+        && stats.files + stats.dirs + stats.symlinks + stats.hardlinks == 0
+    {
+        tracing::warn!(
+            "the image has nothing at {}",
+            options.filter.paths().join(", ")
+        );
     }
     let elapsed = started.elapsed();
     if args.json {
@@ -72,7 +87,12 @@ pub async fn inspect(args: InspectArgs) -> anyhow::Result<()> {
     let (src, image) = resolve(&args.source).await?;
     let cfg = image.config.config().clone().unwrap_or_default();
     let env = cfg.env().clone().unwrap_or_default();
-    let labels: BTreeMap<String, String> = cfg.labels().clone().unwrap_or_default().into_iter().collect();
+    let labels: BTreeMap<String, String> = cfg
+        .labels()
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .collect();
     let user = cfg.user().clone().unwrap_or_default();
     if args.json {
         let out = serde_json::json!({
@@ -101,19 +121,36 @@ pub async fn inspect(args: InspectArgs) -> anyhow::Result<()> {
         println!("Index:     {}", image.root_digest);
     }
     println!("Platform:  {}", image.platform);
-    println!("User:      {}", if user.is_empty() { "(root)" } else { &user });
+    println!(
+        "User:      {}",
+        if user.is_empty() { "(root)" } else { &user }
+    );
     println!("Env:");
     for e in &env {
         println!("  {e}");
     }
     println!("Labels:");
     for (k, v) in &labels {
-        let v = if v.len() > 120 { format!("{}... ({} bytes)", &v[..v.floor_char_boundary(117)], v.len()) } else { v.clone() };
+        let v = if v.len() > 120 {
+            format!(
+                "{}... ({} bytes)",
+                &v[..v.floor_char_boundary(117)],
+                v.len()
+            )
+        } else {
+            v.clone()
+        };
         println!("  {k}={v}");
     }
     println!("Layers:    {} ({})", image.layers.len(), human_bytes(total));
     for (i, l) in image.layers.iter().enumerate() {
-        println!("  {:>3}  {}  {:>10}  {}", i + 1, l.digest, human_bytes(l.size), l.media_type);
+        println!(
+            "  {:>3}  {}  {:>10}  {}",
+            i + 1,
+            l.digest,
+            human_bytes(l.size),
+            l.media_type
+        );
     }
     Ok(())
 }

@@ -45,14 +45,23 @@ fn layout(dir: &Path) -> String {
                 ],
                 Compression::Gzip,
             ),
-            Layer::new(vec![Entry::file("cnb/order.toml", "[[order]]\n")], Compression::Zstd),
+            Layer::new(
+                vec![Entry::file("cnb/order.toml", "[[order]]\n")],
+                Compression::Zstd,
+            ),
         ])
         .ref_name("builder")
         .env("CNB_USER_ID=1000")
         .label("io.buildpacks.stack.id", "heroku-22")
         .user("1000:1000"),
     );
-    b.add_image(ImageSpec::new(vec![Layer::new(vec![Entry::file("x", "y")], Compression::None)]).ref_name("other"));
+    b.add_image(
+        ImageSpec::new(vec![Layer::new(
+            vec![Entry::file("x", "y")],
+            Compression::None,
+        )])
+        .ref_name("other"),
+    );
     b.write().unwrap();
     format!("oci-layout:{}", dir.display())
 }
@@ -62,13 +71,32 @@ fn extract_path_writes_under_dir_and_reports() {
     let t = tempfile::tempdir().unwrap();
     let src = layout(&t.path().join("layout"));
     let out = t.path().join("out");
-    let r = run(&["image", "extract", "builder", "--source", &src, "--path", "/cnb", "--to", out.to_str().unwrap()]);
+    let r = run(&[
+        "image",
+        "extract",
+        "builder",
+        "--source",
+        &src,
+        "--path",
+        "/cnb",
+        "--to",
+        out.to_str().unwrap(),
+    ]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert!(r.stderr.contains("Extracted builder"), "{}", r.stderr);
     assert!(r.stdout.is_empty(), "stdout is for data: {}", r.stdout);
-    assert_eq!(std::fs::read_to_string(out.join("cnb/order.toml")).unwrap(), "[[order]]\n");
-    assert_eq!(std::fs::read_link(out.join("cnb/lifecycle/creator")).unwrap(), Path::new("lifecycle"));
-    assert!(!out.join("etc").exists(), "--path /cnb must not extract /etc");
+    assert_eq!(
+        std::fs::read_to_string(out.join("cnb/order.toml")).unwrap(),
+        "[[order]]\n"
+    );
+    assert_eq!(
+        std::fs::read_link(out.join("cnb/lifecycle/creator")).unwrap(),
+        Path::new("lifecycle")
+    );
+    assert!(
+        !out.join("etc").exists(),
+        "--path /cnb must not extract /etc"
+    );
 }
 
 #[test]
@@ -76,11 +104,23 @@ fn extract_json_summary() {
     let t = tempfile::tempdir().unwrap();
     let src = layout(&t.path().join("layout"));
     let out = t.path().join("out");
-    let r = run(&["image", "extract", "builder", "--source", &src, "--to", out.to_str().unwrap(), "--json"]);
+    let r = run(&[
+        "image",
+        "extract",
+        "builder",
+        "--source",
+        &src,
+        "--to",
+        out.to_str().unwrap(),
+        "--json",
+    ]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
     assert_eq!(v["image"], "builder");
-    assert!(v["manifest_digest"].as_str().unwrap().starts_with("sha256:"));
+    assert!(v["manifest_digest"]
+        .as_str()
+        .unwrap()
+        .starts_with("sha256:"));
     assert_eq!(v["stats"]["files"], 3);
     assert_eq!(v["stats"]["symlinks"], 1);
     assert!(out.join("etc/os-release").is_file());
@@ -92,17 +132,39 @@ fn inspect_text_and_json() {
     let src = layout(&t.path().join("layout"));
     let r = run(&["image", "inspect", "builder", "--source", &src]);
     assert_eq!(r.code, 0, "{}", r.stderr);
-    for want in ["Digest:    sha256:", "Platform:  linux/amd64", "User:      1000:1000", "CNB_USER_ID=1000", "io.buildpacks.stack.id=heroku-22", "Layers:    2", "tar+zstd"] {
-        assert!(r.stdout.contains(want), "missing {want:?} in:\n{}", r.stdout);
+    for want in [
+        "Digest:    sha256:",
+        "Platform:  linux/amd64",
+        "User:      1000:1000",
+        "CNB_USER_ID=1000",
+        "io.buildpacks.stack.id=heroku-22",
+        "Layers:    2",
+        "tar+zstd",
+    ] {
+        assert!(
+            r.stdout.contains(want),
+            "missing {want:?} in:\n{}",
+            r.stdout
+        );
     }
     let r = run(&["image", "inspect", "builder", "--source", &src, "--json"]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
     assert_eq!(v["platform"]["architecture"], "amd64");
     assert_eq!(v["layers"].as_array().unwrap().len(), 2);
-    assert_eq!(v["layers"][1]["media_type"], "application/vnd.oci.image.layer.v1.tar+zstd");
+    assert_eq!(
+        v["layers"][1]["media_type"],
+        "application/vnd.oci.image.layer.v1.tar+zstd"
+    );
     assert_eq!(v["user"], "1000:1000");
-    assert!(v["env"].as_array().unwrap().contains(&"CNB_USER_ID=1000".into()), "{}", v["env"]);
+    assert!(
+        v["env"]
+            .as_array()
+            .unwrap()
+            .contains(&"CNB_USER_ID=1000".into()),
+        "{}",
+        v["env"]
+    );
 }
 
 #[test]
@@ -114,47 +176,108 @@ fn errors_are_sentences_with_hints_and_exit_1() {
 
     let r = run(&["image", "extract", "nope", "--source", &src, "--to", o]);
     assert_eq!(r.code, 1);
-    assert!(r.stderr.contains("error: could not resolve image \"nope\""), "{}", r.stderr);
-    assert!(r.stderr.contains("it holds: builder, other"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("error: could not resolve image \"nope\""),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr.contains("it holds: builder, other"),
+        "{}",
+        r.stderr
+    );
     assert!(r.stderr.contains("hint: "), "{}", r.stderr);
     assert!(!out.exists(), "a failed extract must leave no target");
 
     // Two images and no name.
     let r = run(&["image", "inspect", "--source", &src]);
     assert_eq!(r.code, 1);
-    assert!(r.stderr.contains("holds 2 images; name one of: builder, other"), "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("holds 2 images; name one of: builder, other"),
+        "{}",
+        r.stderr
+    );
 
     // Target not empty.
     std::fs::create_dir_all(&out).unwrap();
     std::fs::write(out.join("keep"), "mine").unwrap();
     let r = run(&["image", "extract", "builder", "--source", &src, "--to", o]);
     assert_eq!(r.code, 1);
-    assert!(r.stderr.contains("already exists and is not empty"), "{}", r.stderr);
-    assert!(r.stderr.contains("hint: choose a new directory"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("already exists and is not empty"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr.contains("hint: choose a new directory"),
+        "{}",
+        r.stderr
+    );
     assert_eq!(std::fs::read_to_string(out.join("keep")).unwrap(), "mine");
 
     // Not a layout.
-    let r = run(&["image", "inspect", "x", "--source", &format!("oci-layout:{}", t.path().display())]);
+    let r = run(&[
+        "image",
+        "inspect",
+        "x",
+        "--source",
+        &format!("oci-layout:{}", t.path().display()),
+    ]);
     assert_eq!(r.code, 1);
-    assert!(r.stderr.contains("is not an OCI image layout"), "{}", r.stderr);
-    assert!(r.stderr.contains("hint: --source oci-layout:DIR expects"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("is not an OCI image layout"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr.contains("hint: --source oci-layout:DIR expects"),
+        "{}",
+        r.stderr
+    );
 
     // Unknown scheme.
     let r = run(&["image", "inspect", "x", "--source", "ftp:somewhere"]);
     assert_eq!(r.code, 1);
-    assert!(r.stderr.contains("unknown source scheme \"ftp\""), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("unknown source scheme \"ftp\""),
+        "{}",
+        r.stderr
+    );
 
     // The registry is not there yet: say so, and what to do.
     let r = run(&["image", "inspect", "heroku/builder:22"]);
     assert_eq!(r.code, 1);
-    assert!(r.stderr.contains("registry is not available"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("registry is not available"),
+        "{}",
+        r.stderr
+    );
     assert!(r.stderr.contains("hint: "), "{}", r.stderr);
 
     // Bad platform and bad --path.
-    let r = run(&["image", "inspect", "builder", "--source", &src, "--platform", "linux"]);
+    let r = run(&[
+        "image",
+        "inspect",
+        "builder",
+        "--source",
+        &src,
+        "--platform",
+        "linux",
+    ]);
     assert_eq!(r.code, 1);
     assert!(r.stderr.contains("OS/ARCH"), "{}", r.stderr);
-    let r = run(&["image", "extract", "builder", "--source", &src, "--path", "../..", "--to", t.path().join("o2").to_str().unwrap()]);
+    let r = run(&[
+        "image",
+        "extract",
+        "builder",
+        "--source",
+        &src,
+        "--path",
+        "../..",
+        "--to",
+        t.path().join("o2").to_str().unwrap(),
+    ]);
     assert_eq!(r.code, 1);
     assert!(r.stderr.contains("--path \"../..\""), "{}", r.stderr);
 
@@ -170,20 +293,67 @@ fn platform_selection_lists_available() {
     let dir = t.path().join("layout");
     let mut b = LayoutBuilder::new(&dir);
     let img = |arch: &str, variant: Option<&str>, content: &str| {
-        ImageSpec::new(vec![Layer::new(vec![Entry::file("arch", content)], Compression::Gzip)]).platform("linux", arch, variant)
+        ImageSpec::new(vec![Layer::new(
+            vec![Entry::file("arch", content)],
+            Compression::Gzip,
+        )])
+        .platform("linux", arch, variant)
     };
-    b.add_index(IndexSpec::new(vec![img("amd64", None, "amd64"), img("arm64", Some("v8"), "arm64")]).ref_name("multi"));
+    b.add_index(
+        IndexSpec::new(vec![
+            img("amd64", None, "amd64"),
+            img("arm64", Some("v8"), "arm64"),
+        ])
+        .ref_name("multi"),
+    );
     b.write().unwrap();
     let src = format!("oci-layout:{}", dir.display());
     let out = t.path().join("out");
-    let r = run(&["image", "extract", "multi", "--source", &src, "--platform", "linux/arm64", "--to", out.to_str().unwrap()]);
+    let r = run(&[
+        "image",
+        "extract",
+        "multi",
+        "--source",
+        &src,
+        "--platform",
+        "linux/arm64",
+        "--to",
+        out.to_str().unwrap(),
+    ]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert_eq!(std::fs::read_to_string(out.join("arch")).unwrap(), "arm64");
-    let r = run(&["image", "inspect", "multi", "--source", &src, "--platform", "linux/s390x"]);
+    let r = run(&[
+        "image",
+        "inspect",
+        "multi",
+        "--source",
+        &src,
+        "--platform",
+        "linux/s390x",
+    ]);
     assert_eq!(r.code, 1);
-    assert!(r.stderr.contains("no image for platform linux/s390x (available: linux/amd64, linux/arm64/v8)"), "{}", r.stderr);
-    assert!(r.stderr.contains("hint: pick one of the available platforms"), "{}", r.stderr);
-    let r = run(&["image", "inspect", "multi", "--source", &src, "--platform", "linux/arm64", "--json"]);
+    assert!(
+        r.stderr
+            .contains("no image for platform linux/s390x (available: linux/amd64, linux/arm64/v8)"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr
+            .contains("hint: pick one of the available platforms"),
+        "{}",
+        r.stderr
+    );
+    let r = run(&[
+        "image",
+        "inspect",
+        "multi",
+        "--source",
+        &src,
+        "--platform",
+        "linux/arm64",
+        "--json",
+    ]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
     assert!(v["index_digest"].as_str().unwrap().starts_with("sha256:"));
@@ -193,7 +363,14 @@ fn platform_selection_lists_available() {
 fn help_explains() {
     let r = run(&["image", "extract", "--help"]);
     assert_eq!(r.code, 0);
-    for want in ["--path", "--source", "--to", "--platform", "oci-layout:DIR", "Examples"] {
+    for want in [
+        "--path",
+        "--source",
+        "--to",
+        "--platform",
+        "oci-layout:DIR",
+        "Examples",
+    ] {
         assert!(r.stdout.contains(want), "missing {want:?}:\n{}", r.stdout);
     }
     let r = run(&["--help"]);

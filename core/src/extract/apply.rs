@@ -89,13 +89,14 @@ impl Applier {
         for entry in entries {
             let mut entry = entry.map_err(Error::Tar)?;
             let raw_name = entry.path_bytes().into_owned();
-            self.apply_entry(&mut entry, &raw_name).map_err(|e| match e {
-                e @ (Error::BadEntry { .. } | Error::Tar(_)) => e,
-                other => Error::BadEntry {
-                    entry: String::from_utf8_lossy(&raw_name).into_owned(),
-                    reason: error_chain(&other),
-                },
-            })?;
+            self.apply_entry(&mut entry, &raw_name)
+                .map_err(|e| match e {
+                    e @ (Error::BadEntry { .. } | Error::Tar(_)) => e,
+                    other => Error::BadEntry {
+                        entry: String::from_utf8_lossy(&raw_name).into_owned(),
+                        reason: error_chain(&other),
+                    },
+                })?;
         }
         Ok(archive.into_inner())
     }
@@ -127,7 +128,13 @@ impl Applier {
 
     fn apply_entry<R: Read>(&mut self, entry: &mut tar::Entry<'_, R>, raw: &[u8]) -> Result<()> {
         let kind = entry.header().entry_type();
-        if matches!(kind, EntryType::XGlobalHeader | EntryType::XHeader | EntryType::GNULongName | EntryType::GNULongLink) {
+        if matches!(
+            kind,
+            EntryType::XGlobalHeader
+                | EntryType::XHeader
+                | EntryType::GNULongName
+                | EntryType::GNULongLink
+        ) {
             return Ok(());
         }
         let comps = path::normalise(raw).map_err(|r| Self::bad(raw, r))?;
@@ -137,7 +144,8 @@ impl Applier {
                 let mode = self.mode_of(entry.header())?;
                 let mtime = entry.header().mtime().unwrap_or(0) as i64;
                 self.chown(Path::new(""), entry.header())?;
-                self.dir_meta.insert(PathBuf::new(), DirMeta { mode, mtime });
+                self.dir_meta
+                    .insert(PathBuf::new(), DirMeta { mode, mtime });
                 return Ok(());
             }
             return Err(Self::bad(raw, "a non-directory entry for the image root"));
@@ -146,7 +154,10 @@ impl Applier {
             Whiteout::No => {}
             Whiteout::Metadata => return Ok(()),
             Whiteout::Invalid => {
-                return Err(Self::bad(raw, "a whiteout must name a file: '.wh.', '.wh..' and '.wh...' are not allowed"));
+                return Err(Self::bad(
+                    raw,
+                    "a whiteout must name a file: '.wh.', '.wh..' and '.wh...' are not allowed",
+                ));
             }
             Whiteout::Opaque => {
                 if self.filter.relation(parent) == Relation::Outside {
@@ -246,7 +257,10 @@ impl Applier {
                     .ok_or_else(|| Self::bad(raw, "a symlink without a target"))?
                     .into_owned();
                 if target.is_empty() || target.contains(&0) {
-                    return Err(Self::bad(raw, "a symlink with an empty or NUL-containing target"));
+                    return Err(Self::bad(
+                        raw,
+                        "a symlink with an empty or NUL-containing target",
+                    ));
                 }
                 self.replace(&rel)?;
                 std::os::unix::fs::symlink(OsStr::from_bytes(&target), &full)
@@ -261,14 +275,18 @@ impl Applier {
                     .ok_or_else(|| Self::bad(raw, "a hard link without a target"))?
                     .into_owned();
                 let target = path::normalise(&target_raw).map_err(|r| {
-                    Self::bad(raw, format!("hard link target {:?}: {r}", String::from_utf8_lossy(&target_raw)))
+                    Self::bad(
+                        raw,
+                        format!(
+                            "hard link target {:?}: {r}",
+                            String::from_utf8_lossy(&target_raw)
+                        ),
+                    )
                 })?;
                 let Some((tname, tparent)) = target.split_last() else {
                     return Err(Self::bad(raw, "a hard link to the image root"));
                 };
-                let source = self
-                    .resolve_dir(tparent, false)?
-                    .map(|d| d.join(tname));
+                let source = self.resolve_dir(tparent, false)?.map(|d| d.join(tname));
                 let source_meta = match &source {
                     Some(s) => self.lstat(s)?,
                     None => None,
@@ -288,7 +306,10 @@ impl Applier {
                     _ => {
                         return Err(Self::bad(
                             raw,
-                            format!("hard link to {}, which does not exist in this or a lower layer", path::display(&target)),
+                            format!(
+                                "hard link to {}, which does not exist in this or a lower layer",
+                                path::display(&target)
+                            ),
                         ))
                     }
                 };
@@ -299,12 +320,16 @@ impl Applier {
                     return Ok(());
                 }
                 self.replace(&rel)?;
-                fs::hard_link(self.root.join(&source), &full).map_err(Error::io("create hard link", &full))?;
+                fs::hard_link(self.root.join(&source), &full)
+                    .map_err(Error::io("create hard link", &full))?;
                 self.stats.hardlinks += 1;
             }
             EntryType::Fifo | EntryType::Char | EntryType::Block => {
                 if kind != EntryType::Fifo && !self.privileged {
-                    tracing::debug!("skipped device node {} (not running as root)", path::display(&comps));
+                    tracing::debug!(
+                        "skipped device node {} (not running as root)",
+                        path::display(&comps)
+                    );
                     self.stats.skipped_devices += 1;
                     return Ok(());
                 }
@@ -324,7 +349,10 @@ impl Applier {
                 ) {
                     Ok(()) => {}
                     Err(rustix::io::Errno::PERM) if kind != EntryType::Fifo => {
-                        tracing::debug!("skipped device node {}: not permitted here", path::display(&comps));
+                        tracing::debug!(
+                            "skipped device node {}: not permitted here",
+                            path::display(&comps)
+                        );
                         self.stats.skipped_devices += 1;
                         return Ok(());
                     }
@@ -337,7 +365,11 @@ impl Applier {
                 self.stats.files += 1;
             }
             other => {
-                tracing::warn!("skipped {} entry of unsupported type {:?}", path::display(&comps), other);
+                tracing::warn!(
+                    "skipped {} entry of unsupported type {:?}",
+                    path::display(&comps),
+                    other
+                );
                 return Ok(());
             }
         }
@@ -363,7 +395,8 @@ impl Applier {
         let uid = h.uid().map_err(Error::Tar)? as u32;
         let gid = h.gid().map_err(Error::Tar)? as u32;
         let p = self.root.join(rel);
-        std::os::unix::fs::lchown(&p, Some(uid), Some(gid)).map_err(Error::io("change owner of", &p))
+        std::os::unix::fs::lchown(&p, Some(uid), Some(gid))
+            .map_err(Error::io("change owner of", &p))
     }
 
     fn set_mtime(&self, rel: &Path, h: &tar::Header) -> Result<()> {
@@ -485,7 +518,9 @@ impl Applier {
                     if followed > MAX_SYMLINKS {
                         return Err(Error::BadEntry {
                             entry: path::display(comps),
-                            reason: format!("more than {MAX_SYMLINKS} symlinks on the way (a loop?)"),
+                            reason: format!(
+                                "more than {MAX_SYMLINKS} symlinks on the way (a loop?)"
+                            ),
                         });
                     }
                     let full = self.root.join(&next);
@@ -521,7 +556,11 @@ enum CopyError {
     Write(io::Error),
 }
 
-fn copy(r: &mut impl Read, w: &mut impl io::Write, buf: &mut [u8]) -> std::result::Result<u64, CopyError> {
+fn copy(
+    r: &mut impl Read,
+    w: &mut impl io::Write,
+    buf: &mut [u8],
+) -> std::result::Result<u64, CopyError> {
     let mut n = 0u64;
     loop {
         let k = match r.read(buf) {
@@ -541,12 +580,18 @@ fn make_writable(dir: &Path) -> Result<()> {
         return Ok(());
     }
     if meta.permissions().mode() & 0o700 != 0o700 {
-        fs::set_permissions(dir, fs::Permissions::from_mode(meta.permissions().mode() | 0o700))
-            .map_err(Error::io("set permissions of", dir))?;
+        fs::set_permissions(
+            dir,
+            fs::Permissions::from_mode(meta.permissions().mode() | 0o700),
+        )
+        .map_err(Error::io("set permissions of", dir))?;
     }
     for c in fs::read_dir(dir).map_err(Error::io("read directory", dir))? {
         let c = c.map_err(Error::io("read directory", dir))?;
-        if c.file_type().map_err(Error::io("inspect", c.path()))?.is_dir() {
+        if c.file_type()
+            .map_err(Error::io("inspect", c.path()))?
+            .is_dir()
+        {
             make_writable(&c.path())?;
         }
     }

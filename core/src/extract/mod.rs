@@ -113,8 +113,16 @@ fn apply_one<R: Read>(
         .with_progress(Box::new(move |n| reporter.layer_progress(index, n)));
     let mut raw = BufReader::with_capacity(READ_BUF, raw);
     let (compression, decompressed) = stream::decompress(&mut raw).map_err(Error::Tar)?;
-    tracing::debug!(layer = index, ?compression, "applying layer {}", layer.digest);
-    let like = layer.diff_id.clone().unwrap_or_else(|| layer.digest.clone());
+    tracing::debug!(
+        layer = index,
+        ?compression,
+        "applying layer {}",
+        layer.digest
+    );
+    let like = layer
+        .diff_id
+        .clone()
+        .unwrap_or_else(|| layer.digest.clone());
     let uncompressed = stream::HashingReader::new(decompressed, &like);
     let uncompressed = applier.apply_layer(uncompressed)?;
     // Read to the very end: the tar may end before the compressed stream does.

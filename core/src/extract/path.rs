@@ -174,7 +174,14 @@ mod tests {
         for (input, want) in ok {
             assert_eq!(comps(input), *want, "{input}");
         }
-        for bad in ["..", "../x", "a/../../x", "/../etc/passwd", "./../x", "a\0b"] {
+        for bad in [
+            "..",
+            "../x",
+            "a/../../x",
+            "/../etc/passwd",
+            "./../x",
+            "a\0b",
+        ] {
             assert!(normalise(bad.as_bytes()).is_err(), "{bad:?}");
         }
     }

@@ -78,7 +78,9 @@ pub fn detect(prefix: &[u8]) -> Compression {
 }
 
 /// Wraps `input` in the decompressor its first bytes call for.
-pub fn decompress<'a, R: BufRead + 'a>(mut input: R) -> io::Result<(Compression, Box<dyn Read + 'a>)> {
+pub fn decompress<'a, R: BufRead + 'a>(
+    mut input: R,
+) -> io::Result<(Compression, Box<dyn Read + 'a>)> {
     // BufReader's first fill holds at least the 4 magic bytes of any real layer; a
     // shorter blob cannot be a valid compressed tar and is read as plain.
     let compression = detect(input.fill_buf()?);

@@ -14,7 +14,9 @@ use std::path::{Path, PathBuf};
 use locald_core::digest::Digest;
 use locald_core::manifest::{self, MAX_JSON_BYTES, REF_NAME};
 use locald_core::oci_spec::image::{Descriptor, ImageIndex};
-use locald_core::source::{BlobReader, BoxFuture, Document, ImageSource, SchemeRegistry, SourceFactory};
+use locald_core::source::{
+    BlobReader, BoxFuture, Document, ImageSource, SchemeRegistry, SourceFactory,
+};
 use locald_core::ImageReference;
 
 /// The scheme this crate serves.
@@ -127,7 +129,11 @@ impl OciLayout {
         match v.get("imageLayoutVersion").and_then(|v| v.as_str()) {
             Some(ver) if ver.starts_with("1.") => {}
             Some(ver) => return Err(not(format!("unsupported imageLayoutVersion {ver:?}"))),
-            None => return Err(not("its oci-layout file has no imageLayoutVersion".to_owned())),
+            None => {
+                return Err(not(
+                    "its oci-layout file has no imageLayoutVersion".to_owned()
+                ))
+            }
         }
         Ok(OciLayout { dir })
     }
@@ -141,20 +147,27 @@ impl OciLayout {
     pub async fn read_index(&self) -> Result<ImageIndex, locald_core::Error> {
         let path = self.dir.join("index.json");
         let what = format!("index.json of layout {}", self.dir.display());
-        let meta = tokio::fs::metadata(&path).await.map_err(|source| LayoutError::Io {
-            path: path.clone(),
-            source,
-        })?;
+        let meta = tokio::fs::metadata(&path)
+            .await
+            .map_err(|source| LayoutError::Io {
+                path: path.clone(),
+                source,
+            })?;
         manifest::check_size(meta.len(), &what)?;
-        let bytes = tokio::fs::read(&path).await.map_err(|source| LayoutError::Io {
-            path: path.clone(),
-            source,
-        })?;
+        let bytes = tokio::fs::read(&path)
+            .await
+            .map_err(|source| LayoutError::Io {
+                path: path.clone(),
+                source,
+            })?;
         manifest::parse_index(&bytes, &what)
     }
 
     fn blob_path(&self, d: &Descriptor) -> Result<(Digest, PathBuf), locald_core::Error> {
-        let digest = manifest::descriptor_digest(d, &format!("a descriptor in layout {}", self.dir.display()))?;
+        let digest = manifest::descriptor_digest(
+            d,
+            &format!("a descriptor in layout {}", self.dir.display()),
+        )?;
         let path = self.dir.join(digest.blob_path());
         Ok((digest, path))
     }
@@ -185,7 +198,11 @@ fn entry_name(d: &Descriptor) -> String {
 
 /// Chooses the `index.json` entry that `image` names (pure; see the crate docs for
 /// the matching rules).
-pub fn select_entry<'a>(index: &'a ImageIndex, image: Option<&str>, layout: &Path) -> Result<&'a Descriptor, LayoutError> {
+pub fn select_entry<'a>(
+    index: &'a ImageIndex,
+    image: Option<&str>,
+    layout: &Path,
+) -> Result<&'a Descriptor, LayoutError> {
     let entries = index.manifests();
     let available: Vec<String> = entries.iter().map(entry_name).collect();
     let distinct = |ds: &[&'a Descriptor]| {
@@ -212,7 +229,12 @@ pub fn select_entry<'a>(index: &'a ImageIndex, image: Option<&str>, layout: &Pat
             }),
         };
     };
-    let name_of = |d: &Descriptor| d.annotations().as_ref().and_then(|a| a.get(REF_NAME)).cloned();
+    let name_of = |d: &Descriptor| {
+        d.annotations()
+            .as_ref()
+            .and_then(|a| a.get(REF_NAME))
+            .cloned()
+    };
     let wanted = ImageReference::parse(image).ok();
     type Rule<'r> = Box<dyn Fn(&str) -> bool + 'r>;
     let rules: Vec<Rule<'_>> = vec![
@@ -245,7 +267,10 @@ pub fn select_entry<'a>(index: &'a ImageIndex, image: Option<&str>, layout: &Pat
     // A layout with a single unnamed image serves whatever name was asked for.
     if let [only] = distinct(&all).as_slice() {
         if name_of(only).is_none() {
-            tracing::debug!("using the only (unnamed) image of layout {} for {image}", layout.display());
+            tracing::debug!(
+                "using the only (unnamed) image of layout {} for {image}",
+                layout.display()
+            );
             return Ok(only);
         }
     }
@@ -269,7 +294,8 @@ impl ImageSource for OciLayout {
             let what = format!("manifest {digest} in layout {}", self.dir.display());
             manifest::check_size(entry.size(), &what)?;
             let file = self.open_file(&entry).await?;
-            let bytes = locald_core::source::read_capped(Box::pin(file), MAX_JSON_BYTES, &what).await?;
+            let bytes =
+                locald_core::source::read_capped(Box::pin(file), MAX_JSON_BYTES, &what).await?;
             if bytes.len() as u64 != entry.size() {
                 return Err(locald_core::Error::SizeMismatch {
                     what,
@@ -290,10 +316,14 @@ impl ImageSource for OciLayout {
         })
     }
 
-    fn open_blob<'a>(&'a self, descriptor: &'a Descriptor) -> BoxFuture<'a, locald_core::Result<BlobReader>> {
+    fn open_blob<'a>(
+        &'a self,
+        descriptor: &'a Descriptor,
+    ) -> BoxFuture<'a, locald_core::Result<BlobReader>> {
         Box::pin(async move {
             let file = self.open_file(descriptor).await?;
-            let reader: BlobReader = Box::pin(tokio::io::BufReader::with_capacity(128 * 1024, file));
+            let reader: BlobReader =
+                Box::pin(tokio::io::BufReader::with_capacity(128 * 1024, file));
             Ok(reader)
         })
     }
@@ -341,7 +371,8 @@ mod tests {
                 m
             })
             .collect();
-        serde_json::from_value(serde_json::json!({"schemaVersion": 2, "manifests": manifests})).unwrap()
+        serde_json::from_value(serde_json::json!({"schemaVersion": 2, "manifests": manifests}))
+            .unwrap()
     }
 
     fn hex(b: u8) -> String {
@@ -364,11 +395,18 @@ mod tests {
         ]);
         assert_eq!(pick(&idx, Some("builder")).unwrap(), "01");
         assert_eq!(pick(&idx, Some("heroku/builder:22")).unwrap(), "02");
-        assert_eq!(pick(&idx, Some("docker.io/heroku/builder:22")).unwrap(), "02");
+        assert_eq!(
+            pick(&idx, Some("docker.io/heroku/builder:22")).unwrap(),
+            "02"
+        );
         assert_eq!(pick(&idx, Some("heroku/builder:24")).unwrap(), "03");
         assert_eq!(pick(&idx, Some("127.0.0.1:5000/run")).unwrap(), "04");
         let e = pick(&idx, Some("nope:1")).unwrap_err();
-        assert!(e.contains("no image named \"nope:1\"") && e.contains("builder, docker.io/heroku/builder:22, 24"), "{e}");
+        assert!(
+            e.contains("no image named \"nope:1\"")
+                && e.contains("builder, docker.io/heroku/builder:22, 24"),
+            "{e}"
+        );
         let e = pick(&idx, None).unwrap_err();
         assert!(e.contains("holds 4 images"), "{e}");
     }
@@ -386,8 +424,15 @@ mod tests {
         assert_eq!(pick(&idx, None).unwrap(), "01");
         let idx = index(&[(Some("x/a:1"), 1), (Some("docker.io/x/a:1"), 2)]);
         assert_eq!(pick(&idx, Some("x/a:1")).unwrap(), "01");
-        let idx = index(&[(Some("docker.io/x/a:1"), 1), (Some("index.docker.io/x/a:1"), 2)]);
-        assert!(pick(&idx, Some("x/a:1")).unwrap_err().contains("matches several"));
-        assert!(pick(&index(&[]), None).unwrap_err().contains("holds no images"));
+        let idx = index(&[
+            (Some("docker.io/x/a:1"), 1),
+            (Some("index.docker.io/x/a:1"), 2),
+        ]);
+        assert!(pick(&idx, Some("x/a:1"))
+            .unwrap_err()
+            .contains("matches several"));
+        assert!(pick(&index(&[]), None)
+            .unwrap_err()
+            .contains("holds no images"));
     }
 }

@@ -25,7 +25,16 @@ impl Rng {
     /// `len` bytes: a mix like real binaries and text (about 2.5:1 under gzip).
     fn content(&mut self, len: usize) -> Vec<u8> {
         let mut out = Vec::with_capacity(len);
-        let words: [&[u8]; 8] = [b"lib", b"_start ", b"GLIBC_2.17 ", b"\0\0\0\0", b"main", b"/usr/lib/x86_64 ", b"buildpack ", b"\n"];
+        let words: [&[u8]; 8] = [
+            b"lib",
+            b"_start ",
+            b"GLIBC_2.17 ",
+            b"\0\0\0\0",
+            b"main",
+            b"/usr/lib/x86_64 ",
+            b"buildpack ",
+            b"\n",
+        ];
         while out.len() < len {
             let r = self.next();
             if r % 3 == 0 {
@@ -84,21 +93,35 @@ fn main() {
         Entry::dir("root/").mode(0o700),
         Entry::symlink("bin", "usr/bin"),
         Entry::symlink("lib", "usr/lib"),
-        Entry::file("etc/passwd", "root:x:0:0:root:/root:/bin/bash\ncnb:x:1000:1000::/home/cnb:/bin/bash\n"),
-        Entry::file("etc/apt/sources.list.d/old.list", "deb http://old stable main\n"),
+        Entry::file(
+            "etc/passwd",
+            "root:x:0:0:root:/root:/bin/bash\ncnb:x:1000:1000::/home/cnb:/bin/bash\n",
+        ),
+        Entry::file(
+            "etc/apt/sources.list.d/old.list",
+            "deb http://old stable main\n",
+        ),
         Entry::file("usr/bin/sudo", rng.content(200_000)).mode(0o4755),
     ];
     for p in 0..sz(40) {
         base.push(Entry::dir(format!("usr/lib/pkg{p}/")));
         for f in 0..40 {
             let len = (rng.next() % 200_000) as usize + 100;
-            base.push(Entry::file(format!("usr/lib/pkg{p}/lib{f}.so.1"), rng.content(len)).mode(0o755));
+            base.push(
+                Entry::file(format!("usr/lib/pkg{p}/lib{f}.so.1"), rng.content(len)).mode(0o755),
+            );
             if f % 10 == 0 {
-                base.push(Entry::symlink(format!("usr/lib/pkg{p}/lib{f}.so"), format!("lib{f}.so.1")));
+                base.push(Entry::symlink(
+                    format!("usr/lib/pkg{p}/lib{f}.so"),
+                    format!("lib{f}.so.1"),
+                ));
             }
         }
         base.push(Entry::dir(format!("usr/share/doc/pkg{p}/")));
-        base.push(Entry::file(format!("usr/share/doc/pkg{p}/copyright"), rng.content(3000)));
+        base.push(Entry::file(
+            format!("usr/share/doc/pkg{p}/copyright"),
+            rng.content(3000),
+        ));
     }
     for b in 0..sz(300) {
         let len = (rng.next() % 300_000) as usize + 1000;
@@ -108,7 +131,13 @@ fn main() {
     layers.push(Layer::new(base, Compression::Gzip));
 
     // 2. OS update: whiteouts (removed docs) and an opaque directory.
-    let mut update = vec![Entry::opaque("etc/apt/sources.list.d"), Entry::file("etc/apt/sources.list.d/new.list", "deb http://new stable main\n")];
+    let mut update = vec![
+        Entry::opaque("etc/apt/sources.list.d"),
+        Entry::file(
+            "etc/apt/sources.list.d/new.list",
+            "deb http://new stable main\n",
+        ),
+    ];
     for p in (0..sz(40)).step_by(3) {
         update.push(Entry::whiteout("usr/share/doc", format!("pkg{p}")));
     }
@@ -116,7 +145,10 @@ fn main() {
     layers.push(Layer::new(update, Compression::Gzip));
 
     // 3-13. Buildpacks, each its own layer, as `pack builder create` lays them out.
-    let cnb_dirs = vec![Entry::dir("cnb/").owner(1000, 1000), Entry::dir("cnb/buildpacks/").owner(1000, 1000)];
+    let cnb_dirs = vec![
+        Entry::dir("cnb/").owner(1000, 1000),
+        Entry::dir("cnb/buildpacks/").owner(1000, 1000),
+    ];
     for bp in 0..11 {
         let id = format!("heroku_{bp}");
         let root = format!("cnb/buildpacks/{id}/1.{bp}.0");
@@ -124,7 +156,10 @@ fn main() {
         e.push(Entry::dir(format!("cnb/buildpacks/{id}/")));
         e.push(Entry::dir(format!("{root}/")));
         e.push(Entry::dir(format!("{root}/bin/")));
-        e.push(Entry::file(format!("{root}/buildpack.toml"), format!("api = \"0.10\"\n[buildpack]\nid = \"heroku/{bp}\"\nversion = \"1.{bp}.0\"\n")));
+        e.push(Entry::file(
+            format!("{root}/buildpack.toml"),
+            format!("api = \"0.10\"\n[buildpack]\nid = \"heroku/{bp}\"\nversion = \"1.{bp}.0\"\n"),
+        ));
         e.push(Entry::file(format!("{root}/bin/main"), rng.content(sz(12_000_000))).mode(0o755));
         e.push(Entry::symlink(format!("{root}/bin/detect"), "main"));
         e.push(Entry::symlink(format!("{root}/bin/build"), "main"));
@@ -133,7 +168,10 @@ fn main() {
             let len = (rng.next() % 150_000) as usize + 10;
             e.push(Entry::file(format!("{root}/lib/f{f}.rb"), rng.content(len)));
         }
-        e.push(Entry::hardlink(format!("{root}/bin/main-copy"), format!("{root}/bin/main")));
+        e.push(Entry::hardlink(
+            format!("{root}/bin/main-copy"),
+            format!("{root}/bin/main"),
+        ));
         // gzip everywhere: umoci 0.4 (the peer) refuses zstd layers.
         layers.push(Layer::new(e, Compression::Gzip));
     }
@@ -142,8 +180,13 @@ fn main() {
     let mut lc = cnb_dirs.clone();
     lc.push(Entry::dir("cnb/lifecycle/"));
     lc.push(Entry::file("cnb/lifecycle/lifecycle", rng.content(sz(30_000_000))).mode(0o755));
-    for phase in ["analyzer", "builder", "creator", "detector", "exporter", "restorer", "extender", "rebaser"] {
-        lc.push(Entry::symlink(format!("cnb/lifecycle/{phase}"), "lifecycle"));
+    for phase in [
+        "analyzer", "builder", "creator", "detector", "exporter", "restorer", "extender", "rebaser",
+    ] {
+        lc.push(Entry::symlink(
+            format!("cnb/lifecycle/{phase}"),
+            "lifecycle",
+        ));
     }
     lc.push(Entry::file("cnb/lifecycle/launcher", rng.content(sz(2_000_000))).mode(0o755));
     lc.push(Entry::file("cnb/lifecycle/lifecycle.toml", "[apis]\n[apis.platform]\nsupported = [\"0.12\", \"0.13\"]\n[apis.buildpack]\nsupported = [\"0.10\", \"0.11\"]\n[lifecycle]\nversion = \"0.20.0\"\n"));
@@ -151,10 +194,22 @@ fn main() {
 
     // 15. Builder metadata.
     let mut md = cnb_dirs;
-    md.push(Entry::file("cnb/order.toml", "[[order]]\n[[order.group]]\nid = \"heroku/0\"\nversion = \"1.0.0\"\n"));
-    md.push(Entry::file("cnb/run.toml", "[[images]]\nimage = \"heroku/heroku:22-cnb\"\n"));
-    md.push(Entry::file("cnb/stack.toml", "[run-image]\nimage = \"heroku/heroku:22-cnb\"\n"));
-    md.push(Entry::whiteout("cnb/buildpacks/heroku_10/1.10.0/lib", "f0.rb"));
+    md.push(Entry::file(
+        "cnb/order.toml",
+        "[[order]]\n[[order.group]]\nid = \"heroku/0\"\nversion = \"1.0.0\"\n",
+    ));
+    md.push(Entry::file(
+        "cnb/run.toml",
+        "[[images]]\nimage = \"heroku/heroku:22-cnb\"\n",
+    ));
+    md.push(Entry::file(
+        "cnb/stack.toml",
+        "[run-image]\nimage = \"heroku/heroku:22-cnb\"\n",
+    ));
+    md.push(Entry::whiteout(
+        "cnb/buildpacks/heroku_10/1.10.0/lib",
+        "f0.rb",
+    ));
     layers.push(Layer::new(md, Compression::Gzip));
 
     let uncompressed: usize = layers.iter().map(|l| l.tar().len()).sum();
@@ -166,7 +221,10 @@ fn main() {
             .env("CNB_GROUP_ID=1000")
             .env("PATH=/usr/local/bin:/usr/bin:/bin")
             .user("1000:1000")
-            .label("io.buildpacks.builder.metadata", "{\"description\":\"bench builder\"}"),
+            .label(
+                "io.buildpacks.builder.metadata",
+                "{\"description\":\"bench builder\"}",
+            ),
     );
     b.write().unwrap();
     let compressed: i64 = info.layers.iter().map(|l| l.size).sum();
