@@ -21,6 +21,8 @@ enum Exit {
     /// The operation failed: bad input, a corrupt or missing image, a refused archive.
     Failure = 1,
     // 2 is clap's: a usage error.
+    /// Stopped by SIGINT (128 + 2, as shells report it).
+    Interrupted = 130,
 }
 
 /// An error the user can act on, with a hint line.
@@ -83,16 +85,16 @@ fn main() -> ExitCode {
             return ExitCode::from(Exit::Failure as u8);
         }
     };
-    let result = runtime.block_on(async {
-        match cli.command {
-            Command::Image(ImageCommand::Extract(a)) => {
-                commands::image::extract(a, cli.quiet).await
-            }
-            Command::Image(ImageCommand::Inspect(a)) => commands::image::inspect(a).await,
-        }
-    });
+    let cancel = locald_core::cancel::Cancel::new();
+    let result = runtime.block_on(run(cli, cancel));
+    // Do not wait for blocking workers still unwinding after an interrupt.
+    runtime.shutdown_background();
     match result {
         Ok(()) => ExitCode::from(Exit::Success as u8),
+        Err(e) if is_cancelled(&e) => {
+            eprintln!("error: interrupted; nothing was published");
+            ExitCode::from(Exit::Interrupted as u8)
+        }
         Err(e) => {
             eprintln!("error: {e:#}");
             if let Some(hint) = hint(&e) {
@@ -101,6 +103,38 @@ fn main() -> ExitCode {
             ExitCode::from(Exit::Failure as u8)
         }
     }
+}
+
+/// Runs the command; on Ctrl-C asks the work to stop and gives it a moment to
+/// clean up its temporary directories, then gives up on it.
+async fn run(cli: Cli, cancel: locald_core::cancel::Cancel) -> anyhow::Result<()> {
+    let work = async {
+        match cli.command {
+            Command::Image(ImageCommand::Extract(a)) => {
+                commands::image::extract(a, cli.quiet, cancel.clone()).await
+            }
+            Command::Image(ImageCommand::Inspect(a)) => commands::image::inspect(a).await,
+        }
+    };
+    tokio::pin!(work);
+    tokio::select! {
+        r = &mut work => return r,
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    cancel.cancel();
+    match tokio::time::timeout(std::time::Duration::from_secs(3), &mut work).await {
+        Ok(r) => r,
+        Err(_) => Err(locald_core::Error::Cancelled.into()),
+    }
+}
+
+fn is_cancelled(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        matches!(
+            c.downcast_ref::<locald_core::Error>(),
+            Some(locald_core::Error::Cancelled)
+        )
+    })
 }
 
 /// A line telling the user what to do, where we know one.

@@ -154,6 +154,9 @@ pub enum Error {
         /// Who tried again.
         second: String,
     },
+    /// The work was cancelled (Ctrl-C).
+    #[error("cancelled")]
+    Cancelled,
     /// A background task died.
     #[error("internal error: a worker task failed: {0}")]
     Join(String),

@@ -16,6 +16,7 @@
 
 pub use oci_spec;
 
+pub mod cancel;
 pub mod digest;
 pub mod error;
 pub mod extract;

@@ -41,6 +41,7 @@ pub fn extract_from(
         let img = source::resolve(src, image, &platform, false).await?;
         let options = ExtractOptions {
             filter: PathFilter::new(paths).unwrap(),
+            ..ExtractOptions::default()
         };
         extract::extract_image(src, &img, target, &options, Arc::new(Silent)).await
     })

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use anyhow::Context;
+use locald_core::cancel::Cancel;
 use locald_core::extract::{self, ExtractOptions, PathFilter};
 use locald_core::source::{self, ResolvedImage};
 
@@ -26,13 +27,13 @@ async fn resolve(
 }
 
 /// `locald image extract`
-pub async fn extract(args: ExtractArgs, quiet: bool) -> anyhow::Result<()> {
+pub async fn extract(args: ExtractArgs, quiet: bool, cancel: Cancel) -> anyhow::Result<()> {
     let filter = PathFilter::new(&args.paths).map_err(|e| {
         UserError::with_hint(e, "paths are image paths such as /cnb or /usr/local/bin")
     })?;
     let started = Instant::now();
     let (src, image) = resolve(&args.source).await?;
-    let options = ExtractOptions { filter };
+    let options = ExtractOptions { filter, cancel };
     let reporter = crate::progress::reporter(quiet || args.json);
     let stats = extract::extract_image(src.as_ref(), &image, &args.to, &options, reporter)
         .await

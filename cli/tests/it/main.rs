@@ -376,3 +376,89 @@ fn help_explains() {
     let r = run(&["--help"]);
     assert!(r.stdout.contains("LOCALD_LOG"), "{}", r.stdout);
 }
+
+/// Ctrl-C in the middle of a layer: exit 130, no target, no temporary directory.
+#[test]
+fn ctrl_c_publishes_nothing_and_leaves_no_temp_dir() {
+    use std::io::Write;
+    use std::time::{Duration, Instant};
+
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path().join("layout");
+    let mut b = LayoutBuilder::new(&dir);
+    let big = vec![7u8; 4 << 20];
+    let info = b.add_image(
+        ImageSpec::new(vec![Layer::new(
+            vec![Entry::file("a", &big), Entry::file("b", &big)],
+            Compression::None,
+        )])
+        .ref_name("img"),
+    );
+    b.write().unwrap();
+    // The layer blob becomes a FIFO that delivers the first file, then stalls, as
+    // a slow disk or network would.
+    let blob = dir.join("blobs/sha256").join(&info.layers[0].digest[7..]);
+    let bytes = std::fs::read(&blob).unwrap();
+    std::fs::remove_file(&blob).unwrap();
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        &blob,
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o600),
+        0,
+    )
+    .unwrap();
+    let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+    let writer = std::thread::spawn(move || {
+        let mut f = std::fs::OpenOptions::new().write(true).open(&blob).unwrap();
+        let _ = f.write_all(&bytes[..(5 << 20)]);
+        let _ = stop_rx.recv_timeout(Duration::from_secs(30));
+    });
+    let work = t.path().join("work");
+    std::fs::create_dir(&work).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_locald"))
+        .args([
+            "image",
+            "extract",
+            "img",
+            "--source",
+            &format!("oci-layout:{}", dir.display()),
+        ])
+        .arg("--to")
+        .arg(work.join("out"))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until the extraction has written into its temporary directory.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let started = std::fs::read_dir(&work)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .any(|e| e.path().join("a").exists());
+        if started {
+            break;
+        }
+        assert!(Instant::now() < deadline, "extraction never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    rustix::process::kill_process(
+        rustix::process::Pid::from_child(&child),
+        rustix::process::Signal::INT,
+    )
+    .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let _ = stop_tx.send(());
+    writer.join().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    assert!(
+        stderr.contains("interrupted; nothing was published"),
+        "{stderr}"
+    );
+    let left: Vec<_> = std::fs::read_dir(&work)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}

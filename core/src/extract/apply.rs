@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use tar::EntryType;
 
 use super::path::{self, PathFilter, Relation, Whiteout};
+use crate::cancel::Cancel;
 use crate::error::{Error, Result};
 
 /// How many symlinks one path resolution may follow (as the kernel's ELOOP limit).
@@ -64,6 +65,7 @@ pub struct Applier {
     touched: HashSet<PathBuf>,
     stats: Stats,
     buf: Vec<u8>,
+    cancel: Cancel,
 }
 
 impl Applier {
@@ -77,7 +79,14 @@ impl Applier {
             touched: HashSet::new(),
             stats: Stats::default(),
             buf: vec![0; COPY_BUF],
+            cancel: Cancel::new(),
         }
+    }
+
+    /// Stops with [`Error::Cancelled`] once `cancel` is set.
+    pub fn with_cancel(mut self, cancel: Cancel) -> Self {
+        self.cancel = cancel;
+        self
     }
 
     /// Applies one uncompressed layer tar stream. Returns the stream, read up to the
@@ -87,11 +96,12 @@ impl Applier {
         let mut archive = tar::Archive::new(tar_stream);
         let entries = archive.entries().map_err(Error::Tar)?;
         for entry in entries {
+            self.cancel.check()?;
             let mut entry = entry.map_err(Error::Tar)?;
             let raw_name = entry.path_bytes().into_owned();
             self.apply_entry(&mut entry, &raw_name)
                 .map_err(|e| match e {
-                    e @ (Error::BadEntry { .. } | Error::Tar(_)) => e,
+                    e @ (Error::BadEntry { .. } | Error::Tar(_) | Error::Cancelled) => e,
                     other => Error::BadEntry {
                         entry: String::from_utf8_lossy(&raw_name).into_owned(),
                         reason: error_chain(&other),
@@ -234,14 +244,16 @@ impl Applier {
                     .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
                     .open(&full)
                     .map_err(Error::io("create file", &full))?;
-                let n = copy(entry, &mut file, &mut self.buf).map_err(|e| match e {
-                    CopyError::Read(e) => Error::Tar(e),
-                    CopyError::Write(e) => Error::Io {
-                        op: "write",
-                        path: full.clone(),
-                        source: e,
-                    },
-                })?;
+                let n =
+                    copy(entry, &mut file, &mut self.buf, &self.cancel).map_err(|e| match e {
+                        CopyError::Cancelled => Error::Cancelled,
+                        CopyError::Read(e) => Error::Tar(e),
+                        CopyError::Write(e) => Error::Io {
+                            op: "write",
+                            path: full.clone(),
+                            source: e,
+                        },
+                    })?;
                 self.stats.bytes += n;
                 drop(file);
                 self.chown(&rel, &header)?;
@@ -552,6 +564,7 @@ impl Applier {
 }
 
 enum CopyError {
+    Cancelled,
     Read(io::Error),
     Write(io::Error),
 }
@@ -560,9 +573,13 @@ fn copy(
     r: &mut impl Read,
     w: &mut impl io::Write,
     buf: &mut [u8],
+    cancel: &Cancel,
 ) -> std::result::Result<u64, CopyError> {
     let mut n = 0u64;
     loop {
+        if cancel.is_cancelled() {
+            return Err(CopyError::Cancelled);
+        }
         let k = match r.read(buf) {
             Ok(0) => return Ok(n),
             Ok(k) => k,

@@ -19,6 +19,7 @@ use tokio_util::io::SyncIoBridge;
 pub use apply::{Applier, Stats};
 pub use path::PathFilter;
 
+use crate::cancel::Cancel;
 use crate::error::{Error, Result};
 use crate::progress::Reporter;
 use crate::source::{ImageSource, LayerInfo, ResolvedImage};
@@ -31,6 +32,8 @@ const READ_BUF: usize = 128 * 1024;
 pub struct ExtractOptions {
     /// Image paths to extract (empty = the whole root filesystem).
     pub filter: PathFilter,
+    /// Checked between entries and while copying; set it to stop early.
+    pub cancel: Cancel,
 }
 
 /// Extracts `image` from `source` into `target`, which must not exist or be an empty
@@ -70,15 +73,20 @@ pub async fn apply_layers(
     options: &ExtractOptions,
     reporter: Arc<dyn Reporter>,
 ) -> Result<Stats> {
-    let mut applier = Applier::new(root, options.filter.clone());
+    let mut applier =
+        Applier::new(root, options.filter.clone()).with_cancel(options.cancel.clone());
     let total = image.layers.len();
     for (i, layer) in image.layers.iter().enumerate() {
         let index = i + 1;
+        options.cancel.check()?;
         reporter.layer_started(index, total, &layer.digest, layer.size);
-        let wrap = |e: Error| Error::Layer {
-            index,
-            digest: layer.digest.clone(),
-            source: Box::new(e),
+        let wrap = |e: Error| match e {
+            Error::Cancelled => e,
+            e => Error::Layer {
+                index,
+                digest: layer.digest.clone(),
+                source: Box::new(e),
+            },
         };
         let blob = source.open_blob(&layer.descriptor).await.map_err(wrap)?;
         // Never read more than one byte past the declared size: a lying or endless
