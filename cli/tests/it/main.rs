@@ -416,7 +416,7 @@ fn ctrl_c_publishes_nothing_and_leaves_no_temp_dir() {
     });
     let work = t.path().join("work");
     std::fs::create_dir(&work).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_locald"))
+    let child = Command::new(env!("CARGO_BIN_EXE_locald"))
         .args([
             "image",
             "extract",
