@@ -103,7 +103,7 @@ fn main() {
         ),
         Entry::file("usr/bin/sudo", rng.content(200_000)).mode(0o4755),
     ];
-    for p in 0..sz(40) {
+    for p in 0..sz(70) {
         base.push(Entry::dir(format!("usr/lib/pkg{p}/")));
         for f in 0..40 {
             let len = (rng.next() % 200_000) as usize + 100;
@@ -123,7 +123,7 @@ fn main() {
             rng.content(3000),
         ));
     }
-    for b in 0..sz(300) {
+    for b in 0..sz(500) {
         let len = (rng.next() % 300_000) as usize + 1000;
         base.push(Entry::file(format!("usr/bin/tool{b}"), rng.content(len)).mode(0o755));
     }
@@ -138,7 +138,7 @@ fn main() {
             "deb http://new stable main\n",
         ),
     ];
-    for p in (0..sz(40)).step_by(3) {
+    for p in (0..sz(70)).step_by(3) {
         update.push(Entry::whiteout("usr/share/doc", format!("pkg{p}")));
     }
     update.push(Entry::file("usr/bin/tool1", rng.content(sz(5_000_000))).mode(0o755));
@@ -160,11 +160,11 @@ fn main() {
             format!("{root}/buildpack.toml"),
             format!("api = \"0.10\"\n[buildpack]\nid = \"heroku/{bp}\"\nversion = \"1.{bp}.0\"\n"),
         ));
-        e.push(Entry::file(format!("{root}/bin/main"), rng.content(sz(12_000_000))).mode(0o755));
+        e.push(Entry::file(format!("{root}/bin/main"), rng.content(sz(20_000_000))).mode(0o755));
         e.push(Entry::symlink(format!("{root}/bin/detect"), "main"));
         e.push(Entry::symlink(format!("{root}/bin/build"), "main"));
         e.push(Entry::dir(format!("{root}/lib/")));
-        for f in 0..sz(200) {
+        for f in 0..sz(400) {
             let len = (rng.next() % 150_000) as usize + 10;
             e.push(Entry::file(format!("{root}/lib/f{f}.rb"), rng.content(len)));
         }
