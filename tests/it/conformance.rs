@@ -10,6 +10,11 @@ use locald_tests::tree::{self, DiffOpts};
 
 use crate::common;
 
+/// A `vfs_cap_data` v2 value granting cap_net_raw, effective.
+const CAP_NET_RAW_EP: [u8; 20] = [
+    1, 0, 0, 2, 0, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+];
+
 /// Files, links, whiteouts and opaque directories in every combination the OCI
 /// spec and real builders produce.
 fn semantic_layers() -> Vec<Layer> {
@@ -37,6 +42,12 @@ fn semantic_layers() -> Vec<Layer> {
                 Entry::file("usr/bin/wall", "setgid tool")
                     .mode(0o2755)
                     .owner(0, 5),
+                // File capabilities (cap_net_raw+ep, as Ubuntu's ping) and user xattrs.
+                Entry::file("usr/bin/ping", "ping")
+                    .mode(0o755)
+                    .xattr("security.capability", CAP_NET_RAW_EP),
+                Entry::file("etc/tagged", "x").xattr("user.locald.test", "hello"),
+                Entry::dir("etc/tagged-dir/").xattr("user.locald.dir", [0u8, 1, 2]),
                 Entry::dir("tmp/").mode(0o1777),
                 Entry::dir("opaque/"),
                 Entry::file("opaque/lower-file", "gone"),
@@ -181,6 +192,13 @@ fn whole_root_matches_umoci_unpack() {
         assert!(s.contains_key(kept), "{kept} should exist");
     }
     assert_eq!(s["usr/bin/sudo"].mode, 0o4755);
+    assert_eq!(s["etc/tagged"].xattrs["user.locald.test"], b"hello");
+    if peers::is_root() {
+        assert_eq!(
+            s["usr/bin/ping"].xattrs["security.capability"],
+            CAP_NET_RAW_EP
+        );
+    }
     assert_eq!(s["readonly"].mode, 0o555);
     assert_eq!(s["hard/original"].inode, s["hard/from-upper"].inode);
     assert_eq!(s["hard/original"].inode, s["hard/same-layer"].inode);

@@ -64,6 +64,8 @@ pub struct Node {
     pub mtime: Option<i64>,
     pub nlink: u64,
     pub inode: u64,
+    /// Extended attributes (name -> value), not following symlinks.
+    pub xattrs: BTreeMap<String, Vec<u8>>,
 }
 
 /// Snapshot of everything under `root`, not following symlinks. Panics on I/O errors.
@@ -152,7 +154,27 @@ pub fn node(path: &Path) -> io::Result<Node> {
         },
         nlink: md.nlink(),
         inode: md.ino(),
+        xattrs: xattrs(path)?,
     })
+}
+
+/// All extended attributes of `path` (the symlink itself for symlinks).
+fn xattrs(path: &Path) -> io::Result<BTreeMap<String, Vec<u8>>> {
+    let mut out = BTreeMap::new();
+    let mut names = vec![0u8; 64 * 1024];
+    let n = match rustix::fs::llistxattr(path, &mut names) {
+        Ok(n) => n,
+        Err(rustix::io::Errno::NOTSUP) => return Ok(out),
+        Err(e) => return Err(e.into()),
+    };
+    for name in names[..n].split(|&b| b == 0).filter(|n| !n.is_empty()) {
+        let name = std::ffi::OsStr::from_bytes(name);
+        let mut value = vec![0u8; 64 * 1024];
+        let len = rustix::fs::lgetxattr(path, name, &mut value)?;
+        value.truncate(len);
+        out.insert(name.to_string_lossy().into_owned(), value);
+    }
+    Ok(out)
 }
 
 /// UTF-8 as is, other bytes as `\xNN` (and `\` as `\\`), so keys never collide.
@@ -328,6 +350,9 @@ fn node_diff(k: &str, x: &Node, y: &Node, opts: &DiffOpts, out: &mut Vec<String>
     }
     if x.rdev != y.rdev {
         out.push(format!("{k}: rdev a={:?} b={:?}", x.rdev, y.rdev));
+    }
+    if x.xattrs != y.xattrs {
+        out.push(format!("{k}: xattrs a={:?} b={:?}", x.xattrs, y.xattrs));
     }
     let skip_mtime = opts.ignore_mtime || (opts.ignore_dir_mtime && x.kind == Kind::Dir);
     if !skip_mtime && x.mtime != y.mtime {

@@ -219,6 +219,7 @@ impl Applier {
         let rel = dir.join(name);
         let full = self.root.join(&rel);
         let header = entry.header().clone();
+        let xattrs = xattrs_of(entry).map_err(Error::Tar)?;
         match kind {
             EntryType::Directory => {
                 match self.lstat(&rel)? {
@@ -230,6 +231,7 @@ impl Applier {
                     None => self.mkdir(&rel)?,
                 }
                 self.chown(&rel, &header)?;
+                self.set_xattrs(&rel, &xattrs)?;
                 let mode = self.mode_of(&header)?;
                 let mtime = header.mtime().unwrap_or(0) as i64;
                 self.dir_meta.insert(rel.clone(), DirMeta { mode, mtime });
@@ -260,6 +262,7 @@ impl Applier {
                 let mode = self.mode_of(&header)?;
                 fs::set_permissions(&full, fs::Permissions::from_mode(mode))
                     .map_err(Error::io("set permissions of", &full))?;
+                self.set_xattrs(&rel, &xattrs)?;
                 self.set_mtime(&rel, &header)?;
                 self.stats.files += 1;
             }
@@ -278,6 +281,7 @@ impl Applier {
                 std::os::unix::fs::symlink(OsStr::from_bytes(&target), &full)
                     .map_err(Error::io("create symlink", &full))?;
                 self.chown(&rel, &header)?;
+                self.set_xattrs(&rel, &xattrs)?;
                 self.set_mtime(&rel, &header)?;
                 self.stats.symlinks += 1;
             }
@@ -373,6 +377,7 @@ impl Applier {
                 self.chown(&rel, &header)?;
                 fs::set_permissions(&full, fs::Permissions::from_mode(mode))
                     .map_err(Error::io("set permissions of", &full))?;
+                self.set_xattrs(&rel, &xattrs)?;
                 self.set_mtime(&rel, &header)?;
                 self.stats.files += 1;
             }
@@ -409,6 +414,39 @@ impl Applier {
         let p = self.root.join(rel);
         std::os::unix::fs::lchown(&p, Some(uid), Some(gid))
             .map_err(Error::io("change owner of", &p))
+    }
+
+    /// Applies extended attributes from PAX `SCHILY.xattr.*` records: all of them
+    /// when privileged, only `user.*` otherwise (the rest need capabilities). A
+    /// filesystem that refuses one is not an error: the entry stays, without it.
+    fn set_xattrs(&self, rel: &Path, xattrs: &[(OsString, Vec<u8>)]) -> Result<()> {
+        let p = self.root.join(rel);
+        for (name, value) in xattrs {
+            if !self.privileged && !name.as_bytes().starts_with(b"user.") {
+                continue;
+            }
+            match rustix::fs::lsetxattr(
+                &p,
+                name.as_os_str(),
+                value,
+                rustix::fs::XattrFlags::empty(),
+            ) {
+                Ok(()) => {}
+                Err(
+                    e @ (rustix::io::Errno::PERM
+                    | rustix::io::Errno::NOTSUP
+                    | rustix::io::Errno::ACCESS),
+                ) => {
+                    tracing::debug!(
+                        "skipped xattr {} on {}: {e}",
+                        name.to_string_lossy(),
+                        p.display()
+                    );
+                }
+                Err(e) => return Err(Error::io("set extended attribute on", &p)(e.into())),
+            }
+        }
+        Ok(())
     }
 
     fn set_mtime(&self, rel: &Path, h: &tar::Header) -> Result<()> {
@@ -561,6 +599,25 @@ impl Applier {
         }
         Ok(Some(cur))
     }
+}
+
+/// The extended attributes an entry carries in PAX `SCHILY.xattr.NAME` records.
+fn xattrs_of<R: Read>(entry: &mut tar::Entry<'_, R>) -> io::Result<Vec<(OsString, Vec<u8>)>> {
+    let mut out = Vec::new();
+    if let Some(exts) = entry.pax_extensions()? {
+        for ext in exts {
+            let ext = ext?;
+            if let Some(name) = ext.key_bytes().strip_prefix(b"SCHILY.xattr.") {
+                if !name.is_empty() {
+                    out.push((
+                        OsStr::from_bytes(name).to_owned(),
+                        ext.value_bytes().to_vec(),
+                    ));
+                }
+            }
+        }
+    }
+    Ok(out)
 }
 
 enum CopyError {
