@@ -114,6 +114,23 @@ pub enum Error {
         /// What is wrong with it.
         reason: String,
     },
+    /// A directory path of an entry cannot be resolved inside the root.
+    #[error("cannot resolve directory {path}: {reason}")]
+    Unresolvable {
+        /// The directory path (as in the image).
+        path: String,
+        /// Why.
+        reason: String,
+    },
+    /// The layer's compressed stream cannot be decompressed.
+    #[error("the {compression} stream of the layer is corrupt or truncated")]
+    Decompress {
+        /// The compression (`gzip`, `zstd`, `uncompressed`), or `layer` before it is known.
+        compression: &'static str,
+        /// The decompressor's complaint.
+        #[source]
+        source: std::io::Error,
+    },
     /// The layer is not a readable tar stream.
     #[error("the layer is not a valid tar stream (truncated or corrupt?)")]
     Tar(#[source] std::io::Error),

@@ -83,10 +83,46 @@ pub fn check_size(size: u64, what: &str) -> Result<()> {
 
 fn parse<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T> {
     check_size(bytes.len() as u64, what)?;
-    serde_json::from_slice(bytes).map_err(|source| Error::Json {
+    let json = |source| Error::Json {
         what: what.to_owned(),
         source,
-    })
+    };
+    let value: serde_json::Value = serde_json::from_slice(bytes).map_err(json)?;
+    // Check digests ourselves first, so a malformed one is reported as a digest
+    // problem (and where it is), not as a shapeless JSON error.
+    check_digests(&value, &mut String::new(), what)?;
+    serde_json::from_value(value).map_err(json)
+}
+
+/// Validates every `"digest": "..."` string in a document.
+fn check_digests(v: &serde_json::Value, at: &mut String, what: &str) -> Result<()> {
+    match v {
+        serde_json::Value::Object(map) => {
+            for (k, child) in map {
+                let len = at.len();
+                at.push('.');
+                at.push_str(k);
+                if let (true, Some(d)) = (k == "digest", child.as_str()) {
+                    Digest::parse(d).map_err(|source| Error::BadDigest {
+                        what: format!("{what} (at {})", &at[1..]),
+                        source,
+                    })?;
+                }
+                check_digests(child, at, what)?;
+                at.truncate(len);
+            }
+        }
+        serde_json::Value::Array(items) => {
+            for (i, child) in items.iter().enumerate() {
+                let len = at.len();
+                at.push_str(&format!("[{i}]"));
+                check_digests(child, at, what)?;
+                at.truncate(len);
+            }
+        }
+        _ => {}
+    }
+    Ok(())
 }
 
 /// Parses an image index (OCI or Docker manifest list).
@@ -297,10 +333,22 @@ mod tests {
 
     #[test]
     fn bad_digest_in_descriptor_is_refused() {
-        let json = br#"{"schemaVersion":2,"manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:../../etc/passwd","size":1}]}"#;
-        assert!(parse_index(json, "t").is_err());
-        let json = br#"{"schemaVersion":2,"manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha1:abcd","size":1}]}"#;
-        let idx = parse_index(json, "t").unwrap();
-        assert!(descriptor_digest(&idx.manifests()[0], "t").is_err());
+        for (digest, why) in [
+            ("sha256:../../etc/passwd", "not well formed"),
+            ("sha1:abcd", "unsupported algorithm"),
+            ("sha256", "ALGORITHM:HEX"),
+        ] {
+            let json = format!(
+                r#"{{"schemaVersion":2,"manifests":[{{"mediaType":"x","digest":"{digest}","size":1}}]}}"#
+            );
+            let e = parse_index(json.as_bytes(), "index.json").unwrap_err();
+            assert!(matches!(e, Error::BadDigest { .. }), "{e}");
+            let chain = format!("{e}: {}", std::error::Error::source(&e).unwrap());
+            assert!(
+                chain.contains("index.json (at manifests[0].digest) names a malformed digest"),
+                "{chain}"
+            );
+            assert!(chain.contains(why), "{chain}");
+        }
     }
 }

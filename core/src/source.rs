@@ -52,11 +52,22 @@ pub trait ImageSource: Send + Sync {
     /// verifies size and digest; the source need not.
     fn open_blob<'a>(&'a self, descriptor: &'a Descriptor) -> BoxFuture<'a, Result<BlobReader>>;
 
+    /// A blob as a plain blocking reader, for sources that have it on local disk.
+    /// The core prefers it to [`ImageSource::open_blob`] when given: it reads from
+    /// the extraction thread without a hop through the async runtime per read.
+    fn open_blob_blocking(
+        &self,
+        descriptor: &Descriptor,
+    ) -> Option<Result<Box<dyn std::io::Read + Send>>> {
+        let _ = descriptor;
+        None
+    }
+
     /// A nested manifest or index named by a descriptor. Registries override this
     /// (manifests live at a different endpoint than blobs).
     fn fetch_manifest<'a>(&'a self, descriptor: &'a Descriptor) -> BoxFuture<'a, Result<Vec<u8>>> {
         Box::pin(async move {
-            let what = format!("manifest {}", descriptor.digest());
+            let what = format!("document {}", descriptor.digest());
             manifest::check_size(descriptor.size(), &what)?;
             let reader = self.open_blob(descriptor).await?;
             read_capped(reader, MAX_JSON_BYTES, &what).await
@@ -200,6 +211,7 @@ pub async fn resolve(
                 let chosen = manifest::select_manifest(&index, platform, &what)?.clone();
                 let child_what = format!("manifest {} of {what}", chosen.digest());
                 let child_digest = manifest::descriptor_digest(&chosen, &child_what)?;
+                manifest::check_size(chosen.size(), &child_what)?;
                 let child = source.fetch_manifest(&chosen).await?;
                 verify_size(&child, &chosen, &child_what)?;
                 verify_bytes(&child, Some(&child_digest), &child_what)?;
@@ -213,8 +225,9 @@ pub async fn resolve(
     let manifest_what = format!("manifest {digest} of {what}");
     let manifest = manifest::parse_manifest(&bytes, &manifest_what)?;
     let config_desc = manifest.config().clone();
-    let config_what = format!("config of {what}");
+    let config_what = format!("config {} of {what}", config_desc.digest());
     let config_digest = manifest::descriptor_digest(&config_desc, &config_what)?;
+    manifest::check_size(config_desc.size(), &config_what)?;
     let config_bytes = source.fetch_manifest(&config_desc).await?;
     verify_size(&config_bytes, &config_desc, &config_what)?;
     verify_bytes(&config_bytes, Some(&config_digest), &config_what)?;

@@ -566,8 +566,8 @@ impl Applier {
                 Some(m) if m.file_type().is_symlink() => {
                     followed += 1;
                     if followed > MAX_SYMLINKS {
-                        return Err(Error::BadEntry {
-                            entry: path::display(comps),
+                        return Err(Error::Unresolvable {
+                            path: path::display(comps),
                             reason: format!(
                                 "more than {MAX_SYMLINKS} symlinks on the way (a loop?)"
                             ),
@@ -584,8 +584,8 @@ impl Applier {
                     }
                 }
                 Some(_) => {
-                    return Err(Error::BadEntry {
-                        entry: path::display(comps),
+                    return Err(Error::Unresolvable {
+                        path: path::display(comps),
                         reason: format!("/{} is not a directory", cur.join(&c).display()),
                     })
                 }

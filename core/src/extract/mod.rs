@@ -20,6 +20,7 @@ pub use apply::{Applier, Stats};
 pub use path::PathFilter;
 
 use crate::cancel::Cancel;
+use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::progress::Reporter;
 use crate::source::{ImageSource, LayerInfo, ResolvedImage};
@@ -88,15 +89,21 @@ pub async fn apply_layers(
                 source: Box::new(e),
             },
         };
-        let blob = source.open_blob(&layer.descriptor).await.map_err(wrap)?;
         // Never read more than one byte past the declared size: a lying or endless
         // stream is caught without reading it all.
-        let blob = blob.take(layer.size.saturating_add(1));
-        let bridge = SyncIoBridge::new(blob);
+        let limit = layer.size.saturating_add(1);
+        let blob: Box<dyn Read + Send> = match source.open_blob_blocking(&layer.descriptor) {
+            Some(r) => Box::new(r.map_err(wrap)?.take(limit)),
+            None => {
+                let blob = source.open_blob(&layer.descriptor).await.map_err(wrap)?;
+                Box::new(SyncIoBridge::new(blob.take(limit)))
+            }
+        };
         let layer_info = layer.clone();
         let rep = reporter.clone();
+        let cancel = options.cancel.clone();
         let result = tokio::task::spawn_blocking(move || {
-            let r = apply_one(&mut applier, bridge, &layer_info, index, rep);
+            let r = apply_one(&mut applier, blob, &layer_info, index, rep, &cancel);
             (applier, r)
         })
         .await
@@ -110,32 +117,116 @@ pub async fn apply_layers(
         .map_err(|e| Error::Join(e.to_string()))?
 }
 
-fn apply_one<R: Read>(
+/// Chunks handed from the decompressing thread to the applying thread.
+const CHUNK: usize = 256 * 1024;
+/// Chunks in flight between the two (bounds memory to a few MiB).
+const CHUNKS_IN_FLIGHT: usize = 8;
+
+/// Applies one layer with two threads: this one parses tar entries and writes
+/// files while a helper reads, hashes and decompresses the next bytes. Whatever
+/// fails, the helper reads the blob to its end, so a corrupt blob is reported as
+/// such rather than as the tar or decompression error it causes.
+fn apply_one<R: Read + Send>(
     applier: &mut Applier,
     blob: R,
     layer: &LayerInfo,
     index: usize,
     reporter: Arc<dyn Reporter>,
+    cancel: &Cancel,
 ) -> Result<()> {
-    let raw = stream::HashingReader::new(blob, &layer.digest)
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(CHUNKS_IN_FLIGHT);
+    let (produced, applied) = std::thread::scope(|scope| {
+        let producer =
+            scope.spawn(move || decompress_layer(blob, layer, index, reporter, tx, cancel));
+        let applied = applier
+            .apply_layer(ChannelReader::new(rx))
+            .and_then(|mut rest| {
+                // Take the tail after the tar's end blocks too, so the helper hashes
+                // the whole uncompressed stream.
+                std::io::copy(&mut rest, &mut std::io::sink()).map_err(Error::Tar)?;
+                Ok(())
+            });
+        let produced = producer.join().unwrap_or_else(|_| {
+            Err(Error::Join(
+                "layer decompression thread panicked".to_owned(),
+            ))
+        });
+        (produced, applied)
+    });
+    // A bad blob explains everything else that went wrong; then a bad stream; then
+    // what the applier found; last, an uncompressed digest that does not match.
+    let diff_id = match (produced?, applied) {
+        (Err(decode), _) => return Err(decode),
+        (Ok(_), Err(apply)) => return Err(apply),
+        (Ok(None), Ok(())) => {
+            return Err(Error::Join("the layer applier stopped early".to_owned()))
+        }
+        (Ok(Some(diff_id)), Ok(())) => diff_id,
+    };
+    if let Some(expected) = &layer.diff_id {
+        if *expected != diff_id {
+            return Err(Error::DigestMismatch {
+                what: "uncompressed layer (diff_id in the image config)".to_owned(),
+                expected: expected.clone(),
+                actual: diff_id,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Reads, hashes and decompresses a layer blob, sending the tar bytes to `tx`.
+///
+/// The outer result is the blob check (size, digest), always made over the whole
+/// blob; the inner one is the decompression, giving the uncompressed digest, or
+/// `None` when the applier stopped reading (its error is the one to report).
+fn decompress_layer<R: Read>(
+    blob: R,
+    layer: &LayerInfo,
+    index: usize,
+    reporter: Arc<dyn Reporter>,
+    tx: std::sync::mpsc::SyncSender<Vec<u8>>,
+    cancel: &Cancel,
+) -> Result<Result<Option<Digest>>> {
+    let mut raw = stream::HashingReader::new(blob, &layer.digest)
         .with_progress(Box::new(move |n| reporter.layer_progress(index, n)));
-    let mut raw = BufReader::with_capacity(READ_BUF, raw);
-    let (compression, decompressed) = stream::decompress(&mut raw).map_err(Error::Tar)?;
-    tracing::debug!(
-        layer = index,
-        ?compression,
-        "applying layer {}",
-        layer.digest
-    );
-    let like = layer
-        .diff_id
-        .clone()
-        .unwrap_or_else(|| layer.digest.clone());
-    let uncompressed = stream::HashingReader::new(decompressed, &like);
-    let uncompressed = applier.apply_layer(uncompressed)?;
-    // Read to the very end: the tar may end before the compressed stream does.
-    let (diff_id, _) = uncompressed.finish().map_err(Error::Tar)?;
-    let raw = raw.into_inner();
+    let decoded = (|| -> Result<Option<Digest>> {
+        let mut buffered = BufReader::with_capacity(READ_BUF, &mut raw);
+        let (compression, decompressed) =
+            stream::decompress(&mut buffered).map_err(|e| Error::Decompress {
+                compression: "layer",
+                source: e,
+            })?;
+        tracing::debug!(
+            layer = index,
+            ?compression,
+            "applying layer {}",
+            layer.digest
+        );
+        let like = layer
+            .diff_id
+            .clone()
+            .unwrap_or_else(|| layer.digest.clone());
+        let mut uncompressed = stream::HashingReader::new(decompressed, &like);
+        loop {
+            cancel.check()?;
+            let mut chunk = vec![0u8; CHUNK];
+            let n = read_full(&mut uncompressed, &mut chunk).map_err(|e| Error::Decompress {
+                compression: compression.name(),
+                source: e,
+            })?;
+            if n == 0 {
+                break;
+            }
+            chunk.truncate(n);
+            if tx.send(chunk).is_err() {
+                return Ok(None);
+            }
+        }
+        drop(tx);
+        let (diff_id, _) = uncompressed.finish().map_err(Error::Tar)?;
+        Ok(Some(diff_id))
+    })();
     let (digest, size) = raw.finish().map_err(Error::Tar)?;
     if size != layer.size {
         return Err(Error::SizeMismatch {
@@ -151,16 +242,57 @@ fn apply_one<R: Read>(
             actual: digest,
         });
     }
-    if let Some(expected) = &layer.diff_id {
-        if *expected != diff_id {
-            return Err(Error::DigestMismatch {
-                what: "uncompressed layer (diff_id in the image config)".to_owned(),
-                expected: expected.clone(),
-                actual: diff_id,
-            });
+    Ok(decoded)
+}
+
+/// Fills `buf` unless the stream ends first; returns how much was read.
+fn read_full(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
         }
     }
-    Ok(())
+    Ok(n)
+}
+
+/// The applying side of the channel: a `Read` over the chunks sent to it. The
+/// stream ends when the sender is gone.
+struct ChannelReader {
+    rx: std::sync::mpsc::Receiver<Vec<u8>>,
+    chunk: Vec<u8>,
+    pos: usize,
+}
+
+impl ChannelReader {
+    fn new(rx: std::sync::mpsc::Receiver<Vec<u8>>) -> Self {
+        ChannelReader {
+            rx,
+            chunk: Vec::new(),
+            pos: 0,
+        }
+    }
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.pos == self.chunk.len() {
+            match self.rx.recv() {
+                Ok(c) => {
+                    self.chunk = c;
+                    self.pos = 0;
+                }
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.chunk.len() - self.pos);
+        buf[..n].copy_from_slice(&self.chunk[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
 }
 
 fn check_target(target: &Path) -> Result<()> {

@@ -66,6 +66,17 @@ pub enum Compression {
     Zstd,
 }
 
+impl Compression {
+    /// A name for messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            Compression::None => "uncompressed",
+            Compression::Gzip => "gzip",
+            Compression::Zstd => "zstd",
+        }
+    }
+}
+
 /// Tells the compression from a stream's first bytes.
 pub fn detect(prefix: &[u8]) -> Compression {
     if prefix.starts_with(&[0x1f, 0x8b]) {

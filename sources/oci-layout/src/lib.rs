@@ -281,6 +281,22 @@ pub fn select_entry<'a>(
     })
 }
 
+impl OciLayout {
+    fn open_file_blocking(&self, d: &Descriptor) -> Result<std::fs::File, locald_core::Error> {
+        let (digest, path) = self.blob_path(d)?;
+        match std::fs::File::open(&path) {
+            Ok(f) => Ok(f),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(LayoutError::MissingBlob {
+                layout: self.dir.clone(),
+                digest,
+                path,
+            }
+            .into()),
+            Err(source) => Err(LayoutError::Io { path, source }.into()),
+        }
+    }
+}
+
 impl ImageSource for OciLayout {
     fn describe(&self) -> String {
         format!("{SCHEME}:{}", self.dir.display())
@@ -314,6 +330,16 @@ impl ImageSource for OciLayout {
                     .cloned(),
             })
         })
+    }
+
+    fn open_blob_blocking(
+        &self,
+        descriptor: &Descriptor,
+    ) -> Option<locald_core::Result<Box<dyn std::io::Read + Send>>> {
+        Some(
+            self.open_file_blocking(descriptor)
+                .map(|f| Box::new(f) as Box<dyn std::io::Read + Send>),
+        )
     }
 
     fn open_blob<'a>(
