@@ -1,0 +1,1496 @@
+//! The hostile-input corpus: archives and layouts built to escape the target,
+//! confuse the applier or slip past verification.
+//!
+//! Every case runs in its own sandbox:
+//!
+//! ```text
+//! tmp/
+//!   layout/            the OCI layout under test
+//!   outside/victim     sentinels a confined extraction never touches
+//!   outside/dir/inner
+//!   work/out           the target (its temporary sibling `.out.locald-tmp-*` too)
+//! ```
+//!
+//! After every extraction, [`Sandbox::extract`] checks that nothing in the sandbox
+//! but the target changed (inode numbers and mtimes included), and that `work/`
+//! holds exactly `out` after a success and nothing after a failure (no published
+//! tree, no leftover temporary directory). Relative symlinks in the cases are
+//! chosen so that, resolved against the host instead of the image root, they land
+//! on the sentinels (`../../outside` from the target root is `tmp/outside`).
+//! Extractions run on a thread with a deadline, so a hang fails the test.
+
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use locald_core::extract::Stats;
+use locald_core::manifest::MAX_JSON_BYTES;
+use locald_tests::fixture::{
+    sha256_digest, Compression, Desc, Entry, ImageInfo, ImageSpec, Layer, LayoutBuilder, LongNames,
+    MEDIA_OCI_INDEX, MEDIA_OCI_MANIFEST, REF_NAME,
+};
+use locald_tests::tree::{self, DiffOpts, Kind, Snapshot};
+use serde_json::json;
+use sha2::{Digest as _, Sha512};
+
+use crate::common;
+
+/// The ref name every test image gets.
+const NAME: &str = "name";
+/// What the sentinel file holds.
+const VICTIM: &str = "the victim's original content\n";
+/// How long one extraction may take before the test calls it a hang.
+const DEADLINE: Duration = Duration::from_secs(60);
+
+type Outcome = Result<Stats, String>;
+
+struct Sandbox {
+    tmp: tempfile::TempDir,
+}
+
+impl Sandbox {
+    fn new() -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        let out = tmp.path().join("outside");
+        fs::create_dir_all(out.join("dir")).unwrap();
+        fs::write(out.join("victim"), VICTIM).unwrap();
+        fs::write(out.join("dir/inner"), "inner\n").unwrap();
+        fs::create_dir(tmp.path().join("work")).unwrap();
+        Sandbox { tmp }
+    }
+
+    fn path(&self) -> &Path {
+        self.tmp.path()
+    }
+    fn layout(&self) -> PathBuf {
+        self.path().join("layout")
+    }
+    fn outside(&self) -> PathBuf {
+        self.path().join("outside")
+    }
+    /// The absolute host path of `outside/`, as a symlink or link target.
+    fn outside_abs(&self) -> String {
+        self.outside().to_str().unwrap().to_owned()
+    }
+    /// The absolute host path of the victim file.
+    fn victim_abs(&self) -> String {
+        format!("{}/victim", self.outside_abs())
+    }
+    fn work(&self) -> PathBuf {
+        self.path().join("work")
+    }
+    fn target(&self) -> PathBuf {
+        self.work().join("out")
+    }
+
+    /// Writes a layout holding one image named [`NAME`].
+    fn image(&self, layers: Vec<Layer>) -> ImageInfo {
+        let mut b = LayoutBuilder::new(self.layout());
+        let info = b.add_image(ImageSpec::new(layers).ref_name(NAME));
+        b.write().unwrap();
+        info
+    }
+
+    /// Everything in the sandbox except the target and the metadata of its parent.
+    fn world(&self) -> Snapshot {
+        let mut s = tree::snapshot(self.path());
+        s.retain(|k, _| k != "work" && k != "work/out" && !k.starts_with("work/out/"));
+        s
+    }
+
+    /// Extracts image [`NAME`] with the given path filter, then checks that
+    /// nothing but the target changed and that no temporary directory is left.
+    fn extract(&self, paths: &[&str]) -> Outcome {
+        self.extract_image(Some(NAME), paths)
+    }
+
+    fn extract_image(&self, image: Option<&str>, paths: &[&str]) -> Outcome {
+        let before = self.world();
+        let (layout, target) = (self.layout(), self.target());
+        let image = image.map(str::to_owned);
+        let paths: Vec<String> = paths.iter().map(|p| (*p).to_owned()).collect();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let paths: Vec<&str> = paths.iter().map(String::as_str).collect();
+            let r = common::extract(&layout, image.as_deref(), &paths, &target)
+                .map_err(|e| common::chain(&e));
+            let _ = tx.send(r);
+        });
+        let outcome = match rx.recv_timeout(DEADLINE) {
+            Ok(r) => r,
+            Err(mpsc::RecvTimeoutError::Disconnected) => panic!("the extraction panicked"),
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                let readers = self.unblock_fifos();
+                panic!(
+                    "the extraction did not finish within {DEADLINE:?} (a hang?); \
+                     FIFOs it had open for reading: {readers:?}"
+                );
+            }
+        };
+        let after = self.world();
+        if !tree::diff(&before, &after, &DiffOpts::exact()).is_empty() {
+            eprintln!("outcome: {outcome:?}");
+            tree::assert_same_snapshot(&before, &after, &DiffOpts::exact());
+        }
+        let mut listing: Vec<String> = fs::read_dir(self.work())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        listing.sort();
+        match &outcome {
+            Ok(_) => assert_eq!(
+                listing,
+                ["out"],
+                "after a success the target's parent holds {listing:?}"
+            ),
+            Err(e) => assert!(
+                listing.is_empty(),
+                "after a failure ({e}) the target's parent holds {listing:?}: \
+                 a published tree or a leftover temporary directory"
+            ),
+        }
+        if let Err(e) = &outcome {
+            for bad in ["panicked", "internal error"] {
+                assert!(!e.contains(bad), "{e}");
+            }
+        }
+        outcome
+    }
+
+    /// Opens the write end of every FIFO in the sandbox that has a reader (which
+    /// unblocks that reader) and returns their paths.
+    fn unblock_fifos(&self) -> Vec<String> {
+        let mut readers = Vec::new();
+        for (k, n) in tree::snapshot(self.path()) {
+            if n.kind != Kind::Fifo {
+                continue;
+            }
+            let p = self.path().join(&k);
+            let flags = rustix::fs::OFlags::WRONLY
+                | rustix::fs::OFlags::NONBLOCK
+                | rustix::fs::OFlags::CLOEXEC;
+            if rustix::fs::open(&p, flags, rustix::fs::Mode::empty()).is_ok() {
+                readers.push(k);
+            }
+        }
+        readers
+    }
+
+    /// A snapshot of the extracted tree.
+    fn tree(&self) -> Snapshot {
+        tree::snapshot(&self.target())
+    }
+
+    /// Makes a FIFO at `p` (a reader of it would block: proof it was opened).
+    fn fifo(&self, p: &Path) {
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        rustix::fs::mkfifoat(rustix::fs::CWD, p, rustix::fs::Mode::from_raw_mode(0o644)).unwrap();
+    }
+}
+
+/// The snapshot key, inside the image root, of an absolute host path taken as an
+/// image path (absolute symlink targets are relative to the root).
+fn in_root(abs: &str) -> String {
+    abs.trim_start_matches('/').to_owned()
+}
+
+fn gz(entries: Vec<Entry>) -> Layer {
+    Layer::new(entries, Compression::Gzip)
+}
+
+fn plain(entries: Vec<Entry>) -> Layer {
+    Layer::new(entries, Compression::None)
+}
+
+/// Deterministic bytes that never compress well and are never zero.
+fn noise(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x % 255) as u8 + 1
+        })
+        .collect()
+}
+
+fn succeeded(outcome: Outcome, what: &str) -> Stats {
+    outcome.unwrap_or_else(|e| panic!("{what}: expected a confined success, got: {e}"))
+}
+
+fn refused(outcome: Outcome, what: &str) -> String {
+    match outcome {
+        Ok(stats) => panic!("{what}: expected a refusal, but the extraction succeeded: {stats:?}"),
+        Err(e) => e,
+    }
+}
+
+/// The message names layer `n` of `info` the way the applier does.
+fn assert_names_layer(msg: &str, info: &ImageInfo, n: usize) {
+    let want = format!("layer {n} ({})", info.layers[n - 1].digest);
+    assert!(msg.contains(&want), "message should name {want:?}: {msg}");
+}
+
+/// Every needle occurs in `msg` (case-insensitive).
+fn assert_mentions(msg: &str, needles: &[&str]) {
+    let lower = msg.to_lowercase();
+    for n in needles {
+        assert!(
+            lower.contains(&n.to_lowercase()),
+            "message should mention {n:?}: {msg}"
+        );
+    }
+}
+
+/// At least one needle occurs in `msg` (case-insensitive).
+fn assert_mentions_any(msg: &str, needles: &[&str]) {
+    let lower = msg.to_lowercase();
+    assert!(
+        needles.iter().any(|n| lower.contains(&n.to_lowercase())),
+        "message should give a reason (one of {needles:?}): {msg}"
+    );
+}
+
+/// The message names the archive entry (as `entry "NAME"`).
+fn assert_names_entry(msg: &str, entry: &str) {
+    let want = format!("{entry:?}");
+    assert!(
+        msg.contains(&want),
+        "message should name the entry {want}: {msg}"
+    );
+}
+
+fn file_content(s: &Snapshot, key: &str) -> Option<String> {
+    s.get(key).and_then(|n| {
+        assert_eq!(
+            n.kind,
+            Kind::File,
+            "{key} should be a regular file:\n{}",
+            tree::render(s)
+        );
+        n.sha256.clone()
+    })
+}
+
+#[track_caller]
+fn assert_file(s: &Snapshot, key: &str, content: &str) {
+    assert_eq!(
+        file_content(s, key),
+        Some(sha256_digest(content.as_bytes())),
+        "{key} should be a file holding {content:?}:\n{}",
+        tree::render(s)
+    );
+}
+
+#[track_caller]
+fn assert_symlink(s: &Snapshot, key: &str, target: &str) {
+    let n = s
+        .get(key)
+        .unwrap_or_else(|| panic!("{key} missing:\n{}", tree::render(s)));
+    assert_eq!(n.kind, Kind::Symlink, "{key}:\n{}", tree::render(s));
+    assert_eq!(n.target.as_deref(), Some(target), "{key}");
+}
+
+/// A host path that a confined extraction can never create.
+struct HostPath(PathBuf);
+
+impl HostPath {
+    fn unique(dir: &str, tag: &str) -> Self {
+        HostPath(Path::new(dir).join(format!("locald-hostile-{tag}-{}", std::process::id())))
+    }
+    fn name(&self) -> String {
+        self.0.file_name().unwrap().to_str().unwrap().to_owned()
+    }
+    #[track_caller]
+    fn assert_absent(&self) {
+        if fs::symlink_metadata(&self.0).is_ok() {
+            let _ = fs::remove_file(&self.0);
+            panic!("the extraction wrote {} on the host", self.0.display());
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Names
+
+#[test]
+fn names_climbing_out_of_the_root_are_refused() {
+    let cases: Vec<(&str, Entry)> = vec![
+        (
+            "../../outside/victim",
+            Entry::file("../../outside/victim", "pwned"),
+        ),
+        ("a/../../x", Entry::file("a/../../x", "pwned")),
+        ("../x", Entry::file("../x", "pwned")),
+        (
+            "/../outside/victim",
+            Entry::file("/../outside/victim", "pwned"),
+        ),
+        (
+            "./../../outside/victim",
+            Entry::file("./../../outside/victim", "pwned"),
+        ),
+        ("../../outside/newdir/", Entry::dir("../../outside/newdir/")),
+        (
+            "../../outside/evil",
+            Entry::symlink("../../outside/evil", "victim"),
+        ),
+        ("../../outside/fifo", Entry::fifo("../../outside/fifo")),
+        (
+            "../../outside/null",
+            Entry::char_dev("../../outside/null", 1, 3),
+        ),
+        ("..", Entry::dir("..")),
+    ];
+    for (name, entry) in cases {
+        let sb = Sandbox::new();
+        let info = sb.image(vec![
+            gz(vec![Entry::file("lower", "lower")]),
+            gz(vec![Entry::file("ok", "ok"), entry]),
+        ]);
+        let msg = refused(sb.extract(&[]), name);
+        assert_names_layer(&msg, &info, 2);
+        assert_names_entry(&msg, name);
+        assert_mentions_any(&msg, &["climb", "escape", "outside the", "root"]);
+    }
+}
+
+#[test]
+fn absolute_and_dot_names_land_inside() {
+    let sb = Sandbox::new();
+    sb.image(vec![gz(vec![
+        Entry::dir("./"),
+        Entry::dir("/"),
+        Entry::file("/abs/path", "abs"),
+        Entry::file("./x", "dot"),
+        Entry::file("//double//slash", "double"),
+        Entry::file("a/../inside", "lexical"),
+        Entry::file(format!("{}/host-abs", sb.outside_abs()), "host-abs"),
+    ])]);
+    succeeded(sb.extract(&[]), "absolute and dot names");
+    let s = sb.tree();
+    assert_file(&s, "abs/path", "abs");
+    assert_file(&s, "x", "dot");
+    assert_file(&s, "double/slash", "double");
+    assert_file(&s, "inside", "lexical");
+    assert_file(
+        &s,
+        &format!("{}/host-abs", in_root(&sb.outside_abs())),
+        "host-abs",
+    );
+    assert!(!s.contains_key("a"), "{}", tree::render(&s));
+}
+
+#[test]
+fn the_root_cannot_become_a_file_or_symlink() {
+    for (name, entry) in [
+        ("./", Entry::symlink("./", "/")),
+        ("/", Entry::symlink("/", "../../outside")),
+        (".", Entry::file(".", "pwned")),
+        ("a/..", Entry::symlink("a/..", "/tmp")),
+    ] {
+        let sb = Sandbox::new();
+        let info = sb.image(vec![gz(vec![Entry::file("f", "f"), entry])]);
+        let msg = refused(sb.extract(&[]), name);
+        assert_names_layer(&msg, &info, 1);
+        assert_names_entry(&msg, name);
+        assert_mentions(&msg, &["root"]);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Symlinks leaving the root
+
+#[test]
+fn absolute_symlinks_are_relative_to_the_root() {
+    let sb = Sandbox::new();
+    let out = sb.outside_abs();
+    sb.image(vec![gz(vec![
+        Entry::symlink("evil", &out),
+        Entry::file("evil/victim", "pwned"),
+        Entry::dir("evil/newdir/"),
+        Entry::file("evil/dir/inner", "pwned-inner"),
+        Entry::symlink("cnb", "/"),
+        Entry::file("cnb/at-root", "root"),
+        Entry::symlink("up", "/../../.."),
+        Entry::file("up/via-up", "up"),
+    ])]);
+    succeeded(sb.extract(&[]), "absolute symlinks");
+    let s = sb.tree();
+    let o = in_root(&out);
+    assert_symlink(&s, "evil", &out);
+    assert_file(&s, &format!("{o}/victim"), "pwned");
+    assert_file(&s, &format!("{o}/dir/inner"), "pwned-inner");
+    assert_eq!(s[&format!("{o}/newdir")].kind, Kind::Dir);
+    assert_symlink(&s, "cnb", "/");
+    assert_file(&s, "at-root", "root");
+    assert_file(&s, "via-up", "up");
+}
+
+#[test]
+fn relative_symlinks_climbing_out_are_confined() {
+    let sb = Sandbox::new();
+    sb.image(vec![gz(vec![
+        Entry::symlink("evil", "../../outside"),
+        Entry::file("evil/victim", "pwned"),
+        Entry::dir("a/b/"),
+        Entry::symlink("a/b/up", "../../../../../../../outside/dir"),
+        Entry::file("a/b/up/inner", "pwned-inner"),
+        Entry::symlink("a/b/top", "../../.."),
+        Entry::file("a/b/top/at-root", "root"),
+    ])]);
+    succeeded(sb.extract(&[]), "relative symlinks");
+    let s = sb.tree();
+    assert_symlink(&s, "evil", "../../outside");
+    assert_file(&s, "outside/victim", "pwned");
+    assert_file(&s, "outside/dir/inner", "pwned-inner");
+    assert_file(&s, "at-root", "root");
+}
+
+#[test]
+fn chained_symlinks_are_confined() {
+    let sb = Sandbox::new();
+    let out = sb.outside_abs();
+    let mut entries = vec![
+        Entry::symlink("a", "b"),
+        Entry::symlink("b", "../.."),
+        Entry::file("a/x", "via-a"),
+        // absolute, then relative climbing out
+        Entry::symlink("c", "d/e"),
+        Entry::symlink("d", &out),
+        Entry::file("c/x", "via-c"),
+        Entry::symlink("f", "/g"),
+        Entry::symlink("g", "../../outside"),
+        Entry::file("f/victim", "via-f"),
+        Entry::dir("real/"),
+    ];
+    // A chain of 20 hops stays under any sane limit.
+    for i in 0..20 {
+        entries.push(Entry::symlink(format!("l{i}"), format!("l{}", i + 1)));
+    }
+    entries.push(Entry::symlink("l20", "real"));
+    entries.push(Entry::file("l0/deep", "deep"));
+    sb.image(vec![gz(entries)]);
+    succeeded(sb.extract(&[]), "chained symlinks");
+    let s = sb.tree();
+    assert_file(&s, "x", "via-a");
+    assert_file(&s, &format!("{}/e/x", in_root(&out)), "via-c");
+    assert_file(&s, "outside/victim", "via-f");
+    assert_file(&s, "real/deep", "deep");
+}
+
+/// Entries whose parent cannot be resolved: (entry as written, layer entries,
+/// a word of the expected reason).
+fn unresolvable_cases() -> Vec<(&'static str, Vec<Entry>, &'static str)> {
+    vec![
+        (
+            "a/x",
+            vec![
+                Entry::symlink("a", "b"),
+                Entry::symlink("b", "a"),
+                Entry::file("a/x", "x"),
+            ],
+            "loop",
+        ),
+        (
+            "s/x",
+            vec![Entry::symlink("s", "s"), Entry::file("s/x", "x")],
+            "loop",
+        ),
+        (
+            "p/q/",
+            vec![
+                Entry::symlink("p", "/p/q"),
+                Entry::dir("p/q/"),
+                Entry::file("p/q/x", "x"),
+            ],
+            "loop",
+        ),
+        (
+            "h",
+            vec![
+                Entry::symlink("a", "b"),
+                Entry::symlink("b", "/a"),
+                Entry::hardlink("h", "a/x"),
+            ],
+            "loop",
+        ),
+        (
+            "a/.wh.x",
+            vec![
+                Entry::symlink("a", "b"),
+                Entry::symlink("b", "a"),
+                Entry::whiteout("a", "x"),
+            ],
+            "loop",
+        ),
+        (
+            "f/x",
+            vec![Entry::file("f", "f"), Entry::file("f/x", "x")],
+            "not a directory",
+        ),
+        (
+            "h",
+            vec![Entry::file("f", "f"), Entry::hardlink("h", "f/x")],
+            "not a directory",
+        ),
+    ]
+}
+
+#[test]
+fn symlink_loops_and_non_directories_are_refused_without_hanging() {
+    for (name, entries, reason) in unresolvable_cases() {
+        let sb = Sandbox::new();
+        let info = sb.image(vec![gz(vec![Entry::file("lower", "lower")]), gz(entries)]);
+        let msg = refused(sb.extract(&[]), name);
+        assert_names_layer(&msg, &info, 2);
+        assert_mentions(&msg, &[reason]);
+    }
+}
+
+/// The entry as written in the archive, not the directory on the way (the
+/// committed core said `entry "/a"` for `a/x`).
+#[test]
+fn resolution_errors_name_the_archive_entry() {
+    let mut wrong = Vec::new();
+    for (name, entries, _) in unresolvable_cases() {
+        let sb = Sandbox::new();
+        sb.image(vec![gz(entries)]);
+        let msg = refused(sb.extract(&[]), name);
+        if !msg.contains(&format!("{name:?}")) {
+            wrong.push(format!("{name}: {msg}"));
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "messages not naming the entry:\n{}",
+        wrong.join("\n")
+    );
+}
+
+#[test]
+fn writing_through_a_symlink_from_a_lower_layer_is_confined() {
+    let sb = Sandbox::new();
+    let out = sb.outside_abs();
+    sb.image(vec![
+        gz(vec![
+            Entry::symlink("link", &out),
+            Entry::symlink("rel", "../../outside"),
+        ]),
+        gz(vec![
+            Entry::file("link/victim", "pwned"),
+            Entry::dir("link/dir/"),
+            Entry::file("link/dir/inner", "pwned-inner"),
+            Entry::fifo("link/fifo"),
+            Entry::file("rel/victim", "pwned-rel"),
+            Entry::hardlink("rel/hard", "link/victim"),
+        ]),
+    ]);
+    succeeded(sb.extract(&[]), "write through a lower symlink");
+    let s = sb.tree();
+    let o = in_root(&out);
+    assert_symlink(&s, "link", &out);
+    assert_symlink(&s, "rel", "../../outside");
+    assert_file(&s, &format!("{o}/victim"), "pwned");
+    assert_file(&s, &format!("{o}/dir/inner"), "pwned-inner");
+    assert_eq!(s[&format!("{o}/fifo")].kind, Kind::Fifo);
+    assert_file(&s, "outside/victim", "pwned-rel");
+    assert_eq!(s["outside/hard"].inode, s[&format!("{o}/victim")].inode);
+}
+
+#[test]
+fn replacing_a_symlink_to_outside_never_writes_through_it() {
+    let sb = Sandbox::new();
+    let (out, victim) = (sb.outside_abs(), sb.victim_abs());
+    sb.image(vec![
+        gz(vec![
+            Entry::symlink("x", &victim),
+            Entry::symlink("y", "../../outside/victim"),
+            Entry::symlink("d", &out),
+            Entry::symlink("e", "../../outside/dir"),
+        ]),
+        gz(vec![
+            Entry::file("x", "new-x"),
+            Entry::file("y", "new-y"),
+            Entry::dir("d/").mode(0o700),
+            Entry::file("d/inner", "new-inner"),
+            Entry::symlink("z", &victim),
+            Entry::file("z", "new-z"),
+            Entry::fifo("e"),
+        ]),
+    ]);
+    succeeded(sb.extract(&[]), "replace symlinks");
+    let s = sb.tree();
+    assert_file(&s, "x", "new-x");
+    assert_file(&s, "y", "new-y");
+    assert_file(&s, "z", "new-z");
+    assert_eq!((s["d"].kind, s["d"].mode), (Kind::Dir, 0o700));
+    assert_file(&s, "d/inner", "new-inner");
+    assert_eq!(s["e"].kind, Kind::Fifo);
+}
+
+// ---------------------------------------------------------------------------
+// Hard links
+
+#[test]
+fn hard_links_leaving_the_root_are_refused() {
+    type Case = (&'static str, &'static str, fn(&Sandbox) -> Vec<Layer>);
+    let cases: Vec<Case> = vec![
+        ("climbing", "climbs", |_| {
+            vec![gz(vec![Entry::hardlink("h", "../../outside/victim")])]
+        }),
+        ("climbing after a real dir", "climbs", |_| {
+            vec![gz(vec![
+                Entry::dir("a/"),
+                Entry::hardlink("h", "a/../../../outside/victim"),
+            ])]
+        }),
+        ("host /etc/passwd, not in the image", "not exist", |_| {
+            vec![gz(vec![
+                Entry::file("f", "f"),
+                Entry::hardlink("h", "/etc/passwd"),
+            ])]
+        }),
+        ("absolute host path of the victim", "not exist", |sb| {
+            vec![gz(vec![Entry::hardlink("h", sb.victim_abs())])]
+        }),
+        ("relative symlinked parent", "not exist", |_| {
+            vec![
+                gz(vec![Entry::symlink("d", "../../outside")]),
+                gz(vec![Entry::hardlink("h", "d/victim")]),
+            ]
+        }),
+        ("absolute symlinked parent", "not exist", |sb| {
+            vec![
+                gz(vec![Entry::symlink("d", sb.outside_abs())]),
+                gz(vec![Entry::hardlink("h", "d/victim")]),
+            ]
+        }),
+    ];
+    for (what, reason, layers) in cases {
+        let sb = Sandbox::new();
+        let layers = layers(&sb);
+        let n = layers.len();
+        let info = sb.image(layers);
+        let msg = refused(sb.extract(&[]), what);
+        assert_names_layer(&msg, &info, n);
+        assert_names_entry(&msg, "h");
+        assert_mentions(&msg, &[reason]);
+    }
+}
+
+#[test]
+fn hard_link_to_an_absolute_path_uses_the_images_own_file() {
+    let sb = Sandbox::new();
+    sb.image(vec![
+        gz(vec![
+            Entry::dir("etc/"),
+            Entry::file("etc/passwd", "image-passwd"),
+        ]),
+        gz(vec![
+            Entry::hardlink("h", "/etc/passwd"),
+            Entry::hardlink("h2", "//etc/./passwd"),
+            Entry::hardlink("h3", "/etc/../etc/passwd"),
+        ]),
+    ]);
+    succeeded(sb.extract(&[]), "hard links to /etc/passwd");
+    let s = sb.tree();
+    for h in ["h", "h2", "h3"] {
+        assert_file(&s, h, "image-passwd");
+        assert_eq!(s[h].inode, s["etc/passwd"].inode, "{h}");
+    }
+    assert_eq!(s["h"].nlink, 4);
+    if let Ok(host) = fs::metadata("/etc/passwd") {
+        assert_ne!(s["h"].inode, host.ino(), "linked to the host's /etc/passwd");
+    }
+
+    // `/../etc/passwd` climbs above the root like `../x` does: refused.
+    let sb = Sandbox::new();
+    let info = sb.image(vec![gz(vec![
+        Entry::dir("etc/"),
+        Entry::file("etc/passwd", "image-passwd"),
+        Entry::hardlink("h", "/../etc/passwd"),
+    ])]);
+    let msg = refused(sb.extract(&[]), "hard link to /../etc/passwd");
+    assert_names_layer(&msg, &info, 1);
+    assert_names_entry(&msg, "h");
+    assert_mentions(&msg, &["/../etc/passwd", "climbs"]);
+}
+
+#[test]
+fn hard_link_through_a_symlinked_parent_resolves_inside_the_root() {
+    let sb = Sandbox::new();
+    let out = sb.outside_abs();
+    sb.image(vec![
+        gz(vec![
+            Entry::file(format!("{out}/victim"), "image-copy"),
+            Entry::file("outside/victim", "image-rel-copy"),
+            Entry::symlink("d", &out),
+            Entry::symlink("r", "../../outside"),
+        ]),
+        gz(vec![
+            Entry::hardlink("h", "d/victim"),
+            Entry::hardlink("hr", "r/victim"),
+            Entry::hardlink("d/h-in", "r/victim"),
+        ]),
+    ]);
+    succeeded(sb.extract(&[]), "hard link via symlinked parent");
+    let s = sb.tree();
+    let o = in_root(&out);
+    assert_file(&s, "h", "image-copy");
+    assert_eq!(s["h"].inode, s[&format!("{o}/victim")].inode);
+    assert_file(&s, "hr", "image-rel-copy");
+    assert_eq!(s["hr"].inode, s["outside/victim"].inode);
+    assert_eq!(s[&format!("{o}/h-in")].inode, s["outside/victim"].inode);
+}
+
+#[test]
+fn hard_link_to_a_symlink_pointing_outside_links_the_symlink() {
+    let sb = Sandbox::new();
+    let victim = sb.victim_abs();
+    sb.image(vec![
+        gz(vec![
+            Entry::symlink("s", &victim),
+            Entry::symlink("r", "../../outside/victim"),
+        ]),
+        gz(vec![
+            Entry::hardlink("h", "s"),
+            Entry::hardlink("hr", "r"),
+            Entry::hardlink("h2", "s"),
+            Entry::file("h2", "replaced"),
+        ]),
+        gz(vec![Entry::file("hr", "replaced-r")]),
+    ]);
+    succeeded(sb.extract(&[]), "hard link to a symlink");
+    let s = sb.tree();
+    assert_symlink(&s, "h", &victim);
+    assert_eq!(s["h"].inode, s["s"].inode);
+    assert_file(&s, "h2", "replaced");
+    assert_file(&s, "hr", "replaced-r");
+    assert_symlink(&s, "r", "../../outside/victim");
+}
+
+// ---------------------------------------------------------------------------
+// Whiteouts
+
+#[test]
+fn whiteouts_through_a_symlinked_parent_stay_inside() {
+    let sb = Sandbox::new();
+    let out = sb.outside_abs();
+    let o = in_root(&out);
+    sb.image(vec![
+        gz(vec![
+            Entry::symlink("d", &out),
+            Entry::symlink("r", "../../outside"),
+            Entry::file(format!("{out}/victim"), "image-copy"),
+            Entry::file(format!("{out}/keep"), "keep"),
+        ]),
+        gz(vec![
+            Entry::whiteout("d", "victim"),
+            Entry::whiteout("d", "dir"),
+            Entry::whiteout("r", "victim"),
+            Entry::whiteout("r", "dir"),
+        ]),
+    ]);
+    succeeded(sb.extract(&[]), "whiteouts through symlinks");
+    let s = sb.tree();
+    assert_symlink(&s, "d", &out);
+    assert_symlink(&s, "r", "../../outside");
+    assert!(
+        !s.contains_key(&format!("{o}/victim")),
+        "{}",
+        tree::render(&s)
+    );
+    assert_file(&s, &format!("{o}/keep"), "keep");
+    assert!(!s.contains_key("outside"), "{}", tree::render(&s));
+}
+
+#[test]
+fn invalid_whiteout_names_are_refused() {
+    for name in [".wh.", ".wh..", ".wh...", "d/.wh..", "d/.wh...", "d/.wh."] {
+        let sb = Sandbox::new();
+        let info = sb.image(vec![
+            gz(vec![
+                Entry::dir("d/"),
+                Entry::file("d/f", "f"),
+                Entry::file("g", "g"),
+            ]),
+            gz(vec![Entry::file("new", "new"), Entry::file(name, "")]),
+        ]);
+        let msg = refused(sb.extract(&[]), name);
+        assert_names_layer(&msg, &info, 2);
+        assert_names_entry(&msg, name);
+        assert_mentions(&msg, &["whiteout"]);
+    }
+}
+
+#[test]
+fn opaque_markers_in_symlinked_dirs_stay_inside() {
+    let sb = Sandbox::new();
+    let out = sb.outside_abs();
+    sb.image(vec![
+        gz(vec![
+            Entry::symlink("d", &out),
+            Entry::symlink("r", "../../outside"),
+            Entry::dir("o/"),
+            Entry::symlink("o/l", &out),
+            Entry::symlink("o/r", "../../../outside"),
+            Entry::symlink("o/rd", "../../../outside/dir"),
+            Entry::file("o/f", "f"),
+        ]),
+        gz(vec![
+            Entry::opaque("d"),
+            Entry::opaque("r"),
+            Entry::opaque("o"),
+            Entry::file("o/new", "new"),
+            Entry::opaque("o/l"),
+            Entry::opaque("o/rd"),
+        ]),
+    ]);
+    succeeded(sb.extract(&[]), "opaque markers through symlinks");
+    let s = sb.tree();
+    assert_symlink(&s, "d", &out);
+    assert_symlink(&s, "r", "../../outside");
+    let under_o: Vec<&String> = s.keys().filter(|k| k.starts_with("o/")).collect();
+    assert_eq!(under_o, ["o/new"], "{}", tree::render(&s));
+}
+
+#[test]
+fn whiteouts_of_dirs_holding_symlinks_out_remove_only_the_links() {
+    let sb = Sandbox::new();
+    let out = sb.outside_abs();
+    sb.image(vec![
+        gz(vec![
+            Entry::dir("w/"),
+            Entry::symlink("w/l", &out),
+            Entry::symlink("w/r", "../../../outside"),
+            Entry::dir("w/sub/"),
+            Entry::symlink("w/sub/ll", format!("{out}/dir")),
+            Entry::symlink("w/sub/vv", "../../../../outside/victim"),
+            Entry::symlink("x", &out),
+            Entry::symlink("y", "../../outside/victim"),
+            Entry::file("keep", "keep"),
+        ]),
+        gz(vec![
+            Entry::whiteout("", "w"),
+            Entry::whiteout("", "x"),
+            Entry::whiteout("", "y"),
+        ]),
+    ]);
+    succeeded(sb.extract(&[]), "whiteouts of links out");
+    let s = sb.tree();
+    let keys: Vec<&String> = s.keys().collect();
+    assert_eq!(keys, ["keep"], "{}", tree::render(&s));
+}
+
+// ---------------------------------------------------------------------------
+// /cnb replaced by a symlink, with and without a path filter
+
+#[test]
+fn cnb_replaced_by_a_symlink_is_confined() {
+    let etc_probe = HostPath::unique("/etc", "cnb");
+    // `../../..` from the temporary root (tmp/work/.out.locald-tmp-*) is the
+    // system temporary directory.
+    let tmp_probe = HostPath::unique(std::env::temp_dir().to_str().unwrap(), "cnb");
+    assert_eq!(etc_probe.name(), tmp_probe.name());
+    let name = etc_probe.name();
+    for filter in [vec!["/cnb"], vec![]] {
+        for link in ["/etc", "../../..", "../..", "/", "OUTSIDE"] {
+            let sb = Sandbox::new();
+            let link = if link == "OUTSIDE" {
+                sb.outside_abs()
+            } else {
+                link.to_owned()
+            };
+            sb.image(vec![
+                gz(vec![
+                    Entry::dir("cnb/"),
+                    Entry::dir("cnb/lifecycle/"),
+                    Entry::file("cnb/lifecycle/creator", "creator"),
+                    Entry::file("etc/passwd", "image-passwd"),
+                ]),
+                gz(vec![
+                    Entry::symlink("cnb", &link),
+                    Entry::file(format!("cnb/{name}"), "pwned"),
+                    Entry::dir("cnb/lifecycle/"),
+                    Entry::file("cnb/lifecycle/creator", "new-creator"),
+                ]),
+            ]);
+            let what = format!("cnb -> {link} with filter {filter:?}");
+            succeeded(sb.extract(&filter), &what);
+            etc_probe.assert_absent();
+            tmp_probe.assert_absent();
+            let s = sb.tree();
+            assert_symlink(&s, "cnb", &link);
+            // Where `cnb/NAME` resolves inside the root.
+            let base = match link.as_str() {
+                "/etc" => "etc/".to_owned(),
+                "/" | "../../.." | "../.." => String::new(),
+                abs => format!("{}/", in_root(abs)),
+            };
+            let resolved = format!("{base}{name}");
+            let hits: Vec<&String> = s.keys().filter(|k| k.ends_with(&name)).collect();
+            if filter.is_empty() {
+                assert_eq!(hits, [&resolved], "{what}:\n{}", tree::render(&s));
+                assert_file(&s, &resolved, "pwned");
+                assert_file(&s, &format!("{base}lifecycle/creator"), "new-creator");
+                assert_file(&s, "etc/passwd", "image-passwd");
+            } else {
+                // Written where the image says, or left out: never elsewhere.
+                assert!(
+                    hits.is_empty() || hits == [&resolved],
+                    "{what}: {hits:?}:\n{}",
+                    tree::render(&s)
+                );
+                if !hits.is_empty() {
+                    assert_file(&s, &resolved, "pwned");
+                }
+                assert!(!s.contains_key("etc/passwd"), "{what}: filter ignored");
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Device nodes
+
+#[test]
+fn device_nodes_are_made_or_skipped_never_files() {
+    let sb = Sandbox::new();
+    let out = sb.outside_abs();
+    sb.image(vec![gz(vec![
+        Entry::dir("dev/"),
+        Entry::char_dev("dev/null", 1, 3),
+        Entry::block_dev("dev/loop-hostile", 7, 200),
+        Entry::fifo("dev/fifo"),
+        Entry::symlink("s", &out),
+        Entry::char_dev("s/zero", 1, 5),
+        Entry::file("dev/tty", "was a file"),
+        Entry::char_dev("dev/tty", 5, 0),
+    ])]);
+    let stats = succeeded(sb.extract(&[]), "device nodes");
+    let s = sb.tree();
+    let o = in_root(&out);
+    let mut skipped = 0;
+    for (key, kind, rdev) in [
+        ("dev/null".to_owned(), Kind::CharDev, (1, 3)),
+        ("dev/loop-hostile".to_owned(), Kind::BlockDev, (7, 200)),
+        (format!("{o}/zero"), Kind::CharDev, (1, 5)),
+        ("dev/tty".to_owned(), Kind::CharDev, (5, 0)),
+    ] {
+        match s.get(&key) {
+            Some(n) => {
+                assert_eq!(n.kind, kind, "{key}:\n{}", tree::render(&s));
+                assert_eq!(n.rdev, Some(rdev), "{key}");
+            }
+            None => skipped += 1,
+        }
+    }
+    assert_eq!(stats.skipped_devices, skipped, "{stats:?}");
+    assert_eq!(s["dev/fifo"].kind, Kind::Fifo);
+}
+
+// ---------------------------------------------------------------------------
+// Corrupt inputs
+
+#[test]
+fn corrupt_layer_blobs_fail() {
+    for c in [
+        Compression::Gzip,
+        Compression::GzipMultiMember,
+        Compression::Zstd,
+        Compression::None,
+    ] {
+        let sb = Sandbox::new();
+        let good = gz(vec![Entry::file("good", "good")]);
+        let bad = Layer::new(
+            vec![
+                Entry::file("big", vec![b'a'; 8192]),
+                Entry::file("noise", noise(8192, 7)),
+            ],
+            c,
+        )
+        .corrupted();
+        let info = sb.image(vec![good, bad]);
+        let msg = refused(sb.extract(&[]), &format!("corrupt {c:?}"));
+        assert_names_layer(&msg, &info, 2);
+        if c == Compression::None {
+            // The tar still parses: only the digest can catch it.
+            assert_mentions(&msg, &["does not match its digest", "corrupt"]);
+        } else {
+            assert_mentions_any(&msg, &["corrupt", "digest", "truncated"]);
+        }
+    }
+}
+
+#[test]
+fn truncated_layers_fail() {
+    // gzip cut in the middle; the descriptor matches the cut bytes, the diff_id
+    // is the original's.
+    let full = gz(vec![
+        Entry::file("a", noise(64 * 1024, 1)),
+        Entry::file("b", noise(64 * 1024, 2)),
+    ]);
+    let blob = full.blob();
+    let cut = Layer::raw(blob[..blob.len() / 2].to_vec()).with_diff_id(full.diff_id());
+    let sb = Sandbox::new();
+    let info = sb.image(vec![cut]);
+    assert_eq!(
+        info.layers[0].digest,
+        sha256_digest(&blob[..blob.len() / 2])
+    );
+    let msg = refused(sb.extract(&[]), "truncated gzip");
+    assert_names_layer(&msg, &info, 1);
+    assert_mentions_any(&msg, &["truncated", "corrupt", "diff_id", "eof"]);
+
+    // A plain tar cut at a block boundary after its first entry (no end marker):
+    // the tar reads as complete, only the diff_id catches it.
+    let full = plain(vec![Entry::file("a", "a"), Entry::file("b", "b")]);
+    let tar = full.blob();
+    let cut = Layer::raw(tar[..1024].to_vec())
+        .with_compression(Compression::None)
+        .with_diff_id(full.diff_id());
+    let sb = Sandbox::new();
+    let info = sb.image(vec![cut]);
+    let msg = refused(sb.extract(&[]), "truncated plain tar");
+    assert_names_layer(&msg, &info, 1);
+    assert_mentions(&msg, &["diff_id", &full.diff_id()]);
+}
+
+#[test]
+fn lying_descriptor_sizes_fail() {
+    for c in [Compression::Gzip, Compression::None, Compression::Zstd] {
+        let base = Layer::new(
+            vec![Entry::file("a", noise(4096, 3)), Entry::file("b", "b")],
+            c,
+        );
+        let len = base.blob().len() as i64;
+        for size in [len + 1, len + 100_000, len - 1, len - 600, 1, 0] {
+            let sb = Sandbox::new();
+            let info = sb.image(vec![
+                gz(vec![Entry::file("first", "first")]),
+                base.clone().with_desc_size(size),
+            ]);
+            let what = format!("{c:?} blob of {len} bytes, descriptor says {size}");
+            let msg = refused(sb.extract(&[]), &what);
+            assert_names_layer(&msg, &info, 2);
+            if size > len {
+                // The whole blob reads fine: only the size check can catch it.
+                assert_mentions(&msg, &["size", &len.to_string(), &size.to_string()]);
+            } else {
+                // Cut short by the declared size: the tar or the decompressor
+                // may notice first.
+                assert_mentions_any(&msg, &["size", "truncated", "corrupt"]);
+            }
+        }
+    }
+}
+
+#[test]
+fn trailing_garbage_after_the_tar_is_verified() {
+    let garbage = noise(300 * 1024 + 17, 9);
+    // Covered by the digest: fine (tools write padding after the end blocks).
+    for c in [Compression::None, Compression::Gzip] {
+        let mut end = vec![0u8; 1024];
+        end.extend_from_slice(&garbage);
+        let sb = Sandbox::new();
+        sb.image(vec![
+            Layer::new(vec![Entry::file("a", "a")], c).with_end(end)
+        ]);
+        succeeded(sb.extract(&[]), &format!("{c:?} with covered garbage"));
+        assert_file(&sb.tree(), "a", "a");
+    }
+    // Appended after the digest was computed: the descriptor's size and digest
+    // are the clean blob's.
+    let base = plain(vec![Entry::file("a", "a")]);
+    let mut stored = base.blob();
+    stored.extend_from_slice(&garbage);
+    for (what, layer, reason) in [
+        (
+            "appended garbage, original size",
+            base.clone().with_stored_bytes(stored.clone()),
+            "size",
+        ),
+        (
+            "appended garbage, size covering it",
+            base.clone()
+                .with_stored_bytes(stored.clone())
+                .with_desc_size(stored.len() as i64),
+            "does not match its digest",
+        ),
+    ] {
+        let sb = Sandbox::new();
+        let info = sb.image(vec![layer]);
+        let msg = refused(sb.extract(&[]), what);
+        assert_names_layer(&msg, &info, 1);
+        assert_mentions(&msg, &[reason]);
+    }
+}
+
+#[test]
+fn missing_blobs_fail() {
+    let layers = || {
+        vec![
+            gz(vec![Entry::file("a", "a")]),
+            gz(vec![Entry::file("b", "b")]),
+        ]
+    };
+    // A missing layer.
+    let sb = Sandbox::new();
+    let mut b = LayoutBuilder::new(sb.layout());
+    let info = b.add_image(ImageSpec::new(layers()).ref_name(NAME));
+    b.remove_blob(&info.layers[1].digest).unwrap();
+    b.write().unwrap();
+    let msg = refused(sb.extract(&[]), "missing layer");
+    assert_names_layer(&msg, &info, 2);
+    assert_mentions(&msg, &["missing"]);
+    // A missing config, a missing manifest.
+    for which in ["config", "manifest"] {
+        let sb = Sandbox::new();
+        let mut b = LayoutBuilder::new(sb.layout());
+        let info = b.add_image(ImageSpec::new(layers()).ref_name(NAME));
+        let d = if which == "config" {
+            &info.config.digest
+        } else {
+            &info.manifest.digest
+        };
+        b.remove_blob(d).unwrap();
+        b.write().unwrap();
+        let msg = refused(sb.extract(&[]), which);
+        assert_mentions(&msg, &["missing", d]);
+    }
+}
+
+/// Where a bad digest string goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Place {
+    /// The manifest descriptor in index.json.
+    Manifest,
+    /// An extra index.json entry.
+    IndexEntry,
+    /// The config descriptor in the manifest.
+    Config,
+    /// A layer descriptor in the manifest.
+    Layer,
+}
+
+/// The bad digest strings, each naming a FIFO when taken as a path under
+/// `layout/blobs/ALG/` (`ABS` stands for the sandbox's absolute FIFO path).
+const BAD_DIGESTS: [(Place, &str); 9] = [
+    (Place::Manifest, "sha256:../../../outside/fifo"),
+    (Place::Manifest, "sha256:../../etc/passwd"),
+    (Place::Manifest, "sha256:ABS"),
+    (Place::IndexEntry, "sha256:../../../outside/fifo"),
+    (Place::Config, "sha256:../../../outside/fifo"),
+    (Place::Config, "sha256:../../etc/passwd"),
+    (Place::Layer, "sha256:../../../outside/fifo"),
+    (Place::Layer, "sha256:../../etc/passwd"),
+    (Place::Layer, "sha256:ABS"),
+];
+
+/// A sandbox whose layout puts `digest` at `place`, with FIFOs where the digest
+/// would point if it became a path; returns the digest as written.
+fn bad_digest_layout(place: Place, digest: &str) -> (Sandbox, String) {
+    let sb = Sandbox::new();
+    sb.fifo(&sb.outside().join("fifo"));
+    sb.fifo(&sb.layout().join("etc/passwd"));
+    let host_fifo = sb.outside().join("abs-fifo");
+    sb.fifo(&host_fifo);
+    let digest = digest.replace("ABS", host_fifo.to_str().unwrap());
+    let mut b = LayoutBuilder::new(sb.layout());
+    let layer = gz(vec![Entry::file("a", "a")]);
+    let mut spec = ImageSpec::new(vec![layer.clone()]).ref_name(NAME);
+    match place {
+        Place::Manifest => spec.manifest_desc.digest = Some(digest.clone()),
+        Place::Config => spec.config_desc.digest = Some(digest.clone()),
+        Place::Layer => spec.layers = vec![layer.with_desc_digest(&digest)],
+        Place::IndexEntry => {}
+    }
+    if place == Place::IndexEntry {
+        b.image(&spec);
+        b.push_index_entry(Desc::new(MEDIA_OCI_MANIFEST, digest.clone(), 100).with_ref_name(NAME));
+    } else {
+        b.add_image(spec);
+    }
+    b.write().unwrap();
+    (sb, digest)
+}
+
+#[test]
+fn bad_digest_strings_never_become_paths() {
+    // Opening any of the FIFOs would block: a hang here (reported with the FIFO
+    // that had a reader) means a digest became a path.
+    for (place, digest) in BAD_DIGESTS {
+        let (sb, digest) = bad_digest_layout(place, digest);
+        let what = format!("{digest} in the {place:?}");
+        let msg = refused(sb.extract(&[]), &what);
+        let encoded = digest.split_once(':').unwrap().1;
+        assert_mentions(&msg, &[encoded]);
+        assert_mentions_any(&msg, &["digest", "malformed", "invalid"]);
+        match place {
+            Place::Manifest | Place::IndexEntry => assert_mentions(&msg, &["index.json"]),
+            Place::Config | Place::Layer => assert_mentions(&msg, &["manifest"]),
+        }
+    }
+}
+
+/// The committed core said only `not valid JSON of the expected shape: Invalid
+/// encoded value ../../../outside/fifo at line 7 column 46`.
+#[test]
+fn bad_digest_messages_say_digest() {
+    for (place, digest) in BAD_DIGESTS {
+        let (sb, digest) = bad_digest_layout(place, digest);
+        let msg = refused(sb.extract(&[]), &digest);
+        assert_mentions(&msg, &["digest", &digest]);
+    }
+}
+
+#[test]
+fn digest_algorithms() {
+    let layer = || gz(vec![Entry::file("a", "sha512 layer")]);
+    let sha512 = |b: &[u8]| format!("sha512:{}", hex::encode(Sha512::digest(b)));
+
+    // sha512 is supported: verified with sha512 and applied.
+    let sb = Sandbox::new();
+    let l = layer();
+    let d = sha512(&l.blob());
+    let mut b = LayoutBuilder::new(sb.layout());
+    b.put_blob(&d, l.blob());
+    b.add_image(ImageSpec::new(vec![l.with_desc_digest(&d)]).ref_name(NAME));
+    b.write().unwrap();
+    succeeded(sb.extract(&[]), "sha512 layer");
+    assert_file(&sb.tree(), "a", "sha512 layer");
+
+    // sha512 that does not match.
+    let sb = Sandbox::new();
+    let l = layer();
+    let d = sha512(&l.blob());
+    let mut b = LayoutBuilder::new(sb.layout());
+    let mut bad = l.blob();
+    let i = bad.len() / 2;
+    bad[i] ^= 0xff;
+    b.put_blob(&d, bad);
+    let info = b.add_image(ImageSpec::new(vec![l.with_desc_digest(&d)]).ref_name(NAME));
+    b.write().unwrap();
+    let msg = refused(sb.extract(&[]), "corrupt sha512 layer");
+    assert_names_layer(&msg, &info, 1);
+
+    // Unknown algorithms, even with a blob stored where they point.
+    for d in [
+        format!("sha384:{}", "ab".repeat(48)),
+        format!("md5:{}", "ab".repeat(16)),
+        format!("SHA256:{}", "ab".repeat(32)),
+        format!("sha256:{}", "AB".repeat(32)),
+        format!("sha256:{}", "ab".repeat(31)),
+        format!("sha256+b64u:{}", "ab".repeat(32)),
+    ] {
+        let sb = Sandbox::new();
+        let l = layer();
+        let mut b = LayoutBuilder::new(sb.layout());
+        b.put_blob(&d, l.blob());
+        b.add_image(ImageSpec::new(vec![l.with_desc_digest(&d)]).ref_name(NAME));
+        b.write().unwrap();
+        let msg = refused(sb.extract(&[]), &d);
+        let (alg, encoded) = d.split_once(':').unwrap();
+        assert_mentions_any(&msg, &["layer 1", "manifest"]);
+        assert_mentions_any(&msg, &[&d, alg, encoded]);
+        assert_mentions_any(
+            &msg,
+            &["unsupported algorithm", "not well formed", "invalid"],
+        );
+    }
+}
+
+/// A JSON document of exactly `size` bytes: `doc` with a padding field.
+fn padded_json(mut doc: serde_json::Value, size: usize) -> Vec<u8> {
+    doc["annotations"] = json!({"pad": ""});
+    let base = serde_json::to_vec(&doc).unwrap().len();
+    doc["annotations"]["pad"] = json!("x".repeat(size - base));
+    let bytes = serde_json::to_vec(&doc).unwrap();
+    assert_eq!(bytes.len(), size);
+    bytes
+}
+
+#[test]
+fn oversized_json_documents_are_refused() {
+    let max = MAX_JSON_BYTES as usize;
+    let limit = MAX_JSON_BYTES.to_string();
+    let index_doc = |b: &LayoutBuilder| -> serde_json::Value {
+        serde_json::from_slice(&b.index_json()).unwrap()
+    };
+
+    // index.json one byte over the limit, and exactly at it.
+    for (size, ok) in [(max + 1, false), (max, true)] {
+        let sb = Sandbox::new();
+        let mut b = LayoutBuilder::new(sb.layout());
+        b.add_image(ImageSpec::new(vec![gz(vec![Entry::file("a", "a")])]).ref_name(NAME));
+        let doc = index_doc(&b);
+        assert_eq!(doc["mediaType"], MEDIA_OCI_INDEX);
+        b.raw_file("index.json", padded_json(doc, size));
+        b.write().unwrap();
+        let r = sb.extract(&[]);
+        if ok {
+            succeeded(r, "index.json at the limit");
+        } else {
+            let msg = refused(r, "index.json over the limit");
+            assert_mentions(&msg, &["index.json", &limit]);
+        }
+    }
+
+    // A manifest over the limit, honestly sized and with a lying small size.
+    let big = "m".repeat(max + 1);
+    for lie in [None, Some(1000)] {
+        let sb = Sandbox::new();
+        let mut b = LayoutBuilder::new(sb.layout());
+        let mut spec = ImageSpec::new(vec![gz(vec![Entry::file("a", "a")])]).ref_name(NAME);
+        spec.manifest_annotations.insert("pad".into(), big.clone());
+        spec.manifest_desc.size = lie;
+        let info = b.add_image(spec);
+        b.write().unwrap();
+        let msg = refused(sb.extract(&[]), &format!("big manifest, size {lie:?}"));
+        assert_mentions(&msg, &["manifest", &info.manifest.digest]);
+        if lie.is_none() {
+            assert_mentions(&msg, &[&limit]);
+        } else {
+            assert_mentions_any(&msg, &[&limit, "size"]);
+        }
+    }
+}
+
+/// A layout whose config blob is one byte over the JSON limit; returns its digest.
+fn big_config_layout(sb: &Sandbox) -> String {
+    let mut b = LayoutBuilder::new(sb.layout());
+    let layer = gz(vec![Entry::file("a", "a")]);
+    let mut spec = ImageSpec::new(vec![layer.clone()]).ref_name(NAME);
+    let cfg = json!({
+        "architecture": "amd64", "os": "linux",
+        "rootfs": {"type": "layers", "diff_ids": [layer.diff_id()]},
+    });
+    spec.config_bytes = Some(padded_json(cfg, MAX_JSON_BYTES as usize + 1));
+    let info = b.add_image(spec);
+    b.write().unwrap();
+    info.config.digest
+}
+
+#[test]
+fn oversized_config_is_refused() {
+    let sb = Sandbox::new();
+    let digest = big_config_layout(&sb);
+    let msg = refused(sb.extract(&[]), "big config");
+    assert_mentions(&msg, &[&digest, &MAX_JSON_BYTES.to_string()]);
+}
+
+/// The committed core called the config `manifest sha256:<config digest>`.
+#[test]
+fn oversized_config_message_says_config() {
+    let sb = Sandbox::new();
+    big_config_layout(&sb);
+    let msg = refused(sb.extract(&[]), "big config");
+    assert_mentions(&msg, &["config"]);
+}
+
+#[test]
+fn negative_sizes_are_refused() {
+    let sb = Sandbox::new();
+    sb.image(vec![gz(vec![Entry::file("a", "a")]).with_desc_size(-1)]);
+    let msg = refused(sb.extract(&[]), "negative layer size");
+    assert_mentions(&msg, &["manifest"]);
+}
+
+// ---------------------------------------------------------------------------
+// Long names and NUL bytes
+
+#[test]
+fn long_names_with_escapes_are_refused() {
+    for ln in [LongNames::Pax, LongNames::Gnu] {
+        let file = format!("{}/../../outside/victim", "d".repeat(150));
+        let dir = format!("{}/{}/", "e".repeat(60), "../".repeat(40));
+        let link_target = format!("{}/../../../outside/victim", "t".repeat(150));
+        let cases: Vec<(String, Entry)> = vec![
+            (file.clone(), Entry::file(&file, "pwned")),
+            (dir.clone(), Entry::dir(&dir)),
+            ("h".to_owned(), Entry::hardlink("h", &link_target)),
+        ];
+        for (name, entry) in cases {
+            let sb = Sandbox::new();
+            let info = sb.image(vec![
+                gz(vec![Entry::file("ok", "ok"), entry]).with_long_names(ln)
+            ]);
+            let msg = refused(sb.extract(&[]), &format!("{ln:?} {name}"));
+            assert_names_layer(&msg, &info, 1);
+            assert_names_entry(&msg, &name);
+            assert_mentions_any(&msg, &["climb", "escape", "outside the", "root"]);
+        }
+        // Long names that stay inside work, and a long symlink target climbing
+        // out is just a symlink (resolved inside the root when followed).
+        let sb = Sandbox::new();
+        let long = format!("{}/ok", "d".repeat(150));
+        sb.image(vec![gz(vec![
+            Entry::file(&long, "ok"),
+            Entry::symlink("s", &link_target),
+            Entry::file(format!("{}/../x", "f".repeat(150)), "x"),
+        ])
+        .with_long_names(ln)]);
+        succeeded(sb.extract(&[]), &format!("{ln:?} long names"));
+        let s = sb.tree();
+        assert_file(&s, &long, "ok");
+        assert_symlink(&s, "s", &link_target);
+        assert_file(&s, "x", "x");
+    }
+}
+
+#[test]
+fn nul_bytes_in_names_are_refused() {
+    let gnu_name = format!("{}\0{}", "a".repeat(60), "b".repeat(60));
+    let cases: Vec<(&str, LongNames, Entry)> = vec![
+        (
+            "PAX path",
+            LongNames::Pax,
+            Entry::file("innocent", "x").pax("path", b"evil\0/../../outside/victim"),
+        ),
+        ("GNU long name", LongNames::Gnu, Entry::file(&gnu_name, "x")),
+        (
+            "PAX symlink target",
+            LongNames::Pax,
+            Entry::symlink("s", "innocent").pax("linkpath", b"/etc\0/passwd"),
+        ),
+        (
+            "PAX hard link target",
+            LongNames::Pax,
+            Entry::hardlink("h", "f").pax("linkpath", b"f\0../../outside/victim"),
+        ),
+    ];
+    for (what, ln, entry) in cases {
+        let sb = Sandbox::new();
+        let info = sb.image(vec![
+            gz(vec![Entry::file("f", "f")]),
+            gz(vec![entry]).with_long_names(ln),
+        ]);
+        let msg = refused(sb.extract(&[]), what);
+        assert_names_layer(&msg, &info, 2);
+        assert_mentions(&msg, &["NUL"]);
+        assert_mentions_any(&msg, &["evil", "aaaa", "\"s\"", "\"h\""]);
+    }
+}
+
+#[test]
+fn ref_names_are_not_paths() {
+    // The image name is matched against annotations, never used as a path.
+    let sb = Sandbox::new();
+    let mut b = LayoutBuilder::new(sb.layout());
+    b.add_image(
+        ImageSpec::new(vec![gz(vec![Entry::file("a", "a")])]).ref_name("../../outside/victim"),
+    );
+    b.write().unwrap();
+    let msg = refused(sb.extract_image(Some("../outside/dir"), &[]), "bad name");
+    assert_mentions(&msg, &["no image named"]);
+    let index: serde_json::Value =
+        serde_json::from_slice(&fs::read(sb.layout().join("index.json")).unwrap()).unwrap();
+    assert_eq!(
+        index["manifests"][0]["annotations"][REF_NAME],
+        "../../outside/victim"
+    );
+}
