@@ -37,7 +37,7 @@ impl Rng {
         ];
         while out.len() < len {
             let r = self.next();
-            if r % 3 == 0 {
+            if r.is_multiple_of(3) {
                 // an incompressible run
                 for _ in 0..16 {
                     out.extend_from_slice(&self.next().to_le_bytes());
