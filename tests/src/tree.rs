@@ -208,6 +208,8 @@ pub struct DiffOpts {
     pub ignore_hardlinks: bool,
     /// Paths (and everything under them) left out of the comparison.
     pub ignore_paths: Vec<String>,
+    /// Extended attribute names left out of the comparison.
+    pub ignore_xattrs: Vec<String>,
 }
 
 impl DiffOpts {
@@ -215,10 +217,12 @@ impl DiffOpts {
     pub fn exact() -> Self {
         Self::default()
     }
-    /// What a rootless extraction can be expected to keep: no ownership.
+    /// What a rootless extraction can be expected to keep: no ownership (umoci
+    /// records it in a `user.rootlesscontainers` xattr instead).
     pub fn rootless() -> Self {
         Self {
             ignore_owner: true,
+            ignore_xattrs: vec!["user.rootlesscontainers".to_owned()],
             ..Self::default()
         }
     }
@@ -351,8 +355,15 @@ fn node_diff(k: &str, x: &Node, y: &Node, opts: &DiffOpts, out: &mut Vec<String>
     if x.rdev != y.rdev {
         out.push(format!("{k}: rdev a={:?} b={:?}", x.rdev, y.rdev));
     }
-    if x.xattrs != y.xattrs {
-        out.push(format!("{k}: xattrs a={:?} b={:?}", x.xattrs, y.xattrs));
+    let keep = |m: &BTreeMap<String, Vec<u8>>| -> BTreeMap<String, Vec<u8>> {
+        m.iter()
+            .filter(|(n, _)| !opts.ignore_xattrs.contains(n))
+            .map(|(n, v)| (n.clone(), v.clone()))
+            .collect()
+    };
+    let (xa, ya) = (keep(&x.xattrs), keep(&y.xattrs));
+    if xa != ya {
+        out.push(format!("{k}: xattrs a={xa:?} b={ya:?}"));
     }
     let skip_mtime = opts.ignore_mtime || (opts.ignore_dir_mtime && x.kind == Kind::Dir);
     if !skip_mtime && x.mtime != y.mtime {
