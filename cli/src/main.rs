@@ -119,7 +119,12 @@ async fn run(cli: Cli, cancel: locald_core::cancel::Cancel) -> anyhow::Result<()
     tokio::pin!(work);
     tokio::select! {
         r = &mut work => return r,
-        _ = tokio::signal::ctrl_c() => {}
+        r = tokio::signal::ctrl_c() => {
+            if r.is_err() {
+                // No signal handling here: just do the work.
+                return work.await;
+            }
+        }
     }
     cancel.cancel();
     match tokio::time::timeout(std::time::Duration::from_secs(3), &mut work).await {
@@ -143,7 +148,13 @@ fn hint(e: &anyhow::Error) -> Option<String> {
         if let Some(u) = cause.downcast_ref::<UserError>() {
             return Some(u.hint.clone());
         }
-        if let Some(core) = cause.downcast_ref::<locald_core::Error>() {
+        // A layer's error is boxed inside `Error::Layer`; look through the box.
+        let core = cause.downcast_ref::<locald_core::Error>().or_else(|| {
+            cause
+                .downcast_ref::<Box<locald_core::Error>>()
+                .map(|b| &**b)
+        });
+        if let Some(core) = core {
             use locald_core::Error as E;
             let h = match core {
                 E::Source(inner) => {

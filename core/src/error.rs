@@ -95,6 +95,16 @@ pub enum Error {
         /// The number of bytes read (or a lower bound when it is too long).
         actual: u64,
     },
+    /// The config's `rootfs.diff_ids` do not correspond to the manifest's layers.
+    #[error("{what}: the manifest lists {layers} layers but the config has {diff_ids} diff_ids; the image is inconsistent")]
+    LayerCountMismatch {
+        /// Which image.
+        what: String,
+        /// Layers in the manifest.
+        layers: usize,
+        /// diff_ids in the config.
+        diff_ids: usize,
+    },
     /// A layer failed to apply; `source` says why.
     #[error("layer {index} ({digest}) could not be applied")]
     Layer {
@@ -131,6 +141,9 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// Reading a blob from its source failed.
+    #[error("could not read the blob from its source")]
+    ReadBlob(#[source] std::io::Error),
     /// The layer is not a readable tar stream.
     #[error("the layer is not a valid tar stream (truncated or corrupt?)")]
     Tar(#[source] std::io::Error),

@@ -185,14 +185,30 @@ pub fn select_manifest<'a>(
         .iter()
         .filter(|d| !is_attestation(d))
         .collect();
-    let matching = candidates.iter().find(|d| match d.platform() {
-        Some(p) => platform.matches(
-            &p.os().to_string(),
-            &p.architecture().to_string(),
-            p.variant().as_deref(),
-        ),
-        None => false,
-    });
+    let platform_of = |d: &Descriptor| {
+        d.platform().as_ref().map(|p| {
+            Platform::new(
+                &p.os().to_string(),
+                &p.architecture().to_string(),
+                p.variant().as_deref(),
+            )
+        })
+    };
+    let compatible: Vec<&&Descriptor> = candidates
+        .iter()
+        .filter(|d| {
+            platform_of(d)
+                .is_some_and(|p| platform.matches(&p.os, &p.architecture, p.variant.as_deref()))
+        })
+        .collect();
+    // Prefer the entry whose variant is exactly the one asked for (none for a
+    // plain `linux/amd64`), so `amd64/v3` is not picked for a machine that did
+    // not ask for it just because it is listed first.
+    let matching = compatible
+        .iter()
+        .find(|d| platform_of(d).is_some_and(|p| p.variant == platform.variant))
+        .or(compatible.first())
+        .copied();
     if let Some(d) = matching {
         return Ok(d);
     }
@@ -286,6 +302,26 @@ mod tests {
             "{err}"
         );
         assert!(!err.contains("unknown"), "{err}");
+    }
+
+    #[test]
+    fn exact_variant_preferred() {
+        let idx = parse_index(
+            &index_json(&[
+                ("linux/amd64/v3", None),
+                ("linux/amd64", None),
+                ("linux/arm64/v8", None),
+            ]),
+            "t",
+        )
+        .unwrap();
+        let pick = |p: &str| {
+            select_manifest(&idx, &p.parse().unwrap(), "t").map(|d| d.digest().to_string())
+        };
+        assert_eq!(pick("linux/amd64").unwrap(), digest(1));
+        assert_eq!(pick("linux/amd64/v3").unwrap(), digest(0));
+        // A baseline image serves a v2 machine; the v3 one would not.
+        assert_eq!(pick("linux/amd64/v2").unwrap(), digest(1));
     }
 
     #[test]

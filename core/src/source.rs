@@ -248,6 +248,13 @@ pub async fn resolve(
         tracing::warn!("{what} is built for {image_platform}, not for this machine ({platform})");
     }
     let diff_ids = config.rootfs().diff_ids();
+    if diff_ids.len() != manifest.layers().len() {
+        return Err(Error::LayerCountMismatch {
+            what,
+            layers: manifest.layers().len(),
+            diff_ids: diff_ids.len(),
+        });
+    }
     let mut layers = Vec::with_capacity(manifest.layers().len());
     for (i, l) in manifest.layers().iter().enumerate() {
         let lwhat = format!("layer {} of {what}", i + 1);

@@ -88,6 +88,13 @@ fn semantic_layers() -> Vec<Layer> {
                 Entry::file("replace-dir-with-file", "now a file"),
                 // Content in a read-only directory of a lower layer.
                 Entry::file("readonly/b", "b"),
+                // A re-declared directory's xattrs replace the lower ones; a
+                // read-only file still gets its user xattr.
+                Entry::dir("etc/").xattr("user.locald.other", "2"),
+                Entry::dir("etc/tagged-dir/").xattr("user.locald.other", "2"),
+                Entry::file("etc/read-only", "ro")
+                    .mode(0o444)
+                    .xattr("user.locald.ro", "1"),
                 // Hard link to a file of a lower layer.
                 Entry::hardlink("hard/from-upper", "hard/original"),
                 // A lifecycle update replacing the symlink target.
@@ -193,6 +200,9 @@ fn whole_root_matches_umoci_unpack() {
     }
     assert_eq!(s["usr/bin/sudo"].mode, 0o4755);
     assert_eq!(s["etc/tagged"].xattrs["user.locald.test"], b"hello");
+    assert_eq!(s["etc/read-only"].xattrs["user.locald.ro"], b"1");
+    let dir_xattrs: Vec<&String> = s["etc/tagged-dir"].xattrs.keys().collect();
+    assert_eq!(dir_xattrs, ["user.locald.other"]);
     if peers::is_root() {
         assert_eq!(
             s["usr/bin/ping"].xattrs["security.capability"],

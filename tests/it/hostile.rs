@@ -31,6 +31,7 @@ use locald_tests::fixture::{
     sha256_digest, Compression, Desc, Entry, ImageInfo, ImageSpec, Layer, LayoutBuilder, LongNames,
     MEDIA_OCI_INDEX, MEDIA_OCI_MANIFEST, REF_NAME,
 };
+use locald_tests::peers;
 use locald_tests::tree::{self, DiffOpts, Kind, Snapshot};
 use serde_json::json;
 use sha2::{Digest as _, Sha512};
@@ -1493,4 +1494,71 @@ fn ref_names_are_not_paths() {
         index["manifests"][0]["annotations"][REF_NAME],
         "../../outside/victim"
     );
+}
+
+/// Special files where the layout should have plain files: refused at once, never
+/// read forever or blocked on.
+#[test]
+fn special_files_in_the_layout_are_refused() {
+    // index.json as a FIFO (reading it would block) and as /dev/zero (endless).
+    for special in ["fifo", "zero"] {
+        let sb = Sandbox::new();
+        sb.image(vec![gz(vec![Entry::file("x", "x")])]);
+        let index = sb.layout().join("index.json");
+        fs::remove_file(&index).unwrap();
+        match special {
+            "fifo" => sb.fifo(&index),
+            _ => std::os::unix::fs::symlink("/dev/zero", &index).unwrap(),
+        }
+        let msg = refused(sb.extract(&[]), special);
+        assert_mentions(&msg, &["index.json", "not a regular file"]);
+    }
+    // A layer blob that is /dev/zero: refused, not read without end.
+    let sb = Sandbox::new();
+    let info = sb.image(vec![gz(vec![Entry::file("x", "x")])]);
+    let blob = sb
+        .layout()
+        .join("blobs/sha256")
+        .join(&info.layers[0].digest[7..]);
+    fs::remove_file(&blob).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", &blob).unwrap();
+    let msg = refused(sb.extract(&[]), "blob /dev/zero");
+    assert_names_layer(&msg, &info, 1);
+    assert_mentions(&msg, &["not a regular file"]);
+}
+
+/// Owner ids that do not fit a uid_t are refused rather than truncated to root.
+#[test]
+fn out_of_range_owner_ids_are_refused() {
+    if !peers::is_root() {
+        eprintln!("skipped: ownership is only applied as root");
+        return;
+    }
+    for (uid, gid) in [(1u64 << 32, 0u64), (0, u64::from(u32::MAX))] {
+        let sb = Sandbox::new();
+        let info = sb.image(vec![Layer::new(
+            vec![Entry::file("x", "x").owner(uid, gid)],
+            Compression::Gzip,
+        )
+        .with_long_names(LongNames::Gnu)]);
+        let msg = refused(sb.extract(&[]), "big owner");
+        assert_names_layer(&msg, &info, 1);
+        assert_mentions(&msg, &["out of range"]);
+    }
+}
+
+/// AUFS hard-link bookkeeping (`.wh..wh.plnk/...`) never reaches the tree.
+#[test]
+fn aufs_metadata_directories_are_not_extracted() {
+    let sb = Sandbox::new();
+    sb.image(vec![gz(vec![
+        Entry::dir(".wh..wh.plnk/"),
+        Entry::file(".wh..wh.plnk/1234.5678", "aufs"),
+        Entry::dir("d/.wh..wh.aufs/"),
+        Entry::file("d/.wh..wh.aufs/x", "aufs"),
+        Entry::file("d/kept", "kept"),
+    ])]);
+    sb.extract(&[]).unwrap();
+    let keys: Vec<String> = sb.tree().into_keys().collect();
+    assert_eq!(keys, ["d", "d/kept"]);
 }

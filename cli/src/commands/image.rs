@@ -59,7 +59,7 @@ pub async fn extract(args: ExtractArgs, quiet: bool, cancel: Cancel) -> anyhow::
             "source": src.describe(),
             "manifest_digest": image.manifest_digest,
             "platform": image.platform.to_string(),
-            "to": args.to,
+            "to": args.to.to_string_lossy(),
             "paths": options.filter.paths(),
             "stats": stats,
             "seconds": elapsed.as_secs_f64(),

@@ -288,6 +288,53 @@ fn errors_are_sentences_with_hints_and_exit_1() {
 }
 
 #[test]
+fn corrupt_layer_says_digest_and_hints() {
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path().join("layout");
+    let mut b = LayoutBuilder::new(&dir);
+    b.add_image(
+        ImageSpec::new(vec![
+            Layer::new(vec![Entry::file("ok", "fine")], Compression::Gzip),
+            Layer::new(
+                vec![Entry::file("bad", "x".repeat(10_000))],
+                Compression::Gzip,
+            )
+            .corrupted(),
+        ])
+        .ref_name("img"),
+    );
+    b.write().unwrap();
+    let out = t.path().join("out");
+    let r = run(&[
+        "image",
+        "extract",
+        "img",
+        "--source",
+        &format!("oci-layout:{}", dir.display()),
+        "--to",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(r.stderr.contains("layer 2 (sha256:"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("content does not match its digest"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr.contains("hint: the image source is corrupt"),
+        "{}",
+        r.stderr
+    );
+    assert!(!out.exists());
+    assert_eq!(
+        std::fs::read_dir(t.path()).unwrap().count(),
+        1,
+        "only the layout is left"
+    );
+}
+
+#[test]
 fn platform_selection_lists_available() {
     let t = tempfile::tempdir().unwrap();
     let dir = t.path().join("layout");

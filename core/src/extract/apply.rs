@@ -149,17 +149,28 @@ impl Applier {
         }
         let comps = path::normalise(raw).map_err(|r| Self::bad(raw, r))?;
         let Some((name, parent)) = comps.split_last() else {
-            // The root itself ("./"): only its metadata can change.
+            // The root itself ("./"): only its metadata can change. Unprivileged,
+            // the root keeps its private 0700 mode, so an image's world-writable
+            // directories are out of other local users' reach.
             if kind.is_dir() {
-                let mode = self.mode_of(entry.header())?;
-                let mtime = entry.header().mtime().unwrap_or(0) as i64;
-                self.chown(Path::new(""), entry.header())?;
-                self.dir_meta
-                    .insert(PathBuf::new(), DirMeta { mode, mtime });
+                if self.privileged {
+                    let mode = self.mode_of(entry.header())?;
+                    let mtime = entry.header().mtime().unwrap_or(0) as i64;
+                    self.chown(Path::new(""), entry.header())?;
+                    self.dir_meta
+                        .insert(PathBuf::new(), DirMeta { mode, mtime });
+                }
                 return Ok(());
             }
             return Err(Self::bad(raw, "a non-directory entry for the image root"));
         };
+        if parent
+            .iter()
+            .any(|c| path::whiteout(c) == Whiteout::Metadata)
+        {
+            // Inside an AUFS bookkeeping directory (`.wh..wh.plnk/...`).
+            return Ok(());
+        }
         match path::whiteout(name) {
             Whiteout::No => {}
             Whiteout::Metadata => return Ok(()),
@@ -223,7 +234,8 @@ impl Applier {
         match kind {
             EntryType::Directory => {
                 match self.lstat(&rel)? {
-                    Some(m) if m.is_dir() => {}
+                    // The upper entry's metadata replaces the lower one's.
+                    Some(m) if m.is_dir() => self.clear_xattrs(&rel, &xattrs)?,
                     Some(_) => {
                         self.remove(&rel)?;
                         self.mkdir(&rel)?;
@@ -258,11 +270,13 @@ impl Applier {
                     })?;
                 self.stats.bytes += n;
                 drop(file);
+                // Owner, then xattrs (chown clears file capabilities; a read-only
+                // mode would refuse user.* xattrs), then mode.
                 self.chown(&rel, &header)?;
+                self.set_xattrs(&rel, &xattrs)?;
                 let mode = self.mode_of(&header)?;
                 fs::set_permissions(&full, fs::Permissions::from_mode(mode))
                     .map_err(Error::io("set permissions of", &full))?;
-                self.set_xattrs(&rel, &xattrs)?;
                 self.set_mtime(&rel, &header)?;
                 self.stats.files += 1;
             }
@@ -409,9 +423,18 @@ impl Applier {
         if !self.privileged {
             return Ok(());
         }
-        let uid = h.uid().map_err(Error::Tar)? as u32;
-        let gid = h.gid().map_err(Error::Tar)? as u32;
         let p = self.root.join(rel);
+        let id = |v: u64, what: &str| {
+            u32::try_from(v)
+                .ok()
+                .filter(|&v| v != u32::MAX)
+                .ok_or_else(|| Error::BadEntry {
+                    entry: rel.display().to_string(),
+                    reason: format!("{what} {v} is out of range"),
+                })
+        };
+        let uid = id(h.uid().map_err(Error::Tar)?, "uid")?;
+        let gid = id(h.gid().map_err(Error::Tar)?, "gid")?;
         std::os::unix::fs::lchown(&p, Some(uid), Some(gid))
             .map_err(Error::io("change owner of", &p))
     }
@@ -422,7 +445,7 @@ impl Applier {
     fn set_xattrs(&self, rel: &Path, xattrs: &[(OsString, Vec<u8>)]) -> Result<()> {
         let p = self.root.join(rel);
         for (name, value) in xattrs {
-            if !self.privileged && !name.as_bytes().starts_with(b"user.") {
+            if !self.xattr_allowed(name) {
                 continue;
             }
             match rustix::fs::lsetxattr(
@@ -432,10 +455,15 @@ impl Applier {
                 rustix::fs::XattrFlags::empty(),
             ) {
                 Ok(()) => {}
+                // The filesystem or the kernel refuses this one (no support, an
+                // unknown SELinux label, too large): the entry stays, without it.
                 Err(
                     e @ (rustix::io::Errno::PERM
                     | rustix::io::Errno::NOTSUP
-                    | rustix::io::Errno::ACCESS),
+                    | rustix::io::Errno::INVAL
+                    | rustix::io::Errno::TOOBIG
+                    | rustix::io::Errno::RANGE
+                    | rustix::io::Errno::NOSPC),
                 ) => {
                     tracing::debug!(
                         "skipped xattr {} on {}: {e}",
@@ -444,6 +472,35 @@ impl Applier {
                     );
                 }
                 Err(e) => return Err(Error::io("set extended attribute on", &p)(e.into())),
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether we set this xattr at all: `user.*` only when unprivileged, and never
+    /// the host-specific ones (SELinux labels, NFS ACLs, overlayfs bookkeeping),
+    /// as umoci does.
+    fn xattr_allowed(&self, name: &OsStr) -> bool {
+        let n = name.as_bytes();
+        if !self.privileged {
+            return n.starts_with(b"user.");
+        }
+        !(n == b"security.selinux" || n == b"system.nfs4_acl" || n.starts_with(b"trusted.overlay."))
+    }
+
+    /// Removes the xattrs of an existing directory that a re-declaring entry does
+    /// not carry.
+    fn clear_xattrs(&self, rel: &Path, keep: &[(OsString, Vec<u8>)]) -> Result<()> {
+        let p = self.root.join(rel);
+        let mut names = vec![0u8; 64 * 1024];
+        let n = match rustix::fs::llistxattr(&p, &mut names) {
+            Ok(n) => n,
+            Err(_) => return Ok(()),
+        };
+        for name in names[..n].split(|&b| b == 0).filter(|n| !n.is_empty()) {
+            let name = OsStr::from_bytes(name);
+            if self.xattr_allowed(name) && !keep.iter().any(|(k, _)| k == name) {
+                let _ = rustix::fs::lremovexattr(&p, name);
             }
         }
         Ok(())
@@ -502,10 +559,8 @@ impl Applier {
             return Ok(());
         };
         if meta.is_dir() {
-            // Children may be read-only dirs from an earlier layer when unprivileged.
-            if !self.privileged {
-                make_writable(&p)?;
-            }
+            // Directory modes are only applied in finish(), so every directory
+            // here is still writable by us.
             fs::remove_dir_all(&p).map_err(Error::io("remove directory", &p))?;
             let stale: Vec<PathBuf> = self
                 .dir_meta
@@ -646,30 +701,6 @@ fn copy(
         w.write_all(&buf[..k]).map_err(CopyError::Write)?;
         n += k as u64;
     }
-}
-
-fn make_writable(dir: &Path) -> Result<()> {
-    let meta = fs::symlink_metadata(dir).map_err(Error::io("inspect", dir))?;
-    if !meta.is_dir() {
-        return Ok(());
-    }
-    if meta.permissions().mode() & 0o700 != 0o700 {
-        fs::set_permissions(
-            dir,
-            fs::Permissions::from_mode(meta.permissions().mode() | 0o700),
-        )
-        .map_err(Error::io("set permissions of", dir))?;
-    }
-    for c in fs::read_dir(dir).map_err(Error::io("read directory", dir))? {
-        let c = c.map_err(Error::io("read directory", dir))?;
-        if c.file_type()
-            .map_err(Error::io("inspect", c.path()))?
-            .is_dir()
-        {
-            make_writable(&c.path())?;
-        }
-    }
-    Ok(())
 }
 
 fn error_chain(e: &Error) -> String {

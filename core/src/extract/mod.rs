@@ -9,7 +9,7 @@ pub mod apply;
 pub mod path;
 pub mod stream;
 
-use std::io::{BufReader, Read};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -24,9 +24,6 @@ use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::progress::Reporter;
 use crate::source::{ImageSource, LayerInfo, ResolvedImage};
-
-/// Read buffer between the blob stream and the decompressor.
-const READ_BUF: usize = 128 * 1024;
 
 /// Options for [`extract_image`].
 #[derive(Debug, Clone, Default)]
@@ -191,9 +188,8 @@ fn decompress_layer<R: Read>(
     let mut raw = stream::HashingReader::new(blob, &layer.digest)
         .with_progress(Box::new(move |n| reporter.layer_progress(index, n)));
     let decoded = (|| -> Result<Option<Digest>> {
-        let mut buffered = BufReader::with_capacity(READ_BUF, &mut raw);
         let (compression, decompressed) =
-            stream::decompress(&mut buffered).map_err(|e| Error::Decompress {
+            stream::decompress(&mut raw).map_err(|e| Error::Decompress {
                 compression: "layer",
                 source: e,
             })?;
@@ -224,10 +220,16 @@ fn decompress_layer<R: Read>(
             }
         }
         drop(tx);
-        let (diff_id, _) = uncompressed.finish().map_err(Error::Tar)?;
+        let (diff_id, _) = uncompressed.finish().map_err(|e| Error::Decompress {
+            compression: compression.name(),
+            source: e,
+        })?;
         Ok(Some(diff_id))
     })();
-    let (digest, size) = raw.finish().map_err(Error::Tar)?;
+    if let Err(Error::Cancelled) = decoded {
+        return Err(Error::Cancelled);
+    }
+    let (digest, size) = raw.finish().map_err(Error::ReadBlob)?;
     if size != layer.size {
         return Err(Error::SizeMismatch {
             what: "layer blob".to_owned(),

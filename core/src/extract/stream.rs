@@ -1,7 +1,7 @@
 //! Byte-stream plumbing for layers: hashing and counting readers and decompression
 //! chosen by magic bytes (never by media type, which archives get wrong).
 
-use std::io::{self, BufRead, Read};
+use std::io::{self, Read};
 
 use crate::digest::{Digest, Hasher};
 
@@ -88,13 +88,25 @@ pub fn detect(prefix: &[u8]) -> Compression {
     }
 }
 
-/// Wraps `input` in the decompressor its first bytes call for.
-pub fn decompress<'a, R: BufRead + 'a>(
-    mut input: R,
-) -> io::Result<(Compression, Box<dyn Read + 'a>)> {
-    // BufReader's first fill holds at least the 4 magic bytes of any real layer; a
-    // shorter blob cannot be a valid compressed tar and is read as plain.
-    let compression = detect(input.fill_buf()?);
+/// Wraps `input` in the decompressor its first bytes call for. The first bytes
+/// are peeked in a loop, so a stream that hands them out one by one is still
+/// recognised.
+pub fn decompress<'a, R: Read + 'a>(mut input: R) -> io::Result<(Compression, Box<dyn Read + 'a>)> {
+    let mut magic = [0u8; 4];
+    let mut n = 0;
+    while n < magic.len() {
+        match input.read(&mut magic[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let compression = detect(&magic[..n]);
+    let input = io::BufReader::with_capacity(
+        128 * 1024,
+        io::Cursor::new(magic[..n].to_vec()).chain(input),
+    );
     let reader: Box<dyn Read + 'a> = match compression {
         Compression::None => Box::new(input),
         Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(input)),
@@ -114,10 +126,35 @@ mod tests {
         e.finish().unwrap()
     }
 
+    /// Hands out one byte per read, as a slow network might.
+    struct Trickle<'a>(&'a [u8]);
+
+    impl Read for Trickle<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            match (self.0.split_first(), buf.is_empty()) {
+                (Some((b, rest)), false) => {
+                    buf[0] = *b;
+                    self.0 = rest;
+                    Ok(1)
+                }
+                _ => Ok(0),
+            }
+        }
+    }
+
     fn roundtrip(blob: &[u8]) -> (Compression, Vec<u8>) {
-        let (c, mut r) = decompress(io::BufReader::new(blob)).unwrap();
+        let mut out = Vec::new();
+        let (c, mut r) = decompress(Trickle(blob)).unwrap();
+        r.read_to_end(&mut out).unwrap();
+        let trickled = (c, out);
+        let (c, mut r) = decompress(blob).unwrap();
         let mut out = Vec::new();
         r.read_to_end(&mut out).unwrap();
+        assert_eq!(
+            trickled,
+            (c, out.clone()),
+            "a trickling stream decodes the same"
+        );
         (c, out)
     }
 
@@ -142,7 +179,7 @@ mod tests {
     fn truncated_gzip_is_an_error() {
         let data = b"abcdefgh".repeat(10_000);
         let z = gz(&data);
-        let (_, mut r) = decompress(io::BufReader::new(&z[..z.len() / 2])).unwrap();
+        let (_, mut r) = decompress(&z[..z.len() / 2]).unwrap();
         let mut out = Vec::new();
         assert!(r.read_to_end(&mut out).is_err());
     }

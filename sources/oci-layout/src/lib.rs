@@ -119,11 +119,8 @@ impl OciLayout {
             return Err(not("no such directory".to_owned()));
         }
         let marker = dir.join("oci-layout");
-        let bytes = std::fs::read(&marker)
+        let bytes = read_regular(&marker, 64 * 1024)
             .map_err(|e| not(format!("cannot read its oci-layout file ({e})")))?;
-        if bytes.len() > 64 * 1024 {
-            return Err(not("its oci-layout file is implausibly large".to_owned()));
-        }
         let v: serde_json::Value = serde_json::from_slice(&bytes)
             .map_err(|e| not(format!("its oci-layout file is not JSON ({e})")))?;
         match v.get("imageLayoutVersion").and_then(|v| v.as_str()) {
@@ -147,19 +144,21 @@ impl OciLayout {
     pub async fn read_index(&self) -> Result<ImageIndex, locald_core::Error> {
         let path = self.dir.join("index.json");
         let what = format!("index.json of layout {}", self.dir.display());
-        let meta = tokio::fs::metadata(&path)
-            .await
-            .map_err(|source| LayoutError::Io {
-                path: path.clone(),
-                source,
-            })?;
-        manifest::check_size(meta.len(), &what)?;
-        let bytes = tokio::fs::read(&path)
-            .await
-            .map_err(|source| LayoutError::Io {
-                path: path.clone(),
-                source,
-            })?;
+        let bytes = read_regular(&path, MAX_JSON_BYTES).map_err(|source| {
+            if source.kind() == std::io::ErrorKind::FileTooLarge {
+                locald_core::Error::TooLarge {
+                    what: what.clone(),
+                    size: MAX_JSON_BYTES + 1,
+                    limit: MAX_JSON_BYTES,
+                }
+            } else {
+                LayoutError::Io {
+                    path: path.clone(),
+                    source,
+                }
+                .into()
+            }
+        })?;
         manifest::parse_index(&bytes, &what)
     }
 
@@ -173,8 +172,53 @@ impl OciLayout {
     }
 
     async fn open_file(&self, d: &Descriptor) -> Result<tokio::fs::File, locald_core::Error> {
+        self.open_file_blocking(d).map(tokio::fs::File::from_std)
+    }
+}
+
+/// Opens a file that must be a regular file (or, when `allow_fifo`, a FIFO),
+/// without blocking on a FIFO or device someone put in the layout: the open is
+/// non-blocking, and only an accepted FIFO is switched back to blocking reads
+/// (which then happen on the extraction thread, not the async runtime).
+fn open_checked(path: &Path, allow_fifo: bool) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+        .open(path)?;
+    let ft = f.metadata()?.file_type();
+    if ft.is_fifo() && allow_fifo {
+        rustix::fs::fcntl_setfl(&f, rustix::fs::OFlags::empty())?;
+    } else if !ft.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ));
+    }
+    Ok(f)
+}
+
+/// Reads a regular file of at most `limit` bytes (`FileTooLarge` past it), however
+/// large its metadata says it is.
+fn read_regular(path: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    open_checked(path, false)?
+        .take(limit + 1)
+        .read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > limit {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::FileTooLarge,
+            format!("more than {limit} bytes"),
+        ));
+    }
+    Ok(bytes)
+}
+
+impl OciLayout {
+    fn open_file_blocking(&self, d: &Descriptor) -> Result<std::fs::File, locald_core::Error> {
         let (digest, path) = self.blob_path(d)?;
-        match tokio::fs::File::open(&path).await {
+        match open_checked(&path, true) {
             Ok(f) => Ok(f),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(LayoutError::MissingBlob {
                 layout: self.dir.clone(),
@@ -279,22 +323,6 @@ pub fn select_entry<'a>(
         image: image.to_owned(),
         available,
     })
-}
-
-impl OciLayout {
-    fn open_file_blocking(&self, d: &Descriptor) -> Result<std::fs::File, locald_core::Error> {
-        let (digest, path) = self.blob_path(d)?;
-        match std::fs::File::open(&path) {
-            Ok(f) => Ok(f),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(LayoutError::MissingBlob {
-                layout: self.dir.clone(),
-                digest,
-                path,
-            }
-            .into()),
-            Err(source) => Err(LayoutError::Io { path, source }.into()),
-        }
-    }
 }
 
 impl ImageSource for OciLayout {
