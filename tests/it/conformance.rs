@@ -146,7 +146,7 @@ fn write_semantic_layout(dir: &Path) {
 
 /// Directories the fixture never names (made implicitly as parents): their mtime is
 /// "now" for every extractor, so it is not compared.
-const IMPLICIT_DIRS: [&str; 2] = ["data", "data/implicit"];
+const IMPLICIT_DIRS: [&str; 3] = ["data", "data/implicit", "hard"];
 
 /// Compares a locald extraction with umoci's rootfs, everything but the mtimes of
 /// implicitly made directories.
