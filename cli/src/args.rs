@@ -54,14 +54,35 @@ pub struct SourceArgs {
     /// stored under (`org.opencontainers.image.ref.name`). May be omitted when the
     /// source holds exactly one image.
     pub image: Option<String>,
-    /// Where to read the image from: `oci-layout:DIR` (an OCI image layout
-    /// directory) or `registry:` (the default; not available yet).
+    /// Where to read the image from: `registry:` (the default: the registry the
+    /// reference names, e.g. docker.io) or `oci-layout:DIR` (an OCI image layout
+    /// directory).
     #[arg(long, value_name = "SPEC")]
     pub source: Option<String>,
     /// The platform to select from a multi-platform image, OS/ARCH[/VARIANT].
     /// Default: this machine's.
     #[arg(long, value_name = "PLATFORM")]
     pub platform: Option<String>,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+}
+
+/// How to talk to registries.
+#[derive(Debug, Args, Clone, Default)]
+pub struct RegistryArgs {
+    /// Registry credentials, USER:PASSWORD; they win over docker/podman config
+    /// files, which are used otherwise ($DOCKER_CONFIG/config.json or
+    /// ~/.docker/config.json incl. credential helpers, then $REGISTRY_AUTH_FILE or
+    /// $XDG_RUNTIME_DIR/containers/auth.json).
+    #[arg(long, value_name = "USER:PASSWORD", env = crate::env::LOCALD_REGISTRY_CREDS, hide_env_values = true)]
+    pub creds: Option<String>,
+    /// Speak plain HTTP to this registry host[:port] (repeatable). Loopback
+    /// registries (localhost, 127.0.0.1) always are.
+    #[arg(long = "insecure-registry", value_name = "HOST", env = crate::env::LOCALD_INSECURE_REGISTRIES, value_delimiter = ',')]
+    pub insecure_registries: Vec<String>,
+    /// Trust this extra CA certificate (PEM; repeatable). SSL_CERT_FILE is also read.
+    #[arg(long = "ca-cert", value_name = "FILE")]
+    pub ca_certs: Vec<PathBuf>,
 }
 
 /// `locald image extract`

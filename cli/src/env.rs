@@ -4,3 +4,7 @@
 pub const LOCALD_LOG: &str = "LOCALD_LOG";
 /// When set (to anything), no colour and no progress bars.
 pub const NO_COLOR: &str = "NO_COLOR";
+/// Registry credentials `USER:PASSWORD` (the `--creds` flag's variable).
+pub const LOCALD_REGISTRY_CREDS: &str = "LOCALD_REGISTRY_CREDS";
+/// Comma-separated registry hosts spoken to over plain HTTP.
+pub const LOCALD_INSECURE_REGISTRIES: &str = "LOCALD_INSECURE_REGISTRIES";

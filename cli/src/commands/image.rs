@@ -15,7 +15,7 @@ use crate::UserError;
 async fn resolve(
     args: &SourceArgs,
 ) -> anyhow::Result<(Box<dyn locald_core::source::ImageSource>, ResolvedImage)> {
-    let src = open_source(args.source.as_deref())?;
+    let src = open_source(args.source.as_deref(), &args.registry)?;
     let (plat, explicit) = platform(args.platform.as_deref())?;
     let image = source::resolve(src.as_ref(), args.image.as_deref(), &plat, explicit)
         .await

@@ -13,6 +13,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use futures::{StreamExt, TryStreamExt};
 use tokio::io::AsyncReadExt;
 use tokio_util::io::SyncIoBridge;
 
@@ -63,13 +64,129 @@ pub async fn extract_image(
     Ok(stats)
 }
 
+/// Layers downloaded ahead of the one being applied (remote sources only).
+const PREFETCH_LAYERS: usize = 4;
+/// Chunks buffered per prefetched layer (each at most [`PREFETCH_READ`] bytes), so
+/// prefetching holds at most `PREFETCH_LAYERS * 16 MiB` whatever the image size
+/// (64 KiB reads stay below glibc's mmap threshold: no mmap/munmap per chunk).
+const PREFETCH_CHUNKS: usize = 256;
+/// Read size of the prefetching downloads.
+const PREFETCH_READ: usize = 64 * 1024;
+
+type Chunk = std::io::Result<Vec<u8>>;
+
 /// Applies all layers of `image` into the existing empty directory `root`.
+///
+/// Local sources ([`ImageSource::open_blob_blocking`]) are read by the extraction
+/// threads directly. Remote ones are downloaded up to [`PREFETCH_LAYERS`] layers
+/// ahead, concurrently, into bounded buffers, while layers are applied in order as
+/// they arrive: download, decompression and disk writes overlap.
 pub async fn apply_layers(
     source: &dyn ImageSource,
     image: &ResolvedImage,
     root: &Path,
     options: &ExtractOptions,
     reporter: Arc<dyn Reporter>,
+) -> Result<Stats> {
+    // A local source hands out blocking readers; keep the first one (a FIFO must
+    // not be opened twice).
+    let first = image
+        .layers
+        .first()
+        .and_then(|l| source.open_blob_blocking(&l.descriptor));
+    if first.is_some() || image.layers.is_empty() {
+        return apply_in_order(source, image, root, options, reporter, Vec::new(), first).await;
+    }
+    let mut senders = Vec::new();
+    let mut receivers = Vec::new();
+    for _ in &image.layers {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Chunk>(PREFETCH_CHUNKS);
+        senders.push(tx);
+        receivers.push(Some(rx));
+    }
+    let downloads = futures::stream::iter(image.layers.iter().zip(senders))
+        .map(|(layer, tx)| download(source, layer, tx))
+        .buffered(PREFETCH_LAYERS)
+        .try_for_each(|()| async { Ok(()) });
+    let applied = apply_in_order(source, image, root, options, reporter, receivers, None);
+    // The applier's verdict is the one that counts; a download error reaches it
+    // through its layer's channel, and a failed applier stops the downloads.
+    let (applied, _) = futures::future::join(applied, downloads).await;
+    applied
+}
+
+/// Downloads one layer into its channel. Errors go down the channel (the applier
+/// reports them for the right layer); a closed channel stops the download.
+async fn download(
+    source: &dyn ImageSource,
+    layer: &LayerInfo,
+    tx: tokio::sync::mpsc::Sender<Chunk>,
+) -> std::result::Result<(), ()> {
+    use tokio::io::AsyncReadExt as _;
+    let mut blob = match source.open_blob(&layer.descriptor).await {
+        Ok(b) => b.take(layer.size.saturating_add(1)),
+        Err(e) => {
+            let _ = tx.send(Err(std::io::Error::other(e))).await;
+            return Err(());
+        }
+    };
+    loop {
+        let mut buf = Vec::with_capacity(PREFETCH_READ);
+        match (&mut blob)
+            .take(PREFETCH_READ as u64)
+            .read_to_end(&mut buf)
+            .await
+        {
+            Ok(0) => return Ok(()),
+            Ok(_) => {
+                if tx.send(Ok(buf)).await.is_err() {
+                    return Err(());
+                }
+            }
+            Err(e) => {
+                let _ = tx.send(Err(e)).await;
+                return Err(());
+            }
+        }
+    }
+}
+
+/// A blocking reader over a prefetched layer's channel.
+struct PrefetchReader {
+    rx: tokio::sync::mpsc::Receiver<Chunk>,
+    chunk: Vec<u8>,
+    pos: usize,
+}
+
+impl Read for PrefetchReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.pos == self.chunk.len() {
+            match self.rx.blocking_recv() {
+                Some(Ok(c)) => {
+                    self.chunk = c;
+                    self.pos = 0;
+                }
+                Some(Err(e)) => return Err(e),
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.chunk.len() - self.pos);
+        buf[..n].copy_from_slice(&self.chunk[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+/// Applies the layers in order, reading each from its prefetch channel when there
+/// is one, else from the source.
+async fn apply_in_order(
+    source: &dyn ImageSource,
+    image: &ResolvedImage,
+    root: &Path,
+    options: &ExtractOptions,
+    reporter: Arc<dyn Reporter>,
+    mut prefetched: Vec<Option<tokio::sync::mpsc::Receiver<Chunk>>>,
+    mut first: Option<Result<Box<dyn Read + Send>>>,
 ) -> Result<Stats> {
     let mut applier =
         Applier::new(root, options.filter.clone()).with_cancel(options.cancel.clone());
@@ -89,12 +206,22 @@ pub async fn apply_layers(
         // Never read more than one byte past the declared size: a lying or endless
         // stream is caught without reading it all.
         let limit = layer.size.saturating_add(1);
-        let blob: Box<dyn Read + Send> = match source.open_blob_blocking(&layer.descriptor) {
-            Some(r) => Box::new(r.map_err(wrap)?.take(limit)),
-            None => {
-                let blob = source.open_blob(&layer.descriptor).await.map_err(wrap)?;
-                Box::new(SyncIoBridge::new(blob.take(limit)))
-            }
+        let blob: Box<dyn Read + Send> = match prefetched.get_mut(i).and_then(Option::take) {
+            Some(rx) => Box::new(PrefetchReader {
+                rx,
+                chunk: Vec::new(),
+                pos: 0,
+            }),
+            None => match first
+                .take()
+                .or_else(|| source.open_blob_blocking(&layer.descriptor))
+            {
+                Some(r) => Box::new(r.map_err(wrap)?.take(limit)),
+                None => {
+                    let blob = source.open_blob(&layer.descriptor).await.map_err(wrap)?;
+                    Box::new(SyncIoBridge::new(blob.take(limit)))
+                }
+            },
         };
         let layer_info = layer.clone();
         let rep = reporter.clone();
@@ -109,6 +236,8 @@ pub async fn apply_layers(
         result.1.map_err(wrap)?;
         reporter.layer_finished(index);
     }
+    // Close the remaining channels so no download waits on a reader that is gone.
+    drop(prefetched);
     tokio::task::spawn_blocking(move || applier.finish())
         .await
         .map_err(|e| Error::Join(e.to_string()))?
