@@ -5,4 +5,5 @@
 
 pub mod fixture;
 pub mod peers;
+pub mod registry;
 pub mod tree;

@@ -11,6 +11,9 @@ pub struct HashingReader<R> {
     hasher: Hasher,
     count: u64,
     on_read: Option<Box<dyn FnMut(u64) + Send>>,
+    /// The first read error, returned again by every later read: a failed stream
+    /// never turns into a clean (short) end.
+    failed: Option<(io::ErrorKind, String)>,
 }
 
 impl<R: Read> HashingReader<R> {
@@ -21,6 +24,7 @@ impl<R: Read> HashingReader<R> {
             hasher: like.hasher(),
             count: 0,
             on_read: None,
+            failed: None,
         }
     }
 
@@ -45,7 +49,17 @@ impl<R: Read> HashingReader<R> {
 
 impl<R: Read> Read for HashingReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
+        if let Some((kind, msg)) = &self.failed {
+            return Err(io::Error::new(*kind, msg.clone()));
+        }
+        let n = match self.inner.read(buf) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Err(e),
+            Err(e) => {
+                self.failed = Some((e.kind(), error_text(&e)));
+                return Err(e);
+            }
+        };
         self.hasher.update(&buf[..n]);
         self.count += n as u64;
         if let Some(f) = &mut self.on_read {
@@ -53,6 +67,21 @@ impl<R: Read> Read for HashingReader<R> {
         }
         Ok(n)
     }
+}
+
+/// An I/O error with its whole cause chain, as one line.
+fn error_text(e: &io::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = std::error::Error::source(e);
+    while let Some(c) = cur {
+        let t = c.to_string();
+        if !s.contains(&t) {
+            s.push_str(": ");
+            s.push_str(&t);
+        }
+        cur = c.source();
+    }
+    s
 }
 
 /// A layer's compression, as told by its first bytes.
@@ -182,6 +211,26 @@ mod tests {
         let (_, mut r) = decompress(&z[..z.len() / 2]).unwrap();
         let mut out = Vec::new();
         assert!(r.read_to_end(&mut out).is_err());
+    }
+
+    #[test]
+    fn read_errors_are_sticky() {
+        struct FailOnce(bool);
+        impl Read for FailOnce {
+            fn read(&mut self, _: &mut [u8]) -> io::Result<usize> {
+                if self.0 {
+                    Ok(0)
+                } else {
+                    self.0 = true;
+                    Err(io::Error::other("connection reset"))
+                }
+            }
+        }
+        let d = Digest::sha256_of(b"");
+        let mut r = HashingReader::new(FailOnce(false), &d);
+        assert!(r.read(&mut [0u8; 4]).is_err());
+        let e = r.finish().unwrap_err();
+        assert!(e.to_string().contains("connection reset"), "{e}");
     }
 
     #[test]
