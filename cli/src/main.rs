@@ -158,11 +158,16 @@ fn hint(e: &anyhow::Error) -> Option<String> {
             use locald_core::Error as E;
             let h = match core {
                 E::Source(inner) => {
-                    match inner.downcast_ref::<locald_source_oci_layout::LayoutError>() {
-                        Some(l) => match layout_hint(l) {
-                            Some(h) => h,
-                            None => continue,
-                        },
+                    let h = inner
+                        .downcast_ref::<locald_source_oci_layout::LayoutError>()
+                        .and_then(layout_hint)
+                        .or_else(|| {
+                            inner
+                                .downcast_ref::<locald_source_registry::RegistryError>()
+                                .and_then(registry_hint)
+                        });
+                    match h {
+                        Some(h) => h,
                         None => continue,
                     }
                 }
@@ -181,6 +186,17 @@ fn hint(e: &anyhow::Error) -> Option<String> {
         }
     }
     None
+}
+
+fn registry_hint(e: &locald_source_registry::RegistryError) -> Option<&'static str> {
+    use locald_source_registry::RegistryError as R;
+    match e {
+        R::AuthFailed { .. } => Some("log in with `docker login` (or podman login), or pass --creds USER:PASSWORD"),
+        R::NotFound { .. } => Some("check the repository and tag (`skopeo list-tags docker://REPO` lists tags)"),
+        R::Request { .. } => Some("check that the registry is reachable; plain-HTTP registries need --insecure-registry HOST"),
+        R::NeedImage => Some("name the image, e.g. `locald image extract heroku/builder:22 ...`"),
+        _ => None,
+    }
 }
 
 fn layout_hint(l: &locald_source_oci_layout::LayoutError) -> Option<&'static str> {

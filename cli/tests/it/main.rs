@@ -505,3 +505,257 @@ fn ctrl_c_publishes_nothing_and_leaves_no_temp_dir() {
         .collect();
     assert!(left.is_empty(), "left behind: {left:?}");
 }
+
+mod registry_auth {
+    //! Where credentials come from, as a user sets them up: docker config.json
+    //! (auths, credential helpers, identity tokens), podman's auth.json, --creds
+    //! and LOCALD_REGISTRY_CREDS. Each runs the binary with its own environment.
+
+    use std::path::Path;
+    use std::process::Command;
+
+    use locald_tests::registry::{self, Auth, Registry};
+
+    use super::*;
+
+    fn push(reg: &Registry, t: &Path) -> String {
+        let dir = t.join("layout");
+        super::layout(&dir);
+        reg.push_layout(&dir, "builder", "heroku/builder:22")
+            .unwrap();
+        format!("{}/heroku/builder:22", reg.addr())
+    }
+
+    /// Runs locald with a clean credential environment plus `env`.
+    fn run_env(args: &[&str], home: &Path, env: &[(&str, &str)]) -> Run {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_locald"));
+        c.args(args)
+            .env_remove("LOCALD_LOG")
+            .env_remove("DOCKER_CONFIG")
+            .env_remove("REGISTRY_AUTH_FILE")
+            .env_remove("LOCALD_REGISTRY_CREDS")
+            .env("HOME", home)
+            .env("XDG_RUNTIME_DIR", home.join("run"));
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        let o = c.output().unwrap();
+        Run {
+            code: o.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+
+    fn inspect(image: &str, home: &Path, env: &[(&str, &str)]) -> Run {
+        run_env(&["image", "inspect", image, "--json"], home, env)
+    }
+
+    #[test]
+    fn docker_config_auths_and_wrong_ones() {
+        let reg = Registry::start(Auth::htpasswd("ci", "pw-in-config"));
+        let t = tempfile::tempdir().unwrap();
+        let image = push(&reg, t.path());
+        let cfg = t.path().join("docker");
+        std::fs::create_dir_all(&cfg).unwrap();
+        std::fs::write(
+            cfg.join("config.json"),
+            registry::docker_config_auths(&reg.addr(), "ci", "pw-in-config"),
+        )
+        .unwrap();
+        let r = inspect(
+            &image,
+            t.path(),
+            &[("DOCKER_CONFIG", cfg.to_str().unwrap())],
+        );
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        assert!(r.stdout.contains("manifest_digest"));
+        // The default location, ~/.docker/config.json, works too.
+        let home_docker = t.path().join(".docker");
+        std::fs::create_dir_all(&home_docker).unwrap();
+        std::fs::copy(cfg.join("config.json"), home_docker.join("config.json")).unwrap();
+        let r = inspect(&image, t.path(), &[]);
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        // Wrong password in the config: a sentence naming the registry and the
+        // credential's origin, never the password.
+        std::fs::write(
+            cfg.join("config.json"),
+            registry::docker_config_auths(&reg.addr(), "ci", "stale-pw"),
+        )
+        .unwrap();
+        let r = inspect(
+            &image,
+            t.path(),
+            &[
+                ("DOCKER_CONFIG", cfg.to_str().unwrap()),
+                ("LOCALD_LOG", "trace"),
+            ],
+        );
+        assert_eq!(r.code, 1);
+        assert!(
+            r.stderr.contains(&format!(
+                "authentication failed for registry {}",
+                reg.addr()
+            )),
+            "{}",
+            r.stderr
+        );
+        assert!(r.stderr.contains("docker config.json"), "{}", r.stderr);
+        assert!(
+            !r.stderr.contains("stale-pw"),
+            "password leaked in -v output:\n{}",
+            r.stderr
+        );
+        // No credentials at all.
+        let empty = tempfile::tempdir().unwrap();
+        let r = inspect(&image, empty.path(), &[]);
+        assert_eq!(r.code, 1);
+        assert!(
+            r.stderr.contains("authentication failed") && r.stderr.contains("anonymous"),
+            "{}",
+            r.stderr
+        );
+        assert!(
+            r.stderr.contains("hint: log in with `docker login`"),
+            "{}",
+            r.stderr
+        );
+    }
+
+    #[test]
+    fn credential_helper_on_path() {
+        let reg = Registry::start(Auth::token("ci", "helper-secret"));
+        let t = tempfile::tempdir().unwrap();
+        let image = push(&reg, t.path());
+        let bin = t.path().join("bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        registry::write_credential_helper(&bin, "test", &reg.addr(), "ci", "helper-secret");
+        let cfg = t.path().join("docker");
+        std::fs::create_dir_all(&cfg).unwrap();
+        std::fs::write(
+            cfg.join("config.json"),
+            registry::docker_config_cred_helper(&reg.addr(), "test"),
+        )
+        .unwrap();
+        let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+        let out = t.path().join("out");
+        let r = run_env(
+            &[
+                "image",
+                "extract",
+                &image,
+                "--path",
+                "/cnb",
+                "--to",
+                out.to_str().unwrap(),
+                "-v",
+            ],
+            t.path(),
+            &[("DOCKER_CONFIG", cfg.to_str().unwrap()), ("PATH", &path)],
+        );
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        assert!(out.join("cnb/order.toml").is_file());
+        let calls = std::fs::read_to_string(bin.join("test.calls")).unwrap();
+        assert!(calls.contains(&format!("get {}", reg.addr())), "{calls}");
+        assert!(
+            !r.stderr.contains("helper-secret"),
+            "secret leaked:\n{}",
+            r.stderr
+        );
+    }
+
+    #[test]
+    fn identity_token_is_exchanged_at_the_realm() {
+        let reg = Registry::start(Auth::token("ci", "pw"));
+        let t = tempfile::tempdir().unwrap();
+        let image = push(&reg, t.path());
+        let refresh = reg.token_server().unwrap().issue_refresh_token();
+        let cfg = t.path().join("docker");
+        std::fs::create_dir_all(&cfg).unwrap();
+        std::fs::write(
+            cfg.join("config.json"),
+            registry::docker_config_identity_token(&reg.addr(), &refresh),
+        )
+        .unwrap();
+        let r = inspect(
+            &image,
+            t.path(),
+            &[("DOCKER_CONFIG", cfg.to_str().unwrap())],
+        );
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        let grants: Vec<String> = reg
+            .token_server()
+            .unwrap()
+            .log()
+            .into_iter()
+            .map(|l| l.grant)
+            .collect();
+        assert!(grants.iter().any(|g| g == "refresh_token"), "{grants:?}");
+        // A revoked refresh token: authentication fails, clearly.
+        reg.token_server().unwrap().revoke_refresh_tokens();
+        let r = inspect(
+            &image,
+            t.path(),
+            &[("DOCKER_CONFIG", cfg.to_str().unwrap())],
+        );
+        assert_eq!(r.code, 1);
+        assert!(
+            r.stderr.contains("authentication failed") && r.stderr.contains("identity token"),
+            "{}",
+            r.stderr
+        );
+        assert!(!r.stderr.contains(&refresh), "token leaked:\n{}", r.stderr);
+    }
+
+    #[test]
+    fn podman_auth_file_and_explicit_creds() {
+        let reg = Registry::start(Auth::htpasswd("pod", "man"));
+        let t = tempfile::tempdir().unwrap();
+        let image = push(&reg, t.path());
+        let auth = t.path().join("auth.json");
+        std::fs::write(
+            &auth,
+            registry::docker_config_auths(&reg.addr(), "pod", "man"),
+        )
+        .unwrap();
+        let r = inspect(
+            &image,
+            t.path(),
+            &[("REGISTRY_AUTH_FILE", auth.to_str().unwrap())],
+        );
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        // $XDG_RUNTIME_DIR/containers/auth.json
+        std::fs::create_dir_all(t.path().join("run/containers")).unwrap();
+        std::fs::copy(&auth, t.path().join("run/containers/auth.json")).unwrap();
+        let r = inspect(&image, t.path(), &[]);
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        // Explicit credentials win over configured ones, from the flag or the env.
+        let empty = tempfile::tempdir().unwrap();
+        let r = run_env(
+            &["image", "inspect", &image, "--creds", "pod:man"],
+            empty.path(),
+            &[],
+        );
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        let r = inspect(
+            &image,
+            empty.path(),
+            &[("LOCALD_REGISTRY_CREDS", "pod:man")],
+        );
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        let r = run_env(
+            &["image", "inspect", &image, "--creds", "pod:wrong"],
+            t.path(),
+            &[],
+        );
+        assert_eq!(r.code, 1, "--creds must win over auth.json: {}", r.stderr);
+        assert!(r.stderr.contains("--creds"), "{}", r.stderr);
+        let r = run_env(
+            &["image", "inspect", &image, "--creds", "nocolon"],
+            t.path(),
+            &[],
+        );
+        assert_eq!(r.code, 1);
+        assert!(r.stderr.contains("must be USER:PASSWORD"), "{}", r.stderr);
+    }
+}
