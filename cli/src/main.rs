@@ -51,15 +51,29 @@ impl std::fmt::Display for UserError {
 impl std::error::Error for UserError {}
 
 fn init_logging(verbose: u8, quiet: bool) {
-    let default = match (quiet, verbose) {
-        (true, _) => "error",
-        (false, 0) => "warn",
-        (false, 1) => "debug",
-        (false, _) => "trace",
+    // Our own crates only, unless -vv: dependencies' logs (TLS, HTTP) are noise to
+    // a user and their failures reach our errors anyway.
+    let ours = |level: &str| {
+        [
+            "locald",
+            "locald_core",
+            "locald_source_registry",
+            "locald_source_oci_layout",
+        ]
+        .iter()
+        .map(|c| format!("{c}={level}"))
+        .collect::<Vec<_>>()
+        .join(",")
     };
-    let filter = std::env::var(env::LOCALD_LOG).unwrap_or_else(|_| default.to_owned());
+    let default = match (quiet, verbose) {
+        (true, _) => ours("error"),
+        (false, 0) => ours("warn"),
+        (false, 1) => ours("debug"),
+        (false, _) => "trace".to_owned(),
+    };
+    let filter = std::env::var(env::LOCALD_LOG).unwrap_or_else(|_| default.clone());
     let filter = tracing_subscriber::EnvFilter::try_new(&filter)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&default));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -193,7 +207,12 @@ fn registry_hint(e: &locald_source_registry::RegistryError) -> Option<&'static s
     match e {
         R::AuthFailed { .. } => Some("log in with `docker login` (or podman login), or pass --creds USER:PASSWORD"),
         R::NotFound { .. } => Some("check the repository and tag (`skopeo list-tags docker://REPO` lists tags)"),
-        R::Request { .. } => Some("check that the registry is reachable; plain-HTTP registries need --insecure-registry HOST"),
+        R::Request { reason, .. } if reason.to_ascii_lowercase().contains("certificate") => {
+            Some("if the registry uses a private CA, pass --ca-cert FILE (or set SSL_CERT_FILE)")
+        }
+        R::Request { .. } => Some(
+            "check that the registry is reachable; plain-HTTP registries need --insecure-registry HOST",
+        ),
         R::NeedImage => Some("name the image, e.g. `locald image extract heroku/builder:22 ...`"),
         _ => None,
     }

@@ -7,21 +7,34 @@ use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use locald_core::progress::{Reporter, Silent};
 use locald_core::Digest;
 
-/// Per-layer progress bars.
+/// An overall bar and one bar per layer in flight.
 struct Bars {
     multi: MultiProgress,
+    overall: ProgressBar,
     bars: Mutex<Vec<Option<ProgressBar>>>,
 }
 
 /// A reporter for this terminal: bars when stderr is a TTY and neither `-q` nor
 /// `NO_COLOR` asked for quiet, nothing otherwise.
-pub fn reporter(quiet: bool) -> Arc<dyn Reporter> {
+/// `total` is the size of all the image's layer blobs.
+pub fn reporter(quiet: bool, total: u64) -> Arc<dyn Reporter> {
     let no_color = std::env::var_os(crate::env::NO_COLOR).is_some();
     if quiet || no_color || !std::io::stderr().is_terminal() {
         return Arc::new(Silent);
     }
+    let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
+    let overall = multi.add(ProgressBar::new(total));
+    overall.set_style(
+        ProgressStyle::with_template(
+            "{prefix:>11} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    overall.set_prefix("total");
     Arc::new(Bars {
-        multi: MultiProgress::with_draw_target(ProgressDrawTarget::stderr()),
+        multi,
+        overall,
         bars: Mutex::new(Vec::new()),
     })
 }
@@ -35,7 +48,7 @@ impl Reporter for Bars {
         .unwrap_or_else(|_| ProgressStyle::default_bar())
         .progress_chars("=> ");
         bar.set_style(style);
-        bar.set_prefix(format!("layer {index}/{total}"));
+        bar.set_prefix(format!("{:>11}", format!("layer {index}/{total}")));
         bar.set_message(digest.short());
         if let Ok(mut bars) = self.bars.lock() {
             if bars.len() < index {
@@ -46,6 +59,7 @@ impl Reporter for Bars {
     }
 
     fn layer_progress(&self, index: usize, bytes: u64) {
+        self.overall.inc(bytes);
         if let Ok(bars) = self.bars.lock() {
             if let Some(Some(b)) = bars.get(index - 1) {
                 b.inc(bytes);
@@ -57,6 +71,13 @@ impl Reporter for Bars {
         if let Ok(bars) = self.bars.lock() {
             if let Some(Some(b)) = bars.get(index - 1) {
                 b.finish_and_clear();
+            }
+            if bars
+                .iter()
+                .all(|b| b.as_ref().is_none_or(|b| b.is_finished()))
+                && self.overall.position() >= self.overall.length().unwrap_or(0)
+            {
+                self.overall.finish_and_clear();
             }
         }
     }

@@ -34,7 +34,8 @@ pub async fn extract(args: ExtractArgs, quiet: bool, cancel: Cancel) -> anyhow::
     let started = Instant::now();
     let (src, image) = resolve(&args.source).await?;
     let options = ExtractOptions { filter, cancel };
-    let reporter = crate::progress::reporter(quiet || args.json);
+    let total: u64 = image.layers.iter().map(|l| l.size).sum();
+    let reporter = crate::progress::reporter(quiet || args.json, total);
     let stats = extract::extract_image(src.as_ref(), &image, &args.to, &options, reporter)
         .await
         .with_context(|| {

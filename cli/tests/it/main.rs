@@ -514,6 +514,7 @@ mod registry_auth {
     use std::path::Path;
     use std::process::Command;
 
+    use locald_tests::peers;
     use locald_tests::registry::{self, Auth, Registry};
 
     use super::*;
@@ -757,5 +758,183 @@ mod registry_auth {
         );
         assert_eq!(r.code, 1);
         assert!(r.stderr.contains("must be USER:PASSWORD"), "{}", r.stderr);
+    }
+
+    /// `credsStore` (one helper for every registry) is used when nothing more
+    /// specific is configured.
+    #[test]
+    fn creds_store_helper() {
+        let reg = Registry::start(Auth::htpasswd("store", "pw"));
+        let t = tempfile::tempdir().unwrap();
+        let image = push(&reg, t.path());
+        let bin = t.path().join("bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        registry::write_credential_helper(&bin, "store", &reg.addr(), "store", "pw");
+        let cfg = t.path().join("docker");
+        std::fs::create_dir_all(&cfg).unwrap();
+        std::fs::write(cfg.join("config.json"), r#"{"credsStore":"store"}"#).unwrap();
+        let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+        let r = inspect(
+            &image,
+            t.path(),
+            &[("DOCKER_CONFIG", cfg.to_str().unwrap()), ("PATH", &path)],
+        );
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        assert!(std::fs::read_to_string(bin.join("store.calls"))
+            .unwrap()
+            .contains("get"));
+    }
+
+    /// An HTTPS registry with a private CA: refused without the CA, accepted with
+    /// --ca-cert or SSL_CERT_FILE. Uses this machine's host name (which must
+    /// resolve to a loopback address; loopback *addresses* are spoken to over HTTP).
+    #[test]
+    fn tls_registry_with_extra_ca_certificate() {
+        let host = peers::run("hostname", std::iter::empty::<&str>())
+            .unwrap()
+            .trim()
+            .to_owned();
+        let resolves_to_loopback = std::net::ToSocketAddrs::to_socket_addrs(&(host.as_str(), 1))
+            .map(|mut a| a.any(|a| a.ip().is_loopback()))
+            .unwrap_or(false);
+        if host.is_empty() || !resolves_to_loopback {
+            eprintln!("skipped: host name {host:?} does not resolve to a loopback address");
+            return;
+        }
+        let t = tempfile::tempdir().unwrap();
+        // A private CA and a server certificate it signed for this host name.
+        let p = |name: &str| t.path().join(name).to_str().unwrap().to_owned();
+        let (ca_key, ca, key, csr, cert, ext) = (
+            p("ca.key"),
+            p("ca.pem"),
+            p("key.pem"),
+            p("leaf.csr"),
+            p("cert.pem"),
+            p("leaf.ext"),
+        );
+        std::fs::write(
+            &ext,
+            format!("subjectAltName=DNS:{host}\nbasicConstraints=CA:FALSE\n"),
+        )
+        .unwrap();
+        for args in [
+            vec![
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "1",
+                "-keyout",
+                &ca_key,
+                "-out",
+                &ca,
+                "-subj",
+                "/CN=locald test CA",
+            ],
+            vec![
+                "req", "-newkey", "rsa:2048", "-nodes", "-keyout", &key, "-out", &csr, "-subj",
+                "/CN=leaf",
+            ],
+            vec![
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                &ca,
+                "-CAkey",
+                &ca_key,
+                "-CAcreateserial",
+                "-days",
+                "1",
+                "-out",
+                &cert,
+                "-extfile",
+                &ext,
+            ],
+        ] {
+            peers::run("openssl", args).unwrap();
+        }
+        let (key, cert) = (
+            std::path::PathBuf::from(key),
+            std::path::PathBuf::from(cert),
+        );
+        let ca = std::path::PathBuf::from(ca);
+        let port = registry::free_port();
+        let config = t.path().join("config.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n  tls:\n    certificate: {}\n    key: {}\n",
+                t.path().join("data").display(),
+                cert.display(),
+                key.display()
+            ),
+        )
+        .unwrap();
+        struct Kill(std::process::Child);
+        impl Drop for Kill {
+            fn drop(&mut self) {
+                let _ = self.0.kill();
+                let _ = self.0.wait();
+            }
+        }
+        let _reg = Kill(
+            Command::new("docker-registry")
+                .args(["serve", config.to_str().unwrap()])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        let dir = t.path().join("layout");
+        super::layout(&dir);
+        let image = format!("{host}:{port}/tls/builder:1");
+        let mut pushed = Err(String::new());
+        for _ in 0..50 {
+            pushed = peers::skopeo_copy(
+                &format!("oci:{}:builder", dir.display()),
+                &format!("docker://{image}"),
+                &["--dest-tls-verify=false"],
+            );
+            if pushed.is_ok() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        pushed.unwrap();
+        let r = inspect(&image, t.path(), &[]);
+        assert_eq!(r.code, 1, "an unknown CA must be refused: {}", r.stdout);
+        assert!(
+            r.stderr.to_lowercase().contains("certificate"),
+            "{}",
+            r.stderr
+        );
+        assert!(
+            r.stderr.contains("hint: ") && r.stderr.contains("--ca-cert"),
+            "{}",
+            r.stderr
+        );
+        assert!(
+            !r.stderr.contains("after 5 attempts"),
+            "certificate errors are not retried: {}",
+            r.stderr
+        );
+        let r = run_env(
+            &[
+                "image",
+                "inspect",
+                &image,
+                "--ca-cert",
+                ca.to_str().unwrap(),
+            ],
+            t.path(),
+            &[],
+        );
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        let r = inspect(&image, t.path(), &[("SSL_CERT_FILE", ca.to_str().unwrap())]);
+        assert_eq!(r.code, 0, "{}", r.stderr);
     }
 }

@@ -493,11 +493,19 @@ fn retryable(e: &OciDistributionError) -> bool {
     match e {
         OciDistributionError::ServerError { code, .. } => *code == 429 || *code >= 500,
         OciDistributionError::RequestError(r) => {
-            r.is_connect() || r.is_timeout() || r.is_request() || r.is_body()
+            (r.is_connect() || r.is_timeout() || r.is_request() || r.is_body())
+                && !is_tls_failure(r)
         }
         OciDistributionError::IoError(_) => true,
         _ => false,
     }
+}
+
+/// A certificate problem is not going to fix itself by retrying.
+fn is_tls_failure(e: &reqwest::Error) -> bool {
+    let text = error_chain(e).to_ascii_lowercase();
+
+    text.contains("certificate") || text.contains("tls handshake") || text.contains("invalid peer")
 }
 
 fn backoff(base: Duration, attempt: u32) -> Duration {
@@ -765,6 +773,14 @@ impl BlobFetch {
                         });
                     }
                     (format!("HTTP {status}"), wait)
+                }
+                Err(e) if is_tls_failure(&e) => {
+                    return Err(RegistryError::Request {
+                        what: self.what(),
+                        url: self.url.clone(),
+                        attempts: attempt,
+                        reason: error_chain(&e),
+                    })
                 }
                 Err(e) => (error_chain(&e), None),
             };
