@@ -21,7 +21,6 @@ pub use apply::{Applier, Stats};
 pub use path::PathFilter;
 
 use crate::cancel::Cancel;
-use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::progress::Reporter;
 use crate::source::{ImageSource, LayerInfo, ResolvedImage};
@@ -244,9 +243,9 @@ async fn apply_in_order(
 }
 
 /// Chunks handed from the decompressing thread to the applying thread.
-const CHUNK: usize = 256 * 1024;
+const CHUNK: usize = 64 * 1024;
 /// Chunks in flight between the two (bounds memory to a few MiB).
-const CHUNKS_IN_FLIGHT: usize = 8;
+const CHUNKS_IN_FLIGHT: usize = 32;
 
 /// Applies one layer with two threads: this one parses tar entries and writes
 /// files while a helper reads, hashes and decompresses the next bytes. Whatever
@@ -264,14 +263,19 @@ fn apply_one<R: Read + Send>(
     let (produced, applied) = std::thread::scope(|scope| {
         let producer =
             scope.spawn(move || decompress_layer(blob, layer, index, reporter, tx, cancel));
-        let applied = applier
-            .apply_layer(ChannelReader::new(rx))
-            .and_then(|mut rest| {
-                // Take the tail after the tar's end blocks too, so the helper hashes
-                // the whole uncompressed stream.
-                std::io::copy(&mut rest, &mut std::io::sink()).map_err(Error::Tar)?;
-                Ok(())
-            });
+        // This thread also hashes the uncompressed stream (for the diff_id), which
+        // balances the work: the helper inflates and hashes the blob, this one
+        // hashes the tar and writes files.
+        let like = layer
+            .diff_id
+            .clone()
+            .unwrap_or_else(|| layer.digest.clone());
+        let hashed = stream::HashingReader::new(ChannelReader::new(rx), &like);
+        let applied = applier.apply_layer(hashed).and_then(|rest| {
+            // Take the tail after the tar's end blocks too: the diff_id covers it.
+            let (diff_id, _) = rest.finish().map_err(Error::Tar)?;
+            Ok(diff_id)
+        });
         let produced = producer.join().unwrap_or_else(|_| {
             Err(Error::Join(
                 "layer decompression thread panicked".to_owned(),
@@ -284,10 +288,10 @@ fn apply_one<R: Read + Send>(
     let diff_id = match (produced?, applied) {
         (Err(decode), _) => return Err(decode),
         (Ok(_), Err(apply)) => return Err(apply),
-        (Ok(None), Ok(())) => {
+        (Ok(false), Ok(_)) => {
             return Err(Error::Join("the layer applier stopped early".to_owned()))
         }
-        (Ok(Some(diff_id)), Ok(())) => diff_id,
+        (Ok(true), Ok(diff_id)) => diff_id,
     };
     if let Some(expected) = &layer.diff_id {
         if *expected != diff_id {
@@ -304,8 +308,9 @@ fn apply_one<R: Read + Send>(
 /// Reads, hashes and decompresses a layer blob, sending the tar bytes to `tx`.
 ///
 /// The outer result is the blob check (size, digest), always made over the whole
-/// blob; the inner one is the decompression, giving the uncompressed digest, or
-/// `None` when the applier stopped reading (its error is the one to report).
+/// blob; the inner one is the decompression: `true` when the whole stream was
+/// handed over, `false` when the applier stopped reading (its error is the one
+/// to report).
 fn decompress_layer<R: Read>(
     blob: R,
     layer: &LayerInfo,
@@ -313,10 +318,10 @@ fn decompress_layer<R: Read>(
     reporter: Arc<dyn Reporter>,
     tx: std::sync::mpsc::SyncSender<Vec<u8>>,
     cancel: &Cancel,
-) -> Result<Result<Option<Digest>>> {
+) -> Result<Result<bool>> {
     let mut raw = stream::HashingReader::new(blob, &layer.digest)
         .with_progress(Box::new(move |n| reporter.layer_progress(index, n)));
-    let decoded = (|| -> Result<Option<Digest>> {
+    let decoded = (|| -> Result<bool> {
         let (compression, decompressed) =
             stream::decompress(&mut raw).map_err(|e| Error::Decompress {
                 compression: "layer",
@@ -328,11 +333,7 @@ fn decompress_layer<R: Read>(
             "applying layer {}",
             layer.digest
         );
-        let like = layer
-            .diff_id
-            .clone()
-            .unwrap_or_else(|| layer.digest.clone());
-        let mut uncompressed = stream::HashingReader::new(decompressed, &like);
+        let mut uncompressed = decompressed;
         loop {
             cancel.check()?;
             let mut chunk = vec![0u8; CHUNK];
@@ -345,15 +346,10 @@ fn decompress_layer<R: Read>(
             }
             chunk.truncate(n);
             if tx.send(chunk).is_err() {
-                return Ok(None);
+                return Ok(false);
             }
         }
-        drop(tx);
-        let (diff_id, _) = uncompressed.finish().map_err(|e| Error::Decompress {
-            compression: compression.name(),
-            source: e,
-        })?;
-        Ok(Some(diff_id))
+        Ok(true)
     })();
     if let Err(Error::Cancelled) = decoded {
         return Err(Error::Cancelled);
