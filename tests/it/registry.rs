@@ -35,6 +35,9 @@ fn layout(dir: &Path) {
                 vec![
                     Entry::dir("cnb/"),
                     Entry::file("cnb/order.toml", "[[order]]\n"),
+                    // Every layer is big enough to be cut mid-blob, whichever the
+                    // proxy's fault lands on (layers are fetched concurrently).
+                    Entry::file("cnb/big2", &big),
                     Entry::whiteout("etc", "os-release"),
                 ],
                 Compression::Gzip,
