@@ -414,3 +414,44 @@ fn unknown_image_is_a_clear_error() {
     let msg = common::chain(&e);
     assert!(msg.contains("was not found in registry"), "{msg}");
 }
+
+/// The current digest of a tag costs one HEAD request, no GET.
+#[test]
+fn current_digest_is_one_head_request() {
+    let reg = Registry::start(Auth::None);
+    let proxy = Proxy::start(&reg.addr());
+    let t = tempfile::tempdir().unwrap();
+    pushed(&reg, t.path());
+    let image = format!("{}/heroku/builder:22", proxy.addr());
+    let src = source(None);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let resolved = rt
+        .block_on(locald_core::source::resolve(
+            &src,
+            Some(&image),
+            &"linux/amd64".parse().unwrap(),
+            false,
+        ))
+        .unwrap();
+    proxy.clear_log();
+    let digest = rt
+        .block_on(locald_core::source::ImageSource::current_digest(
+            &src,
+            Some(&image),
+        ))
+        .unwrap();
+    assert_eq!(digest, resolved.root_digest);
+    assert_eq!(
+        proxy.count("HEAD", "/manifests/22"),
+        1,
+        "{:?}",
+        proxy.requests()
+    );
+    assert_eq!(
+        proxy.count("GET", "/manifests/"),
+        0,
+        "{:?}",
+        proxy.requests()
+    );
+    assert_eq!(proxy.count("GET", "/blobs/"), 0, "{:?}", proxy.requests());
+}

@@ -439,6 +439,13 @@ impl RegistrySource {
         reference: &Reference,
         what: &str,
     ) -> locald_core::Result<(Vec<u8>, String)> {
+        tracing::debug!(
+            "GET {}://{}/v2/{}/manifests/{}",
+            session.scheme,
+            oci_registry_host(&session.registry),
+            reference.repository(),
+            reference.digest().or(reference.tag()).unwrap_or("latest")
+        );
         let (bytes, digest) = self
             .retry(what, &session.registry, || {
                 session
@@ -720,6 +727,9 @@ impl BlobFetch {
             }
             if offset > 0 {
                 req = req.header(reqwest::header::RANGE, format!("bytes={offset}-"));
+                tracing::debug!("GET {} (from byte {offset})", self.url);
+            } else {
+                tracing::debug!("GET {}", self.url);
             }
             let failure = match req.send().await {
                 Ok(res) => {
