@@ -937,4 +937,66 @@ mod registry_auth {
         let r = inspect(&image, t.path(), &[("SSL_CERT_FILE", ca.to_str().unwrap())]);
         assert_eq!(r.code, 0, "{}", r.stderr);
     }
+
+    /// HTTP_PROXY is honoured: a registry host that does not resolve is reached
+    /// through the proxy named in the environment.
+    #[test]
+    fn proxy_from_the_environment() {
+        let reg = Registry::start(Auth::None);
+        let proxy = registry::Proxy::start(&reg.addr());
+        let t = tempfile::tempdir().unwrap();
+        push(&reg, t.path());
+        let image = "registry.invalid:5000/heroku/builder:22";
+        let proxy_url = format!("http://{}", proxy.addr());
+        let out = t.path().join("out");
+        let r = run_env(
+            &[
+                "image",
+                "extract",
+                image,
+                "--insecure-registry",
+                "registry.invalid:5000",
+                "--path",
+                "/cnb",
+                "--to",
+                out.to_str().unwrap(),
+            ],
+            t.path(),
+            &[
+                ("HTTP_PROXY", &proxy_url),
+                ("http_proxy", &proxy_url),
+                ("NO_PROXY", ""),
+                ("no_proxy", ""),
+            ],
+        );
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        assert!(out.join("cnb/order.toml").is_file());
+        let through: Vec<(String, String)> = proxy.requests();
+        assert!(
+            through
+                .iter()
+                .any(|(_, p)| p.contains("registry.invalid:5000/v2/heroku/builder/blobs/")),
+            "blob requests did not go through the proxy: {through:?}"
+        );
+        assert!(
+            through
+                .iter()
+                .any(|(_, p)| p.contains("registry.invalid:5000/v2/heroku/builder/manifests/")),
+            "manifest requests did not go through the proxy: {through:?}"
+        );
+        // Without the proxy the host does not resolve: a clear error.
+        let r = run_env(
+            &[
+                "image",
+                "inspect",
+                image,
+                "--insecure-registry",
+                "registry.invalid:5000",
+            ],
+            t.path(),
+            &[],
+        );
+        assert_eq!(r.code, 1);
+        assert!(r.stderr.contains("registry.invalid:5000"), "{}", r.stderr);
+    }
 }
