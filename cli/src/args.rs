@@ -55,8 +55,10 @@ pub struct SourceArgs {
     /// source holds exactly one image.
     pub image: Option<String>,
     /// Where to read the image from: `registry:` (the default: the registry the
-    /// reference names, e.g. docker.io) or `oci-layout:DIR` (an OCI image layout
-    /// directory).
+    /// reference names, e.g. docker.io), `oci-layout:DIR` (an OCI image layout
+    /// directory) or `docker-archive:FILE` (a `docker save` / `podman save` /
+    /// skopeo tarball, read in place; `docker-archive:-` reads standard input,
+    /// which is first copied to a temporary file).
     #[arg(long, value_name = "SPEC")]
     pub source: Option<String>,
     /// The platform to select from a multi-platform image, OS/ARCH[/VARIANT].

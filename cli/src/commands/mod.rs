@@ -12,6 +12,7 @@ use locald_core::Platform;
 pub fn schemes(registry: &RegistryArgs) -> anyhow::Result<SchemeRegistry> {
     let mut r = SchemeRegistry::new();
     locald_source_oci_layout::register(&mut r)?;
+    locald_source_docker_archive::register(&mut r)?;
     let credential = registry
         .creds
         .as_deref()
