@@ -330,6 +330,103 @@ fn corrupt_layer_says_digest_and_hints() {
     );
 }
 
+/// `docker-archive:FILE` and `docker-archive:-` (standard input, spooled).
+#[test]
+fn docker_archive_from_file_and_stdin() {
+    use std::io::Write;
+    let t = tempfile::tempdir().unwrap();
+    // Docker archives cannot hold zstd layers: a gzip-only image.
+    let dir = t.path().join("layout");
+    let mut b = LayoutBuilder::new(&dir);
+    b.add_image(
+        ImageSpec::new(vec![
+            Layer::new(
+                vec![
+                    Entry::dir("cnb/"),
+                    Entry::symlink("cnb/creator", "lifecycle"),
+                ],
+                Compression::Gzip,
+            ),
+            Layer::new(
+                vec![
+                    Entry::dir("cnb/"),
+                    Entry::file("cnb/order.toml", "[[order]]\n"),
+                ],
+                Compression::None,
+            ),
+        ])
+        .ref_name("builder"),
+    );
+    b.write().unwrap();
+    let archive = t.path().join("builder.tar");
+    locald_tests::peers::skopeo_copy(
+        &format!("oci:{}:builder", dir.display()),
+        &format!("docker-archive:{}:heroku/builder:22", archive.display()),
+        &[],
+    )
+    .unwrap();
+    let spec = format!("docker-archive:{}", archive.display());
+    let out = t.path().join("out");
+    let r = run(&[
+        "image",
+        "extract",
+        "heroku/builder:22",
+        "--source",
+        &spec,
+        "--path",
+        "/cnb",
+        "--to",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(
+        std::fs::read_to_string(out.join("cnb/order.toml")).unwrap(),
+        "[[order]]\n"
+    );
+    // From standard input.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_locald"))
+        .args(["image", "inspect", "--source", "docker-archive:-", "--json"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(&std::fs::read(&archive).unwrap())
+        .unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["source"], "docker-archive:- (standard input)");
+    assert_eq!(v["layers"].as_array().unwrap().len(), 2);
+    // A name the archive does not hold, and a file that is not an archive.
+    let r = run(&["image", "inspect", "other:1", "--source", &spec]);
+    assert_eq!(r.code, 1);
+    assert!(
+        r.stderr.contains("has no image named \"other:1\"")
+            && r.stderr.contains("heroku/builder:22"),
+        "{}",
+        r.stderr
+    );
+    std::fs::write(t.path().join("junk.tar"), b"not a tar at all").unwrap();
+    let r = run(&[
+        "image",
+        "inspect",
+        "--source",
+        &format!("docker-archive:{}", t.path().join("junk.tar").display()),
+    ]);
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.contains("junk.tar"), "{}", r.stderr);
+}
+
 #[test]
 fn platform_selection_lists_available() {
     let t = tempfile::tempdir().unwrap();

@@ -260,9 +260,13 @@ fn apply_one<R: Read + Send>(
     cancel: &Cancel,
 ) -> Result<()> {
     let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(CHUNKS_IN_FLIGHT);
+    // Set by the helper, before it sends a byte, when the layer is uncompressed and
+    // its blob digest is its diff_id: the blob check already covers those bytes.
+    let skip_diff = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let (produced, applied) = std::thread::scope(|scope| {
+        let same = skip_diff.clone();
         let producer =
-            scope.spawn(move || decompress_layer(blob, layer, index, reporter, tx, cancel));
+            scope.spawn(move || decompress_layer(blob, layer, index, reporter, tx, cancel, &same));
         // This thread also hashes the uncompressed stream (for the diff_id), which
         // balances the work: the helper inflates and hashes the blob, this one
         // hashes the tar and writes files.
@@ -270,7 +274,8 @@ fn apply_one<R: Read + Send>(
             .diff_id
             .clone()
             .unwrap_or_else(|| layer.digest.clone());
-        let hashed = stream::HashingReader::new(ChannelReader::new(rx), &like);
+        let hashed =
+            stream::HashingReader::new(ChannelReader::new(rx), &like).skippable(skip_diff.clone());
         let applied = applier.apply_layer(hashed).and_then(|rest| {
             // Take the tail after the tar's end blocks too: the diff_id covers it.
             let (diff_id, _) = rest.finish().map_err(Error::Tar)?;
@@ -293,6 +298,9 @@ fn apply_one<R: Read + Send>(
         }
         (Ok(true), Ok(diff_id)) => diff_id,
     };
+    if skip_diff.load(std::sync::atomic::Ordering::Acquire) {
+        return Ok(());
+    }
     if let Some(expected) = &layer.diff_id {
         if *expected != diff_id {
             return Err(Error::DigestMismatch {
@@ -318,6 +326,7 @@ fn decompress_layer<R: Read>(
     reporter: Arc<dyn Reporter>,
     tx: std::sync::mpsc::SyncSender<Vec<u8>>,
     cancel: &Cancel,
+    skip_diff: &std::sync::atomic::AtomicBool,
 ) -> Result<Result<bool>> {
     let mut raw = stream::HashingReader::new(blob, &layer.digest)
         .with_progress(Box::new(move |n| reporter.layer_progress(index, n)));
@@ -333,6 +342,10 @@ fn decompress_layer<R: Read>(
             "applying layer {}",
             layer.digest
         );
+        if compression == stream::Compression::None && layer.diff_id.as_ref() == Some(&layer.digest)
+        {
+            skip_diff.store(true, std::sync::atomic::Ordering::Release);
+        }
         let mut uncompressed = decompressed;
         loop {
             cancel.check()?;

@@ -14,6 +14,8 @@ pub struct HashingReader<R> {
     /// The first read error, returned again by every later read: a failed stream
     /// never turns into a clean (short) end.
     failed: Option<(io::ErrorKind, String)>,
+    /// When set (by another thread), bytes are counted but not hashed.
+    skip: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
 }
 
 impl<R: Read> HashingReader<R> {
@@ -25,7 +27,15 @@ impl<R: Read> HashingReader<R> {
             count: 0,
             on_read: None,
             failed: None,
+            skip: None,
         }
+    }
+
+    /// Stops hashing (but not counting) once `skip` is set, e.g. when another
+    /// thread finds the digest already covered elsewhere.
+    pub fn skippable(mut self, skip: std::sync::Arc<std::sync::atomic::AtomicBool>) -> Self {
+        self.skip = Some(skip);
+        self
     }
 
     /// Calls `f` with the number of bytes of every read.
@@ -60,7 +70,13 @@ impl<R: Read> Read for HashingReader<R> {
                 return Err(e);
             }
         };
-        self.hasher.update(&buf[..n]);
+        if !self
+            .skip
+            .as_ref()
+            .is_some_and(|s| s.load(std::sync::atomic::Ordering::Acquire))
+        {
+            self.hasher.update(&buf[..n]);
+        }
         self.count += n as u64;
         if let Some(f) = &mut self.on_read {
             f(n as u64);
