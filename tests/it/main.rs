@@ -4,5 +4,6 @@
 
 mod common;
 mod conformance;
+mod docker_archive;
 mod hostile;
 mod registry;

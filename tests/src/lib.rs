@@ -3,6 +3,7 @@
 //! comparison, and thin wrappers around real peers (`umoci`, `skopeo`).
 #![allow(clippy::unwrap_used)]
 
+pub mod archive;
 pub mod fixture;
 pub mod peers;
 pub mod registry;

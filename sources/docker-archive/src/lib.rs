@@ -511,7 +511,19 @@ fn index(path: &Path, file: File, len: u64) -> Result<HashMap<Vec<u8>, Member>, 
         .entries_with_seek()
         .map_err(|e| not_tar(e.to_string()))?;
     for entry in entries {
-        let entry = entry.map_err(|e| not_tar(e.to_string()))?;
+        let entry = entry.map_err(|e| {
+            // The tar reader says "failed to read entire block" when the file ends
+            // inside a header: a cut download, not a different format.
+            if e.kind() == std::io::ErrorKind::UnexpectedEof
+                || e.to_string().contains("entire block")
+            {
+                not_tar(format!(
+                    "it is truncated: it ends inside a member header ({e})"
+                ))
+            } else {
+                not_tar(e.to_string())
+            }
+        })?;
         let raw = entry.path_bytes().into_owned();
         let shown = String::from_utf8_lossy(&raw).into_owned();
         if raw.starts_with(b"/") {
