@@ -14,7 +14,7 @@ use locald_core::extract::Stats;
 use locald_core::manifest::MAX_JSON_BYTES;
 use locald_source_docker_archive::DockerArchive;
 use locald_tests::archive::{self, Archive, ArchiveBuilder, Format};
-use locald_tests::fixture::{Compression, Entry, ImageSpec, Layer, LayoutBuilder, LongNames};
+use locald_tests::fixture::{Compression, Entry, ImageSpec, Layer, LayoutBuilder};
 use locald_tests::peers;
 use locald_tests::tree::{self, DiffOpts, Snapshot};
 
@@ -28,136 +28,9 @@ const DEADLINE: Duration = Duration::from_secs(60);
 const VICTIM: &str = "the victim's original content\n";
 
 // ---------------------------------------------------------------------------
-// The image (the layer list of conformance.rs, copied)
+// The image: the layer list of conformance.rs
 
-/// A `vfs_cap_data` v2 value granting cap_net_raw, effective.
-const CAP_NET_RAW_EP: [u8; 20] = [
-    1, 0, 0, 2, 0, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-];
-
-/// Files, links, whiteouts and opaque directories in every combination the OCI
-/// spec and real builders produce.
-fn semantic_layers() -> Vec<Layer> {
-    semantic_layers_with(true)
-}
-
-/// [`semantic_layers`], optionally without the same-layer whiteout case
-/// (`same/kept` and `same/.wh.kept` in one layer), which podman's store applies
-/// on load and then cannot save again.
-fn semantic_layers_with(same_layer_whiteout: bool) -> Vec<Layer> {
-    let long = format!(
-        "cnb/buildpacks/{}/bin/build",
-        "very-long-buildpack-id-".repeat(6)
-    );
-    vec![
-        Layer::new(
-            vec![
-                Entry::dir("./"),
-                Entry::dir("cnb/").owner(1000, 1000),
-                Entry::dir("cnb/lifecycle/"),
-                Entry::file("cnb/lifecycle/lifecycle", "LIFECYCLE v1")
-                    .mode(0o755)
-                    .mtime(1_500_000_000),
-                Entry::symlink("cnb/lifecycle/creator", "lifecycle"),
-                Entry::symlink("cnb/lifecycle/detector", "/cnb/lifecycle/lifecycle"),
-                Entry::dir("etc/"),
-                Entry::file("etc/passwd", "root:x:0:0::/root:/bin/sh\n"),
-                Entry::file("etc/shadow", "secret").mode(0o640).owner(0, 42),
-                Entry::dir("usr/"),
-                Entry::dir("usr/bin/"),
-                Entry::file("usr/bin/sudo", "setuid tool").mode(0o4755),
-                Entry::file("usr/bin/wall", "setgid tool")
-                    .mode(0o2755)
-                    .owner(0, 5),
-                Entry::file("usr/bin/ping", "ping")
-                    .mode(0o755)
-                    .xattr("security.capability", CAP_NET_RAW_EP),
-                Entry::file("etc/tagged", "x").xattr("user.locald.test", "hello"),
-                Entry::dir("etc/tagged-dir/").xattr("user.locald.dir", [0u8, 1, 2]),
-                Entry::dir("tmp/").mode(0o1777),
-                Entry::dir("opaque/"),
-                Entry::file("opaque/lower-file", "gone"),
-                Entry::dir("opaque/lower-dir/"),
-                Entry::file("opaque/lower-dir/deep", "gone too"),
-                Entry::dir("wh/"),
-                Entry::file("wh/file", "to be removed"),
-                Entry::dir("wh/dir/"),
-                Entry::file("wh/dir/child", "removed with its dir"),
-                Entry::file("wh/keep", "kept"),
-                Entry::file("replace-file-with-dir", "file"),
-                Entry::dir("replace-dir-with-file/"),
-                Entry::file("replace-dir-with-file/child", "x"),
-                Entry::dir("readonly/").mode(0o555),
-                Entry::file("readonly/a", "a"),
-                Entry::fifo("tmp/fifo").mode(0o600),
-                Entry::file("data/implicit/parents", "no dir entries above me"),
-                Entry::file("hard/original", "shared bytes").mode(0o700),
-                Entry::hardlink("hard/same-layer", "hard/original"),
-            ],
-            Compression::Gzip,
-        ),
-        Layer::new(
-            vec![
-                Entry::whiteout("wh", "file"),
-                Entry::whiteout("wh", "dir"),
-                Entry::dir("opaque/"),
-                Entry::file("opaque/new-before", "new"),
-                Entry::opaque("opaque"),
-                Entry::dir("opaque/lower-dir/"),
-                Entry::file("opaque/lower-dir/new-deep", "new deep"),
-                Entry::file("opaque/new-after", "new"),
-                Entry::dir("replace-file-with-dir/"),
-                Entry::file("replace-file-with-dir/inside", "now a dir"),
-                Entry::file("replace-dir-with-file", "now a file"),
-                Entry::file("readonly/b", "b"),
-                Entry::dir("etc/").xattr("user.locald.other", "2"),
-                Entry::dir("etc/tagged-dir/").xattr("user.locald.other", "2"),
-                Entry::file("etc/read-only", "ro")
-                    .mode(0o444)
-                    .xattr("user.locald.ro", "1"),
-                Entry::hardlink("hard/from-upper", "hard/original"),
-                Entry::file("cnb/lifecycle/lifecycle", "LIFECYCLE v2").mode(0o755),
-                Entry::dir("cnb/").owner(1000, 1000),
-                Entry::dir("cnb/buildpacks/"),
-                Entry::dir(format!(
-                    "cnb/buildpacks/{}/",
-                    "very-long-buildpack-id-".repeat(6)
-                )),
-                Entry::dir(format!(
-                    "cnb/buildpacks/{}/bin/",
-                    "very-long-buildpack-id-".repeat(6)
-                )),
-                Entry::file(&long, "long name").mode(0o755),
-                Entry::symlink("cnb/long-link", &long),
-            ],
-            Compression::GzipMultiMember,
-        ),
-        Layer::new(
-            [
-                Entry::dir("same/"),
-                Entry::file("same/kept", "written in this layer"),
-                Entry::whiteout("same", "kept"),
-            ]
-            .into_iter()
-            .filter(|_| same_layer_whiteout)
-            .chain([
-                Entry::whiteout("wh", "keep"),
-                Entry::dir("wh/keep/"),
-                Entry::file("wh/keep/fresh", "fresh"),
-                Entry::dir("cnb/").owner(1000, 1000),
-                Entry::dir("cnb/gnu/"),
-                Entry::file(format!("cnb/gnu/{}", "g".repeat(150)), "gnu long name"),
-                Entry::hardlink("cnb/owned-link", "etc/passwd"),
-                Entry::file("cnb/owned", "by cnb")
-                    .owner(1000, 1000)
-                    .mode(0o600),
-            ])
-            .collect(),
-            Compression::None,
-        )
-        .with_long_names(LongNames::Gnu),
-    ]
-}
+use crate::conformance::{semantic_layers, semantic_layers_with, strip_implicit};
 
 fn semantic_spec() -> ImageSpec {
     semantic_spec_with(semantic_layers())
@@ -167,19 +40,6 @@ fn semantic_spec_with(layers: Vec<Layer>) -> ImageSpec {
     ImageSpec::new(layers)
         .env("CNB_USER_ID=1000")
         .label("io.buildpacks.builder.metadata", "{}")
-}
-
-/// Directories the fixture never names (made implicitly as parents): their mtime
-/// is "now" for every extractor, so it is not compared.
-const IMPLICIT_DIRS: [&str; 3] = ["data", "data/implicit", "hard"];
-
-fn strip_implicit(mut s: Snapshot) -> Snapshot {
-    for d in IMPLICIT_DIRS {
-        if let Some(n) = s.get_mut(d) {
-            n.mtime = None;
-        }
-    }
-    s
 }
 
 /// Writes `spec` as an OCI layout at `dir/layout` (ref name `ref`) and returns
