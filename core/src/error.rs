@@ -195,6 +195,22 @@ pub enum Error {
 /// Shorthand for core results.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// An error and its whole cause chain as one line (`a: b: c`), each cause once:
+/// a cause whose text its parent already shows is not repeated.
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let t = c.to_string();
+        if !s.contains(&t) {
+            s.push_str(": ");
+            s.push_str(&t);
+        }
+        cur = c.source();
+    }
+    s
+}
+
 impl Error {
     /// Wraps an I/O error with what we were doing and where.
     pub fn io(op: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Error {

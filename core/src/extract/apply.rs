@@ -104,7 +104,7 @@ impl Applier {
                     e @ (Error::BadEntry { .. } | Error::Tar(_) | Error::Cancelled) => e,
                     other => Error::BadEntry {
                         entry: String::from_utf8_lossy(&raw_name).into_owned(),
-                        reason: error_chain(&other),
+                        reason: crate::error::chain(&other),
                     },
                 })?;
         }
@@ -701,15 +701,4 @@ fn copy(
         w.write_all(&buf[..k]).map_err(CopyError::Write)?;
         n += k as u64;
     }
-}
-
-fn error_chain(e: &Error) -> String {
-    let mut s = e.to_string();
-    let mut cur: Option<&dyn std::error::Error> = std::error::Error::source(e);
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }

@@ -66,7 +66,7 @@ impl<R: Read> Read for HashingReader<R> {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => return Err(e),
             Err(e) => {
-                self.failed = Some((e.kind(), error_text(&e)));
+                self.failed = Some((e.kind(), crate::error::chain(&e)));
                 return Err(e);
             }
         };
@@ -83,21 +83,6 @@ impl<R: Read> Read for HashingReader<R> {
         }
         Ok(n)
     }
-}
-
-/// An I/O error with its whole cause chain, as one line.
-fn error_text(e: &io::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = std::error::Error::source(e);
-    while let Some(c) = cur {
-        let t = c.to_string();
-        if !s.contains(&t) {
-            s.push_str(": ");
-            s.push_str(&t);
-        }
-        cur = c.source();
-    }
-    s
 }
 
 /// A layer's compression, as told by its first bytes.

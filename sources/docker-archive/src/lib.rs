@@ -476,13 +476,7 @@ impl DockerArchive {
     }
 
     fn open_at(&self, loc: Location) -> Result<std::io::Take<File>, ArchiveError> {
-        let io = |source| ArchiveError::Io {
-            path: self.path.clone(),
-            source,
-        };
-        let mut f = File::open(&self.path).map_err(io)?;
-        f.seek(SeekFrom::Start(loc.offset)).map_err(io)?;
-        Ok(f.take(loc.size))
+        open_member(&self.path, loc)
     }
 }
 
@@ -658,51 +652,51 @@ fn read_member(
             ),
         });
     }
-    let io = |source| ArchiveError::Io {
+    let mut buf = Vec::with_capacity(loc.size as usize);
+    open_member(path, loc)?
+        .read_to_end(&mut buf)
+        .map_err(|source| io_error(path, source))?;
+    Ok(buf)
+}
+
+/// A reader over one member's bytes.
+fn open_member(path: &Path, loc: Location) -> Result<std::io::Take<File>, ArchiveError> {
+    let mut f = File::open(path).map_err(|source| io_error(path, source))?;
+    f.seek(SeekFrom::Start(loc.offset))
+        .map_err(|source| io_error(path, source))?;
+    Ok(f.take(loc.size))
+}
+
+fn io_error(path: &Path, source: std::io::Error) -> ArchiveError {
+    ArchiveError::Io {
         path: path.to_path_buf(),
         source,
-    };
-    let mut f = File::open(path).map_err(io)?;
-    f.seek(SeekFrom::Start(loc.offset)).map_err(io)?;
-    let mut buf = Vec::with_capacity(loc.size as usize);
-    f.take(loc.size).read_to_end(&mut buf).map_err(io)?;
-    Ok(buf)
+    }
 }
 
 /// The first bytes of a member, for compression detection.
 fn peek(path: &Path, loc: Location) -> Result<Vec<u8>, ArchiveError> {
-    let io = |source| ArchiveError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    let mut f = File::open(path).map_err(io)?;
-    f.seek(SeekFrom::Start(loc.offset)).map_err(io)?;
     let mut buf = Vec::new();
-    f.take(loc.size.min(8)).read_to_end(&mut buf).map_err(io)?;
+    open_member(
+        path,
+        Location {
+            offset: loc.offset,
+            size: loc.size.min(8),
+        },
+    )?
+    .read_to_end(&mut buf)
+    .map_err(|source| io_error(path, source))?;
     Ok(buf)
 }
 
 /// The SHA-256 of a member (for compressed layers the archive names no digest for).
 fn hash_member(path: &Path, loc: Location) -> Result<Digest, ArchiveError> {
-    use sha2::Digest as _;
-    let io = |source| ArchiveError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    let mut f = File::open(path).map_err(io)?;
-    f.seek(SeekFrom::Start(loc.offset)).map_err(io)?;
-    let mut h = sha2::Sha256::new();
-    let mut r = f.take(loc.size);
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        let n = r.read(&mut buf).map_err(io)?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Digest::parse(&format!("sha256:{}", hex::encode(h.finalize())))
-        .map_err(|_| ArchiveError::UnknownBlob("hash".to_owned()))
+    let reader = locald_core::extract::stream::HashingReader::new(
+        open_member(path, loc)?,
+        &Digest::sha256_of(b""),
+    );
+    let (digest, _) = reader.finish().map_err(|source| io_error(path, source))?;
+    Ok(digest)
 }
 
 impl ImageSource for DockerArchive {

@@ -419,7 +419,7 @@ impl RegistrySource {
                 } else {
                     1
                 },
-                reason: error_chain(&other),
+                reason: locald_core::error::chain(&other),
             },
         };
         err.into()
@@ -510,7 +510,7 @@ fn retryable(e: &OciDistributionError) -> bool {
 
 /// A certificate problem is not going to fix itself by retrying.
 fn is_tls_failure(e: &reqwest::Error) -> bool {
-    let text = error_chain(e).to_ascii_lowercase();
+    let text = locald_core::error::chain(e).to_ascii_lowercase();
 
     text.contains("certificate") || text.contains("tls handshake") || text.contains("invalid peer")
 }
@@ -526,20 +526,6 @@ fn short(s: &str) -> String {
     } else {
         s.to_owned()
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        let t = c.to_string();
-        if !s.contains(&t) {
-            s.push_str(": ");
-            s.push_str(&t);
-        }
-        cur = c.source();
-    }
-    s
 }
 
 /// `Bearer realm="...",service="...",scope="..."` -> map.
@@ -789,10 +775,10 @@ impl BlobFetch {
                         what: self.what(),
                         url: self.url.clone(),
                         attempts: attempt,
-                        reason: error_chain(&e),
+                        reason: locald_core::error::chain(&e),
                     })
                 }
-                Err(e) => (error_chain(&e), None),
+                Err(e) => (locald_core::error::chain(&e), None),
             };
             if attempt >= self.attempts {
                 return Err(RegistryError::Request {
@@ -878,7 +864,7 @@ fn blob_stream(
                             "{} interrupted at byte {}: {}",
                             st.fetch.what(),
                             st.offset,
-                            error_chain(&e)
+                            locald_core::error::chain(&e)
                         );
                     }
                     None if st.offset >= st.fetch.size => return None,
