@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(name = "locald", version, propagate_version = true)]
 #[command(
-    after_help = "Environment:\n  LOCALD_LOG   log filter (e.g. debug, locald_core=trace); overrides -v\n  NO_COLOR     no colour and no progress bars"
+    after_help = "Environment:\n  LOCALD_LOG     log filter (e.g. debug, locald_core=trace); overrides -v\n  NO_COLOR       no colour and no progress bars\n  XDG_DATA_HOME  the cache lives in $XDG_DATA_HOME/locald (default ~/.local/share/locald)"
 )]
 pub struct Cli {
     /// More log output on stderr (-v debug, -vv trace).
@@ -28,6 +28,124 @@ pub enum Command {
     /// Work with images: extract files, inspect metadata.
     #[command(subcommand)]
     Image(ImageCommand),
+    /// Manage the builder cache: pull builders once, reuse them offline.
+    #[command(subcommand)]
+    Builder(BuilderCommand),
+}
+
+/// `locald builder ...`
+#[derive(Debug, Subcommand)]
+#[command(
+    after_help = "The cache is $XDG_DATA_HOME/locald (default ~/.local/share/locald): blobs by digest,\nextracted trees by (manifest digest, paths), and which digest each reference had when\nit was last checked. Several locald processes may use it at once."
+)]
+pub enum BuilderCommand {
+    /// Pull a builder into the cache and print where its files are.
+    ///
+    /// Extracts /cnb (or with --full the whole root filesystem, which the sandbox
+    /// runner needs). Only what the cache lacks is fetched: pulling an unchanged
+    /// builder again transfers no layer, an updated one only its new layers.
+    #[command(
+        after_help = "Examples:\n  locald builder pull heroku/builder:22\n  locald builder pull heroku/builder:22 --full --pull always\n  locald builder pull --source oci-layout:./builder --pull never\n  ls \"$(locald builder pull -q heroku/builder:22)/cnb/buildpacks\"\n\nThe tree's directory is printed on stdout (the summary goes to stderr)."
+    )]
+    Pull(BuilderPullArgs),
+    /// List cached builders: reference, digest, size on disk, last use.
+    Ls(BuilderLsArgs),
+    /// Show a builder's lifecycle, Platform/Buildpack APIs, buildpacks, order,
+    /// run image, stack and build user (pulling its /cnb first if needed).
+    Inspect(BuilderInspectArgs),
+    /// Remove builders from the cache, with everything only they use.
+    Rm(BuilderRmArgs),
+    /// Free space: remove what no cached builder uses (and leftovers of
+    /// interrupted pulls); with --older-than or --all, builders too.
+    Prune(BuilderPruneArgs),
+    /// Check every cached blob and tree byte by byte; damaged entries are
+    /// removed so the next pull fetches them again. (Each use already makes a
+    /// cheap check of sizes, file lists and permissions.)
+    Verify(BuilderVerifyArgs),
+}
+
+/// When to ask the source whether a cached reference changed.
+#[derive(Debug, Args, Clone)]
+pub struct PullPolicyArgs {
+    /// always: check the reference every time (one HEAD request); missing: use the
+    /// cache, re-checking a tag at most once per --pull-interval (local sources:
+    /// every time); never: use only the cache, no network at all.
+    #[arg(long = "pull", value_name = "POLICY", default_value = "missing", env = crate::env::LOCALD_PULL)]
+    pub policy: locald_core::cache::PullPolicy,
+    /// With --pull missing: how long a tag's check stays fresh (e.g. 30m, 12h, 0s).
+    #[arg(long, value_name = "DURATION", default_value = "1h", env = crate::env::LOCALD_PULL_INTERVAL, value_parser = humantime::parse_duration)]
+    pub pull_interval: std::time::Duration,
+}
+
+/// `locald builder pull`
+#[derive(Debug, Args)]
+pub struct BuilderPullArgs {
+    #[command(flatten)]
+    pub source: SourceArgs,
+    #[command(flatten)]
+    pub policy: PullPolicyArgs,
+    /// Extract the whole root filesystem, not only /cnb.
+    #[arg(long)]
+    pub full: bool,
+    /// Print a JSON summary on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `locald builder ls`
+#[derive(Debug, Args)]
+pub struct BuilderLsArgs {
+    /// Print JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `locald builder inspect`
+#[derive(Debug, Args)]
+pub struct BuilderInspectArgs {
+    #[command(flatten)]
+    pub source: SourceArgs,
+    #[command(flatten)]
+    pub policy: PullPolicyArgs,
+    /// Print JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `locald builder rm`
+#[derive(Debug, Args)]
+pub struct BuilderRmArgs {
+    /// The builders, as `locald builder ls` shows them or as pulled.
+    #[arg(required = true, value_name = "IMAGE")]
+    pub images: Vec<String>,
+    /// Print JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `locald builder prune`
+#[derive(Debug, Args)]
+pub struct BuilderPruneArgs {
+    /// Remove everything, builders included.
+    #[arg(long, conflicts_with = "older_than")]
+    pub all: bool,
+    /// Also remove builders not used for this long (e.g. 30d, 12h).
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub older_than: Option<std::time::Duration>,
+    /// Print JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `locald builder verify`
+#[derive(Debug, Args)]
+pub struct BuilderVerifyArgs {
+    /// Only these builders (default: all).
+    #[arg(value_name = "IMAGE")]
+    pub images: Vec<String>,
+    /// Print JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `locald image ...`

@@ -8,3 +8,7 @@ pub const NO_COLOR: &str = "NO_COLOR";
 pub const LOCALD_REGISTRY_CREDS: &str = "LOCALD_REGISTRY_CREDS";
 /// Comma-separated registry hosts spoken to over plain HTTP.
 pub const LOCALD_INSECURE_REGISTRIES: &str = "LOCALD_INSECURE_REGISTRIES";
+/// The default of `--pull` (always, missing, never).
+pub const LOCALD_PULL: &str = "LOCALD_PULL";
+/// The default of `--pull-interval`.
+pub const LOCALD_PULL_INTERVAL: &str = "LOCALD_PULL_INTERVAL";

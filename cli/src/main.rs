@@ -5,13 +5,14 @@
 mod args;
 mod commands;
 mod env;
+mod human;
 mod progress;
 
 use std::process::ExitCode;
 
 use clap::Parser;
 
-use args::{Cli, Command, ImageCommand};
+use args::{BuilderCommand, Cli, Command, ImageCommand};
 
 /// Exit codes, in one place.
 #[derive(Debug, Clone, Copy)]
@@ -128,6 +129,19 @@ async fn run(cli: Cli, cancel: locald_core::cancel::Cancel) -> anyhow::Result<()
                 commands::image::extract(a, cli.quiet, cancel.clone()).await
             }
             Command::Image(ImageCommand::Inspect(a)) => commands::image::inspect(a).await,
+            Command::Builder(c) => {
+                use commands::builder;
+                match c {
+                    BuilderCommand::Pull(a) => builder::pull(a, cli.quiet, cancel.clone()).await,
+                    BuilderCommand::Ls(a) => builder::ls(a).await,
+                    BuilderCommand::Inspect(a) => {
+                        builder::inspect(a, cli.quiet, cancel.clone()).await
+                    }
+                    BuilderCommand::Rm(a) => builder::rm(a).await,
+                    BuilderCommand::Prune(a) => builder::prune(a).await,
+                    BuilderCommand::Verify(a) => builder::verify(a).await,
+                }
+            }
         }
     };
     tokio::pin!(work);
@@ -162,6 +176,14 @@ fn hint(e: &anyhow::Error) -> Option<String> {
         if let Some(u) = cause.downcast_ref::<UserError>() {
             return Some(u.hint.clone());
         }
+        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            if io.raw_os_error() == Some(libc_enospc()) {
+                return Some(
+                    "the disk is full: free some space, e.g. with `locald builder prune`"
+                        .to_owned(),
+                );
+            }
+        }
         // A layer's error is boxed inside `Error::Layer`; look through the box.
         let core = cause.downcast_ref::<locald_core::Error>().or_else(|| {
             cause
@@ -194,6 +216,12 @@ fn hint(e: &anyhow::Error) -> Option<String> {
                     "the image source is corrupt; fetch or save the image again"
                 }
                 E::UnknownScheme { .. } => "use --source oci-layout:DIR",
+                E::CacheUnusable { .. } => {
+                    "the cache lives in $XDG_DATA_HOME/locald (default ~/.local/share/locald); point XDG_DATA_HOME at a writable directory"
+                }
+                E::NotCached { .. } => {
+                    "pull it first (`locald builder pull`), or use --pull missing to fetch what is missing"
+                }
                 _ => continue,
             };
             return Some(h.to_owned());
@@ -230,4 +258,9 @@ fn layout_hint(l: &locald_source_oci_layout::LayoutError) -> Option<&'static str
         L::MissingBlob { .. } => Some("the layout is incomplete; copy or save the image again"),
         _ => None,
     }
+}
+
+/// `ENOSPC` (no space left on device) on Linux.
+const fn libc_enospc() -> i32 {
+    28
 }

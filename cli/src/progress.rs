@@ -12,15 +12,21 @@ struct Bars {
     multi: MultiProgress,
     overall: ProgressBar,
     bars: Mutex<Vec<Option<ProgressBar>>>,
+    /// The total was not known up front: each layer adds its size when it starts.
+    grow: bool,
 }
 
 /// A reporter for this terminal: bars when stderr is a TTY and neither `-q` nor
 /// `NO_COLOR` asked for quiet, nothing otherwise.
-/// `total` is the size of all the image's layer blobs.
+/// `total` is the size of all the image's layer blobs (0: not known yet; layers
+/// add their sizes as they start).
 pub fn reporter(quiet: bool, total: u64) -> Arc<dyn Reporter> {
     let no_color = std::env::var_os(crate::env::NO_COLOR).is_some();
-    if quiet || no_color || !std::io::stderr().is_terminal() {
+    if quiet {
         return Arc::new(Silent);
+    }
+    if no_color || !std::io::stderr().is_terminal() {
+        return Arc::new(NotesOnly);
     }
     let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
     let overall = multi.add(ProgressBar::new(total));
@@ -36,11 +42,15 @@ pub fn reporter(quiet: bool, total: u64) -> Arc<dyn Reporter> {
         multi,
         overall,
         bars: Mutex::new(Vec::new()),
+        grow: total == 0,
     })
 }
 
 impl Reporter for Bars {
     fn layer_started(&self, index: usize, total: usize, digest: &Digest, size: u64) {
+        if self.grow {
+            self.overall.inc_length(size);
+        }
         let bar = self.multi.add(ProgressBar::new(size));
         let style = ProgressStyle::with_template(
             "{prefix} {msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}",
@@ -80,5 +90,18 @@ impl Reporter for Bars {
                 self.overall.finish_and_clear();
             }
         }
+    }
+
+    fn note(&self, message: &str) {
+        self.multi.suspend(|| eprintln!("{message}"));
+    }
+}
+
+/// No bars, but notes still reach stderr.
+struct NotesOnly;
+
+impl Reporter for NotesOnly {
+    fn note(&self, message: &str) {
+        eprintln!("{message}");
     }
 }

@@ -124,6 +124,15 @@ pub enum Error {
         /// What is wrong with it.
         reason: String,
     },
+    /// Applying an acceptable entry failed (a full disk, a permission).
+    #[error("entry {entry:?}")]
+    Entry {
+        /// The entry name as found in the archive.
+        entry: String,
+        /// What failed.
+        #[source]
+        source: Box<Error>,
+    },
     /// A directory path of an entry cannot be resolved inside the root.
     #[error("cannot resolve directory {path}: {reason}")]
     Unresolvable {
@@ -183,6 +192,32 @@ pub enum Error {
         first: String,
         /// Who tried again.
         second: String,
+    },
+    /// A builder image's metadata (a file under `/cnb`, a label, the config's Env)
+    /// is malformed or unsafe to read.
+    #[error("{what}: {reason}")]
+    Builder {
+        /// Which file, label or variable, e.g. `/cnb/order.toml`.
+        what: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The cache directory cannot be created or written.
+    #[error("the cache directory {} cannot be used", path.display())]
+    CacheUnusable {
+        /// The cache directory.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Something is not in the cache and may not be fetched.
+    #[error("{what} is not in the cache: {why}")]
+    NotCached {
+        /// What was wanted.
+        what: String,
+        /// Why it cannot be fetched.
+        why: String,
     },
     /// The work was cancelled (Ctrl-C).
     #[error("cancelled")]

@@ -6,9 +6,13 @@
 //! - [`source`]: the object-safe [`source::ImageSource`] trait, source specs and the
 //!   scheme registry that built-in sources and plugins add to, and
 //!   [`source::resolve`], which verifies every document a source returns;
+//! - [`cache`]: the content-addressed builder cache (blobs, extracted trees,
+//!   reference records) shared by concurrent processes under file locks;
 //! - [`extract`]: the streaming, confined layer applier with OCI whiteout semantics
 //!   and atomic publish. The `tar` crate only reads entries here: its own `unpack`
-//!   applies no whiteouts and resolves paths against the host.
+//!   applies no whiteouts and resolves paths against the host;
+//! - [`builder`]: a CNB builder image's lifecycle, APIs, buildpacks, order and run
+//!   images, read from its extracted `/cnb` files and its config labels.
 //!
 //! Dependencies point inward: sources, runners and the CLI depend on this crate,
 //! and it depends on none of them. `oci_spec` is re-exported so all agree on one
@@ -16,6 +20,8 @@
 
 pub use oci_spec;
 
+pub mod builder;
+pub mod cache;
 pub mod cancel;
 pub mod digest;
 pub mod error;

@@ -16,6 +16,10 @@ pub trait Reporter: Send + Sync {
     fn layer_finished(&self, index: usize) {
         let _ = index;
     }
+    /// Something the user should know while waiting (e.g. for another process).
+    fn note(&self, message: &str) {
+        let _ = message;
+    }
 }
 
 /// A reporter that reports nothing.

@@ -74,6 +74,19 @@ pub trait ImageSource: Send + Sync {
         })
     }
 
+    /// Whether blobs come over the network (then the cache keeps a copy of each
+    /// and re-checks references only as often as the pull policy says). Local
+    /// sources (directories, archives) are cheap to re-read and are not copied.
+    fn is_remote(&self) -> bool {
+        false
+    }
+
+    /// `image` in the canonical spelling the cache records it under (a registry
+    /// normalises `ubuntu` to `docker.io/library/ubuntu:latest`). Must not do I/O.
+    fn canonical_name(&self, image: Option<&str>) -> Option<String> {
+        image.map(str::to_owned)
+    }
+
     /// The current digest of what `image` names, as cheaply as the source can tell.
     fn current_digest<'a>(&'a self, image: Option<&'a str>) -> BoxFuture<'a, Result<Digest>> {
         Box::pin(async move {
@@ -226,13 +239,11 @@ pub async fn resolve(
     let manifest = manifest::parse_manifest(&bytes, &manifest_what)?;
     let config_desc = manifest.config().clone();
     let config_what = format!("config {} of {what}", config_desc.digest());
-    let config_digest = manifest::descriptor_digest(&config_desc, &config_what)?;
+    manifest::descriptor_digest(&config_desc, &config_what)?;
     manifest::check_size(config_desc.size(), &config_what)?;
     let config_bytes = source.fetch_manifest(&config_desc).await?;
-    verify_size(&config_bytes, &config_desc, &config_what)?;
-    verify_bytes(&config_bytes, Some(&config_digest), &config_what)?;
-    let config = manifest::parse_config(&config_bytes, &config_what)?;
-    let image_platform = manifest::config_platform(&config);
+    let image = from_parts(name, root_digest, digest, bytes, config_bytes)?;
+    let image_platform = &image.platform;
     if !platform.matches(
         &image_platform.os,
         &image_platform.architecture,
@@ -247,6 +258,32 @@ pub async fn resolve(
         }
         tracing::warn!("{what} is built for {image_platform}, not for this machine ({platform})");
     }
+    Ok(image)
+}
+
+/// Builds a [`ResolvedImage`] from an image manifest's and its config's bytes
+/// (as the cache stores them), verifying the config against the manifest's
+/// descriptor and the layers against the config's diff_ids. `root_digest` is the
+/// digest of the document the image was found by (an index, or the manifest).
+pub fn from_parts(
+    name: String,
+    root_digest: Digest,
+    manifest_digest: Digest,
+    manifest_bytes: Vec<u8>,
+    config_bytes: Vec<u8>,
+) -> Result<ResolvedImage> {
+    let what = name.clone();
+    let manifest_what = format!("manifest {manifest_digest} of {what}");
+    let digest = verify_bytes(&manifest_bytes, Some(&manifest_digest), &manifest_what)?;
+    let bytes = manifest_bytes;
+    let manifest = manifest::parse_manifest(&bytes, &manifest_what)?;
+    let config_desc = manifest.config().clone();
+    let config_what = format!("config {} of {what}", config_desc.digest());
+    let config_digest = manifest::descriptor_digest(&config_desc, &config_what)?;
+    verify_size(&config_bytes, &config_desc, &config_what)?;
+    verify_bytes(&config_bytes, Some(&config_digest), &config_what)?;
+    let config = manifest::parse_config(&config_bytes, &config_what)?;
+    let image_platform = manifest::config_platform(&config);
     let diff_ids = config.rootfs().diff_ids();
     if diff_ids.len() != manifest.layers().len() {
         return Err(Error::LayerCountMismatch {

@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used)]
 
 pub mod archive;
+pub mod builder;
 pub mod fixture;
 pub mod peers;
 pub mod registry;

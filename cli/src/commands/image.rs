@@ -10,12 +10,13 @@ use locald_core::source::{self, ResolvedImage};
 
 use super::{open_source, platform};
 use crate::args::{ExtractArgs, InspectArgs, SourceArgs};
+use crate::human::bytes as human_bytes;
 use crate::UserError;
 
 async fn resolve(
     args: &SourceArgs,
 ) -> anyhow::Result<(Box<dyn locald_core::source::ImageSource>, ResolvedImage)> {
-    let src = open_source(args.source.as_deref(), &args.registry)?;
+    let src = open_source(args.source.as_deref(), &args.registry, false)?;
     let (plat, explicit) = platform(args.platform.as_deref())?;
     let image = source::resolve(src.as_ref(), args.image.as_deref(), &plat, explicit)
         .await
@@ -33,7 +34,11 @@ pub async fn extract(args: ExtractArgs, quiet: bool, cancel: Cancel) -> anyhow::
     })?;
     let started = Instant::now();
     let (src, image) = resolve(&args.source).await?;
-    let options = ExtractOptions { filter, cancel };
+    let options = ExtractOptions {
+        filter,
+        cancel,
+        ..Default::default()
+    };
     let total: u64 = image.layers.iter().map(|l| l.size).sum();
     let reporter = crate::progress::reporter(quiet || args.json, total);
     let stats = extract::extract_image(src.as_ref(), &image, &args.to, &options, reporter)
@@ -155,30 +160,4 @@ pub async fn inspect(args: InspectArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
-}
-
-fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn human_bytes_table() {
-        assert_eq!(super::human_bytes(0), "0 B");
-        assert_eq!(super::human_bytes(1023), "1023 B");
-        assert_eq!(super::human_bytes(1536), "1.5 KiB");
-        assert_eq!(super::human_bytes(5 * 1024 * 1024 * 1024), "5.0 GiB");
-    }
 }

@@ -1,11 +1,12 @@
 //! Command implementations, and the source wiring they share.
 
+pub mod builder;
 pub mod image;
 
 use anyhow::Context;
 
 use crate::args::RegistryArgs;
-use locald_core::source::{ImageSource, SchemeRegistry};
+use locald_core::source::{ImageSource, SchemeRegistry, SourceSpec};
 use locald_core::Platform;
 
 /// The scheme registry with every built-in source.
@@ -33,15 +34,41 @@ pub fn schemes(registry: &RegistryArgs) -> anyhow::Result<SchemeRegistry> {
     Ok(r)
 }
 
-/// Opens the source `--source` names (the registry when absent).
+/// Opens the source `--source` names (the registry when absent). With
+/// `absolute`, a local source's path is made absolute first, so the cache records
+/// the same source whatever directory locald runs in.
 pub fn open_source(
     spec: Option<&str>,
     registry: &RegistryArgs,
+    absolute: bool,
 ) -> anyhow::Result<Box<dyn ImageSource>> {
     let spec = spec.unwrap_or("registry:");
+    let opened = if absolute {
+        absolute_spec(spec)
+    } else {
+        spec.to_owned()
+    };
     schemes(registry)?
-        .open(spec)
+        .open(&opened)
         .with_context(|| format!("could not open image source {spec:?}"))
+}
+
+/// `spec` with a local source's path made absolute (symlinks resolved when the
+/// path exists).
+pub fn absolute_spec(spec: &str) -> String {
+    let mut parsed = SourceSpec::parse(spec);
+    let local = [
+        locald_source_oci_layout::SCHEME,
+        locald_source_docker_archive::SCHEME,
+    ];
+    if local.contains(&parsed.scheme.as_str()) && parsed.location != "-" {
+        let path = std::path::Path::new(&parsed.location);
+        if let Ok(p) = std::fs::canonicalize(path).or_else(|_| std::path::absolute(path)) {
+            parsed.location = p.to_string_lossy().into_owned();
+        }
+        return parsed.to_string();
+    }
+    spec.to_owned()
 }
 
 /// The platform asked for (and whether it was asked for), or this machine's.

@@ -102,9 +102,9 @@ impl Applier {
             self.apply_entry(&mut entry, &raw_name)
                 .map_err(|e| match e {
                     e @ (Error::BadEntry { .. } | Error::Tar(_) | Error::Cancelled) => e,
-                    other => Error::BadEntry {
+                    other => Error::Entry {
                         entry: String::from_utf8_lossy(&raw_name).into_owned(),
-                        reason: crate::error::chain(&other),
+                        source: Box::new(other),
                     },
                 })?;
         }

@@ -20,6 +20,7 @@ use tokio_util::io::SyncIoBridge;
 pub use apply::{Applier, Stats};
 pub use path::PathFilter;
 
+use crate::cache::store::{BlobStore, PendingBlob};
 use crate::cancel::Cancel;
 use crate::error::{Error, Result};
 use crate::progress::Reporter;
@@ -32,6 +33,9 @@ pub struct ExtractOptions {
     pub filter: PathFilter,
     /// Checked between entries and while copying; set it to stop early.
     pub cancel: Cancel,
+    /// Keep a copy of every layer blob read that this store does not hold yet,
+    /// committed once the blob matched its digest (the cache's downloads).
+    pub keep_blobs: Option<Arc<BlobStore>>,
 }
 
 /// Extracts `image` from `source` into `target`, which must not exist or be an empty
@@ -225,7 +229,12 @@ async fn apply_in_order(
         let layer_info = layer.clone();
         let rep = reporter.clone();
         let cancel = options.cancel.clone();
+        let keep = match &options.keep_blobs {
+            Some(store) => store.begin(&layer.digest).map_err(wrap)?,
+            None => None,
+        };
         let result = tokio::task::spawn_blocking(move || {
+            let blob = Tee::new(blob, keep);
             let r = apply_one(&mut applier, blob, &layer_info, index, rep, &cancel);
             (applier, r)
         })
@@ -253,7 +262,7 @@ const CHUNKS_IN_FLIGHT: usize = 32;
 /// such rather than as the tar or decompression error it causes.
 fn apply_one<R: Read + Send>(
     applier: &mut Applier,
-    blob: R,
+    blob: Tee<R>,
     layer: &LayerInfo,
     index: usize,
     reporter: Arc<dyn Reporter>,
@@ -320,7 +329,7 @@ fn apply_one<R: Read + Send>(
 /// handed over, `false` when the applier stopped reading (its error is the one
 /// to report).
 fn decompress_layer<R: Read>(
-    blob: R,
+    blob: Tee<R>,
     layer: &LayerInfo,
     index: usize,
     reporter: Arc<dyn Reporter>,
@@ -367,7 +376,7 @@ fn decompress_layer<R: Read>(
     if let Err(Error::Cancelled) = decoded {
         return Err(Error::Cancelled);
     }
-    let (digest, size) = raw.finish().map_err(Error::ReadBlob)?;
+    let (digest, size, tee) = raw.finish_into_inner().map_err(Error::ReadBlob)?;
     if size != layer.size {
         return Err(Error::SizeMismatch {
             what: "layer blob".to_owned(),
@@ -382,7 +391,34 @@ fn decompress_layer<R: Read>(
             actual: digest,
         });
     }
+    if let Some(keep) = tee.keep {
+        keep.commit()?;
+    }
     Ok(decoded)
+}
+
+/// A blob reader that copies what it reads into a [`PendingBlob`] (when there is
+/// one). A failed copy does not fail the read: the blob is still applied and the
+/// copy's error is reported by [`PendingBlob::commit`].
+struct Tee<R> {
+    inner: R,
+    keep: Option<PendingBlob>,
+}
+
+impl<R> Tee<R> {
+    fn new(inner: R, keep: Option<PendingBlob>) -> Self {
+        Tee { inner, keep }
+    }
+}
+
+impl<R: Read> Read for Tee<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if let Some(keep) = &mut self.keep {
+            keep.write_all(&buf[..n]);
+        }
+        Ok(n)
+    }
 }
 
 /// Fills `buf` unless the stream ends first; returns how much was read.

@@ -51,9 +51,15 @@ impl<R: Read> HashingReader<R> {
 
     /// Reads the rest of the stream (so the digest covers every byte) and returns
     /// the digest and total byte count.
-    pub fn finish(mut self) -> io::Result<(Digest, u64)> {
+    pub fn finish(self) -> io::Result<(Digest, u64)> {
+        let (digest, count, _) = self.finish_into_inner()?;
+        Ok((digest, count))
+    }
+
+    /// [`HashingReader::finish`], also handing back the inner reader.
+    pub fn finish_into_inner(mut self) -> io::Result<(Digest, u64, R)> {
         io::copy(&mut self, &mut io::sink())?;
-        Ok((self.hasher.finish(), self.count))
+        Ok((self.hasher.finish(), self.count, self.inner))
     }
 }
 

@@ -580,6 +580,19 @@ impl ImageSource for RegistrySource {
         "registry".to_owned()
     }
 
+    fn is_remote(&self) -> bool {
+        true
+    }
+
+    fn canonical_name(&self, image: Option<&str>) -> Option<String> {
+        let image = image?;
+        Some(
+            ImageReference::parse(image)
+                .map(|r| r.to_string())
+                .unwrap_or_else(|_| image.to_owned()),
+        )
+    }
+
     fn root<'a>(&'a self, image: Option<&'a str>) -> BoxFuture<'a, locald_core::Result<Document>> {
         Box::pin(async move {
             let image = image.ok_or(RegistryError::NeedImage)?;

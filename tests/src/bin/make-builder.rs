@@ -4,7 +4,10 @@
 //! symlinked and hard-linked files, a lifecycle with symlinked phases, whiteouts
 //! and an opaque directory.
 //!
-//! `cargo run --release -p locald-tests --bin make-builder -- DIR [--scale F] [--name NAME]`
+//! `cargo run --release -p locald-tests --bin make-builder -- DIR [--scale F] [--name NAME] [--update]`
+//!
+//! `--update` writes the same builder with one buildpack layer changed (a new
+//! version of buildpack 5), every other layer byte-identical: an updated builder.
 #![allow(clippy::unwrap_used)]
 
 use locald_tests::fixture::{Compression, Entry, ImageSpec, Layer, LayoutBuilder};
@@ -58,6 +61,7 @@ fn main() {
     let mut dir = None;
     let mut scale = 1.0f64;
     let mut name = "builder".to_owned();
+    let mut update = false;
     let mut i = 0;
     while i < args.len() {
         match args[i].as_str() {
@@ -69,11 +73,12 @@ fn main() {
                 name = args[i + 1].clone();
                 i += 1;
             }
+            "--update" => update = true,
             d => dir = Some(d.to_owned()),
         }
         i += 1;
     }
-    let dir = dir.expect("usage: make-builder DIR [--scale F] [--name NAME]");
+    let dir = dir.expect("usage: make-builder DIR [--scale F] [--name NAME] [--update]");
     let sz = |n: usize| ((n as f64) * scale).max(1.0) as usize;
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     let mut layers = Vec::new();
@@ -131,7 +136,7 @@ fn main() {
     layers.push(Layer::new(base, Compression::Gzip));
 
     // 2. OS update: whiteouts (removed docs) and an opaque directory.
-    let mut update = vec![
+    let mut os_update = vec![
         Entry::opaque("etc/apt/sources.list.d"),
         Entry::file(
             "etc/apt/sources.list.d/new.list",
@@ -139,10 +144,10 @@ fn main() {
         ),
     ];
     for p in (0..sz(70)).step_by(3) {
-        update.push(Entry::whiteout("usr/share/doc", format!("pkg{p}")));
+        os_update.push(Entry::whiteout("usr/share/doc", format!("pkg{p}")));
     }
-    update.push(Entry::file("usr/bin/tool1", rng.content(sz(5_000_000))).mode(0o755));
-    layers.push(Layer::new(update, Compression::Gzip));
+    os_update.push(Entry::file("usr/bin/tool1", rng.content(sz(5_000_000))).mode(0o755));
+    layers.push(Layer::new(os_update, Compression::Gzip));
 
     // 3-13. Buildpacks, each its own layer, as `pack builder create` lays them out.
     let cnb_dirs = vec![
@@ -151,14 +156,19 @@ fn main() {
     ];
     for bp in 0..11 {
         let id = format!("heroku_{bp}");
-        let root = format!("cnb/buildpacks/{id}/1.{bp}.0");
+        // The update bumps buildpack 5 without touching the random stream, so
+        // every other layer stays byte-identical.
+        let patch = if update && bp == 5 { 1 } else { 0 };
+        let root = format!("cnb/buildpacks/{id}/1.{bp}.{patch}");
         let mut e = cnb_dirs.clone();
         e.push(Entry::dir(format!("cnb/buildpacks/{id}/")));
         e.push(Entry::dir(format!("{root}/")));
         e.push(Entry::dir(format!("{root}/bin/")));
         e.push(Entry::file(
             format!("{root}/buildpack.toml"),
-            format!("api = \"0.10\"\n[buildpack]\nid = \"heroku/{bp}\"\nversion = \"1.{bp}.0\"\n"),
+            format!(
+                "api = \"0.10\"\n[buildpack]\nid = \"heroku/{bp}\"\nversion = \"1.{bp}.{patch}\"\n"
+            ),
         ));
         e.push(Entry::file(format!("{root}/bin/main"), rng.content(sz(20_000_000))).mode(0o755));
         e.push(Entry::symlink(format!("{root}/bin/detect"), "main"));

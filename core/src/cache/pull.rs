@@ -1,0 +1,510 @@
+//! `Cache::pull`: make sure an image's tree is in the cache, fetching only what
+//! is missing.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use oci_spec::image::Descriptor;
+
+use super::lock::Mode;
+use super::store::BlobStore;
+use super::{now, read_record, remove_path, tree, tree_paths, write_record, Cache};
+use super::{RefRecord, TreeRecord, RECORD_VERSION};
+use crate::cancel::Cancel;
+use crate::digest::Digest;
+use crate::error::{Error, Result};
+use crate::extract::{self, ExtractOptions, PathFilter};
+use crate::manifest::MAX_JSON_BYTES;
+use crate::platform::Platform;
+use crate::progress::Reporter;
+use crate::source::{self, BlobReader, BoxFuture, Document, ImageSource, ResolvedImage};
+
+/// When a cached reference is checked against its source again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PullPolicy {
+    /// Check every time (one `HEAD` request for a registry).
+    Always,
+    /// Use what is cached; check a tag at most once per interval (local sources,
+    /// which are cheap to read, every time). Fetch what is not cached.
+    #[default]
+    Missing,
+    /// Never contact the source: use the cache or fail.
+    Never,
+}
+
+impl std::str::FromStr for PullPolicy {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "always" => Ok(PullPolicy::Always),
+            "missing" | "if-not-present" => Ok(PullPolicy::Missing),
+            "never" => Ok(PullPolicy::Never),
+            _ => Err(format!(
+                "unknown pull policy {s:?}: use always, missing or never"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for PullPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            PullPolicy::Always => "always",
+            PullPolicy::Missing => "missing",
+            PullPolicy::Never => "never",
+        })
+    }
+}
+
+/// How to pull.
+#[derive(Debug, Clone)]
+pub struct PullOptions {
+    /// Which image paths to keep (`/cnb` for builds, everything for the sandbox).
+    pub filter: PathFilter,
+    /// When to re-check the reference.
+    pub policy: PullPolicy,
+    /// With [`PullPolicy::Missing`]: how long a remote tag's check stays fresh.
+    pub check_interval: Duration,
+    /// The platform to select.
+    pub platform: Platform,
+    /// Whether the platform was asked for (a mismatch is then an error).
+    pub explicit_platform: bool,
+    /// Set to stop.
+    pub cancel: Cancel,
+}
+
+/// How the cached reference stood.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Freshness {
+    /// Used as cached, without asking the source.
+    Cached,
+    /// The source was asked and still has the same digest.
+    Unchanged,
+    /// The source was asked and has a new digest.
+    Updated,
+    /// Not cached before.
+    New,
+}
+
+/// What [`Cache::pull`] did.
+#[derive(Debug, Clone)]
+pub struct Pulled {
+    /// The image.
+    pub image: ResolvedImage,
+    /// The extracted tree (holds the filter's paths, e.g. `<tree>/cnb`).
+    pub tree: PathBuf,
+    /// The tree's record.
+    pub record: TreeRecord,
+    /// How the reference stood.
+    pub freshness: Freshness,
+    /// When the reference was last checked against the source (Unix seconds).
+    pub checked_at: u64,
+    /// Whether the tree was extracted now (else it was in the cache).
+    pub extracted: bool,
+    /// Layers read from the source (the rest came from the cache).
+    pub fetched_layers: usize,
+    /// Their bytes.
+    pub fetched_bytes: u64,
+}
+
+impl Cache {
+    /// Makes sure `image` from `source` is in the cache, extracted with the
+    /// options' filter, and returns where. Only what is missing is fetched: a warm
+    /// pull asks the source at most for the reference's digest, an updated image
+    /// downloads only its new layers.
+    pub async fn pull(
+        &self,
+        source: &dyn ImageSource,
+        image: Option<&str>,
+        options: &PullOptions,
+        reporter: Arc<dyn Reporter>,
+    ) -> Result<Pulled> {
+        let _shared = self.lock("cache.lock", Mode::Shared).await?;
+        let name = source.canonical_name(image);
+        let describe = source.describe();
+        let platform = options.platform.to_string();
+        let ref_path = self.ref_path(&describe, name.as_deref(), &platform);
+        let record: Option<RefRecord> = read_record(&ref_path, |r: &RefRecord| r.version);
+        let shown = name
+            .clone()
+            .or_else(|| record.as_ref().and_then(|r| r.name.clone()))
+            .unwrap_or_else(|| format!("the image in {describe}"));
+        let now = now();
+
+        let fresh = |r: &RefRecord| {
+            name.as_deref().is_some_and(|n| n.contains("@sha256:"))
+                || (source.is_remote()
+                    && now.saturating_sub(r.checked_at) < options.check_interval.as_secs())
+        };
+        let (resolved, freshness, checked_at) = match (options.policy, &record) {
+            (PullPolicy::Never, None) => {
+                return Err(Error::NotCached {
+                    what: shown,
+                    why: "it was never pulled from this source for this platform, and the pull policy is never".to_owned(),
+                })
+            }
+            (PullPolicy::Never, Some(r)) => match self.load(r, &shown) {
+                Some(img) => (img, Freshness::Cached, r.checked_at),
+                None => {
+                    return Err(Error::NotCached {
+                        what: shown,
+                        why: "its manifest is no longer in the cache, and the pull policy is never".to_owned(),
+                    })
+                }
+            },
+            (PullPolicy::Missing, Some(r)) if fresh(r) => match self.load(r, &shown) {
+                Some(img) => (img, Freshness::Cached, r.checked_at),
+                None => (self.resolve(source, image, options).await?, Freshness::Unchanged, now),
+            },
+            (_, Some(r)) => {
+                let current = source.current_digest(image).await?;
+                let same = current.to_string() == r.root_digest;
+                let cached = if same { self.load(r, &shown) } else { None };
+                match cached {
+                    Some(img) => (img, Freshness::Unchanged, now),
+                    None => {
+                        let img = self.resolve(source, image, options).await?;
+                        let f = if img.root_digest.to_string() == r.root_digest {
+                            Freshness::Unchanged
+                        } else {
+                            Freshness::Updated
+                        };
+                        (img, f, now)
+                    }
+                }
+            }
+            (_, None) => (self.resolve(source, image, options).await?, Freshness::New, now),
+        };
+        if freshness == Freshness::Updated {
+            if let Some(r) = &record {
+                tracing::info!(
+                    "{shown} changed: {} -> {}",
+                    r.manifest_digest,
+                    resolved.manifest_digest
+                );
+            }
+        }
+
+        let offline = options.policy == PullPolicy::Never && source.is_remote();
+        let (tree, tree_record, fetched) = self
+            .ensure_tree(source, &resolved, options, offline, reporter)
+            .await?;
+        write_record(
+            &ref_path,
+            &RefRecord {
+                version: RECORD_VERSION,
+                source: describe,
+                image: name,
+                name: Some(resolved.name.clone()),
+                platform,
+                root_digest: resolved.root_digest.to_string(),
+                manifest_digest: resolved.manifest_digest.to_string(),
+                checked_at,
+                used_at: now,
+            },
+        )?;
+        Ok(Pulled {
+            image: resolved,
+            tree,
+            record: tree_record,
+            freshness,
+            checked_at,
+            extracted: fetched.is_some(),
+            fetched_layers: fetched.map(|f| f.0).unwrap_or(0),
+            fetched_bytes: fetched.map(|f| f.1).unwrap_or(0),
+        })
+    }
+
+    /// Resolves from the source and stores the manifest and config.
+    async fn resolve(
+        &self,
+        source: &dyn ImageSource,
+        image: Option<&str>,
+        options: &PullOptions,
+    ) -> Result<ResolvedImage> {
+        let img =
+            source::resolve(source, image, &options.platform, options.explicit_platform).await?;
+        self.blobs.put(&img.manifest_digest, &img.manifest_bytes)?;
+        self.blobs.put(&img.config_digest, &img.config_bytes)?;
+        Ok(img)
+    }
+
+    /// The image a reference record names, from the stored manifest and config.
+    fn load(&self, r: &RefRecord, shown: &str) -> Option<ResolvedImage> {
+        let manifest_digest = Digest::parse(&r.manifest_digest).ok()?;
+        let root_digest = Digest::parse(&r.root_digest).ok()?;
+        let manifest = self.blobs.read_verified(&manifest_digest, MAX_JSON_BYTES)?;
+        let config_digest = crate::manifest::parse_manifest(&manifest, shown)
+            .ok()?
+            .config()
+            .digest()
+            .to_string();
+        let config = self
+            .blobs
+            .read_verified(&Digest::parse(&config_digest).ok()?, MAX_JSON_BYTES)?;
+        match source::from_parts(
+            shown.to_owned(),
+            root_digest,
+            manifest_digest,
+            manifest,
+            config,
+        ) {
+            Ok(img) => Some(img),
+            Err(e) => {
+                tracing::warn!("ignoring the cached manifest of {shown}: {e}");
+                None
+            }
+        }
+    }
+
+    /// The tree of `image` for the options' filter: the cached one when it is
+    /// intact, else extracted now (from cached blobs where there are). Returns the
+    /// layers and bytes read from the source when it extracted.
+    async fn ensure_tree(
+        &self,
+        source: &dyn ImageSource,
+        image: &ResolvedImage,
+        options: &PullOptions,
+        offline: bool,
+        reporter: Arc<dyn Reporter>,
+    ) -> Result<(PathBuf, TreeRecord, Option<(usize, u64)>)> {
+        let filter = &options.filter;
+        let manifest = &image.manifest_digest;
+        // A whole-root tree serves any filter.
+        if !filter.is_everything() {
+            if let Some(found) = self.intact_tree(manifest, &PathFilter::default()) {
+                return Ok((found.0, found.1, None));
+            }
+        }
+        if let Some(found) = self.intact_tree(manifest, filter) {
+            return Ok((found.0, found.1, None));
+        }
+        let lock_name = format!("image-{}.lock", manifest.hex());
+        let _lock = match super::lock::FileLock::try_acquire(
+            &self.locks.join(&lock_name),
+            Mode::Exclusive,
+        )? {
+            Some(l) => l,
+            None => {
+                reporter.note(&format!(
+                    "waiting for another locald process that is pulling {}",
+                    image.name
+                ));
+                self.lock(&lock_name, Mode::Exclusive).await?
+            }
+        };
+        // The other process may have finished it while we waited.
+        if let Some(found) = self.intact_tree(manifest, filter) {
+            return Ok((found.0, found.1, None));
+        }
+        let dir = self.tree_dir(manifest, filter);
+        let record_path = self.tree_record_path(manifest, filter);
+        // Leftovers of a killed or damaged pull: we hold the image lock, so nobody
+        // else is writing them.
+        remove_path(&record_path)?;
+        remove_path(&dir)?;
+        self.remove_stale_temporaries(&dir);
+
+        let store_first = StoreFirst {
+            inner: source,
+            store: self.blobs.clone(),
+            offline,
+            name: image.name.clone(),
+            fetched: AtomicUsize::new(0),
+            fetched_bytes: AtomicU64::new(0),
+            from_store: Mutex::new(HashSet::new()),
+        };
+        let extract_options = ExtractOptions {
+            filter: filter.clone(),
+            cancel: options.cancel.clone(),
+            keep_blobs: source.is_remote().then(|| self.blobs.clone()),
+        };
+        let mut retried = HashSet::new();
+        loop {
+            match extract::extract_image(
+                &store_first,
+                image,
+                &dir,
+                &extract_options,
+                reporter.clone(),
+            )
+            .await
+            {
+                Ok(_) => break,
+                // A cached blob that no longer matches its digest: drop it and
+                // fetch it from the source again.
+                Err(Error::Layer {
+                    digest,
+                    source: cause,
+                    index,
+                }) if matches!(
+                    *cause,
+                    Error::DigestMismatch { .. } | Error::SizeMismatch { .. }
+                ) && store_first.served_from_store(&digest)
+                    && !offline
+                    && retried.insert(digest.clone()) =>
+                {
+                    tracing::warn!(
+                        "cached layer {index} ({digest}) of {} is damaged ({}); fetching it again",
+                        image.name,
+                        crate::error::chain(&*cause)
+                    );
+                    self.blobs.remove(&digest)?;
+                    store_first.forget(&digest);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let walk_dir = dir.clone();
+        let fingerprint = tokio::task::spawn_blocking(move || tree::fingerprint(&walk_dir, true))
+            .await
+            .map_err(|e| Error::Join(e.to_string()))??;
+        let record = TreeRecord {
+            version: RECORD_VERSION,
+            manifest_digest: manifest.to_string(),
+            paths: tree_paths(filter),
+            created_at: now(),
+            fingerprint,
+        };
+        write_record(&record_path, &record)?;
+        let fetched = (
+            store_first.fetched.load(Ordering::Relaxed),
+            store_first.fetched_bytes.load(Ordering::Relaxed),
+        );
+        Ok((dir, record, Some(fetched)))
+    }
+
+    /// The tree of `manifest` with `filter` if it is complete and, by its metadata
+    /// fingerprint, unchanged since it was extracted. A changed one is reported
+    /// (and replaced by the caller).
+    fn intact_tree(&self, manifest: &Digest, filter: &PathFilter) -> Option<(PathBuf, TreeRecord)> {
+        let record: TreeRecord = read_record(
+            &self.tree_record_path(manifest, filter),
+            |r: &TreeRecord| r.version,
+        )?;
+        let dir = self.tree_dir(manifest, filter);
+        match tree::fingerprint(&dir, false) {
+            Ok(f) if f.meta == record.fingerprint.meta => Some((dir, record)),
+            Ok(_) => {
+                tracing::warn!(
+                    "the cached tree {} was changed on disk; extracting it again",
+                    dir.display()
+                );
+                None
+            }
+            Err(e) => {
+                tracing::warn!(
+                    "the cached tree {} is damaged ({e}); extracting it again",
+                    dir.display()
+                );
+                None
+            }
+        }
+    }
+
+    /// Removes extraction temporaries of `dir` left by a killed process.
+    fn remove_stale_temporaries(&self, dir: &std::path::Path) {
+        let Some(name) = dir.file_name().map(|n| n.to_string_lossy().into_owned()) else {
+            return;
+        };
+        let prefix = format!(".{name}.locald-tmp-");
+        for e in std::fs::read_dir(&self.trees)
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            if e.file_name().to_string_lossy().starts_with(&prefix) {
+                let _ = remove_path(&e.path());
+            }
+        }
+    }
+}
+
+/// A source that serves blobs from the blob store when it has them and from the
+/// real source otherwise, counting what the real source served.
+struct StoreFirst<'a> {
+    inner: &'a dyn ImageSource,
+    store: Arc<BlobStore>,
+    /// Never ask the inner source for a blob (`--pull never` on a remote source).
+    offline: bool,
+    name: String,
+    fetched: AtomicUsize,
+    fetched_bytes: AtomicU64,
+    from_store: Mutex<HashSet<Digest>>,
+}
+
+impl StoreFirst<'_> {
+    fn stored(&self, d: &Descriptor) -> Option<std::fs::File> {
+        let digest = Digest::parse(d.digest().as_ref()).ok()?;
+        let file = self.store.open_blob(&digest, d.size())?;
+        if let Ok(mut s) = self.from_store.lock() {
+            s.insert(digest);
+        }
+        Some(file)
+    }
+
+    fn served_from_store(&self, d: &Digest) -> bool {
+        self.from_store.lock().is_ok_and(|s| s.contains(d))
+    }
+
+    fn forget(&self, d: &Digest) {
+        if let Ok(mut s) = self.from_store.lock() {
+            s.remove(d);
+        }
+    }
+
+    fn count(&self, d: &Descriptor) {
+        self.fetched.fetch_add(1, Ordering::Relaxed);
+        self.fetched_bytes.fetch_add(d.size(), Ordering::Relaxed);
+    }
+}
+
+impl ImageSource for StoreFirst<'_> {
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+
+    fn root<'a>(&'a self, image: Option<&'a str>) -> BoxFuture<'a, Result<Document>> {
+        self.inner.root(image)
+    }
+
+    fn open_blob<'a>(&'a self, descriptor: &'a Descriptor) -> BoxFuture<'a, Result<BlobReader>> {
+        Box::pin(async move {
+            if let Some(f) = self.stored(descriptor) {
+                let reader: BlobReader = Box::pin(tokio::fs::File::from_std(f));
+                return Ok(reader);
+            }
+            if self.offline {
+                return Err(Error::NotCached {
+                    what: format!("layer {} of {}", descriptor.digest(), self.name),
+                    why: "the pull policy is never".to_owned(),
+                });
+            }
+            self.count(descriptor);
+            self.inner.open_blob(descriptor).await
+        })
+    }
+
+    fn open_blob_blocking(
+        &self,
+        descriptor: &Descriptor,
+    ) -> Option<Result<Box<dyn std::io::Read + Send>>> {
+        if let Some(f) = self.stored(descriptor) {
+            return Some(Ok(Box::new(f)));
+        }
+        if self.offline {
+            return None;
+        }
+        let r = self.inner.open_blob_blocking(descriptor)?;
+        self.count(descriptor);
+        Some(r)
+    }
+
+    fn is_remote(&self) -> bool {
+        self.inner.is_remote()
+    }
+}

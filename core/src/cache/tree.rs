@@ -1,0 +1,231 @@
+//! Fingerprints of extracted trees, so a cached tree that was changed on disk is
+//! noticed instead of silently used.
+//!
+//! The metadata fingerprint (paths, types, permission bits, sizes, link targets)
+//! is recomputed on every use: a walk with one `lstat` per entry, no reads. The
+//! content fingerprint also hashes every file and is checked by
+//! `locald builder verify`.
+
+use std::ffi::OsString;
+use std::io::Read;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+
+use crate::digest::{Algorithm, Hasher};
+use crate::error::{Error, Result};
+
+/// What a walk of a tree found.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Fingerprint {
+    /// Entries below the root.
+    pub entries: u64,
+    /// Bytes of regular-file content.
+    pub bytes: u64,
+    /// Bytes the tree takes on disk.
+    pub disk_bytes: u64,
+    /// Hash over every entry's path, type, permission bits, size and link target.
+    pub meta: String,
+    /// Hash over the metadata and every file's content, when asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content: Option<String>,
+}
+
+/// Walks `root` (never following symlinks) and fingerprints it; with `content`,
+/// every regular file is read and hashed too.
+pub fn fingerprint(root: &Path, content: bool) -> Result<Fingerprint> {
+    let mut walk = Walk {
+        meta: Hasher::new(Algorithm::Sha256),
+        content: content.then(|| Hasher::new(Algorithm::Sha256)),
+        entries: 0,
+        bytes: 0,
+        disk_bytes: 0,
+        buf: if content {
+            vec![0; 1 << 20]
+        } else {
+            Vec::new()
+        },
+    };
+    let meta = std::fs::symlink_metadata(root).map_err(Error::io("inspect", root))?;
+    if !meta.is_dir() {
+        return Err(Error::io("walk", root)(std::io::Error::from(
+            std::io::ErrorKind::NotADirectory,
+        )));
+    }
+    walk.dir(root, &mut Vec::new())?;
+    Ok(Fingerprint {
+        entries: walk.entries,
+        bytes: walk.bytes,
+        disk_bytes: walk.disk_bytes,
+        meta: walk.meta.finish().hex().to_owned(),
+        content: walk.content.map(|h| h.finish().hex().to_owned()),
+    })
+}
+
+struct Walk {
+    meta: Hasher,
+    content: Option<Hasher>,
+    entries: u64,
+    bytes: u64,
+    disk_bytes: u64,
+    buf: Vec<u8>,
+}
+
+impl Walk {
+    fn feed(&mut self, bytes: &[u8]) {
+        self.meta.update(bytes);
+        if let Some(c) = &mut self.content {
+            c.update(bytes);
+        }
+    }
+
+    fn dir(&mut self, dir: &Path, rel: &mut Vec<u8>) -> Result<()> {
+        let mut names: Vec<OsString> = std::fs::read_dir(dir)
+            .map_err(Error::io("read directory", dir))?
+            .map(|e| e.map(|e| e.file_name()))
+            .collect::<std::io::Result<_>>()
+            .map_err(Error::io("read directory", dir))?;
+        names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+        for name in names {
+            let path = dir.join(&name);
+            let m = std::fs::symlink_metadata(&path).map_err(Error::io("inspect", &path))?;
+            let len = rel.len();
+            rel.push(b'/');
+            rel.extend_from_slice(name.as_bytes());
+            self.entries += 1;
+            self.disk_bytes += m.blocks() * 512;
+            let ft = m.file_type();
+            let kind = if ft.is_dir() {
+                b'd'
+            } else if ft.is_symlink() {
+                b'l'
+            } else if ft.is_file() {
+                b'f'
+            } else {
+                b'o'
+            };
+            let mode = m.permissions().mode() & 0o7777;
+            let mut record = Vec::with_capacity(rel.len() + 48);
+            record.extend_from_slice(rel);
+            record.push(0);
+            record.push(kind);
+            record.extend_from_slice(format!("{mode:o}").as_bytes());
+            if ft.is_file() {
+                record.extend_from_slice(format!(" {}", m.len()).as_bytes());
+                self.bytes += m.len();
+            }
+            if ft.is_symlink() {
+                let target = std::fs::read_link(&path).map_err(Error::io("read link", &path))?;
+                record.push(b' ');
+                record.extend_from_slice(target.as_os_str().as_bytes());
+            }
+            record.push(b'\n');
+            self.feed(&record);
+            if ft.is_file() && self.content.is_some() {
+                self.file(&path)?;
+            }
+            if ft.is_dir() {
+                self.dir(&path, rel)?;
+            }
+            rel.truncate(len);
+        }
+        Ok(())
+    }
+
+    fn file(&mut self, path: &Path) -> Result<()> {
+        let Some(content) = &mut self.content else {
+            return Ok(());
+        };
+        let mut f = match std::fs::File::open(path) {
+            Ok(f) => f,
+            // A file the image made unreadable (mode 000) for an unprivileged
+            // owner: its metadata is still covered.
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                content.update(b"\0unreadable\0");
+                return Ok(());
+            }
+            Err(e) => return Err(Error::io("open", path)(e)),
+        };
+        loop {
+            let n = f.read(&mut self.buf).map_err(Error::io("read", path))?;
+            if n == 0 {
+                return Ok(());
+            }
+            content.update(&self.buf[..n]);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tree() -> tempfile::TempDir {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(d.path().join("cnb/lifecycle")).unwrap();
+        std::fs::write(d.path().join("cnb/lifecycle/creator"), b"#!/bin/sh\n").unwrap();
+        std::fs::write(d.path().join("cnb/order.toml"), b"[[order]]\n").unwrap();
+        std::os::unix::fs::symlink("lifecycle/creator", d.path().join("cnb/c")).unwrap();
+        d
+    }
+
+    #[test]
+    fn same_tree_same_fingerprint() {
+        let (a, b) = (tree(), tree());
+        let fa = fingerprint(a.path(), true).unwrap();
+        let fb = fingerprint(b.path(), true).unwrap();
+        assert_eq!(fa.meta, fb.meta);
+        assert_eq!(fa.content, fb.content);
+        assert_eq!(fa.entries, 5);
+        assert_eq!(fa.bytes, 10 + 10);
+        assert_eq!(fingerprint(a.path(), false).unwrap().content, None);
+    }
+
+    #[test]
+    fn changes_are_seen() {
+        let base = tree();
+        let f0 = fingerprint(base.path(), true).unwrap();
+        type Change = fn(&Path);
+        let changes: [(&str, Change); 5] = [
+            ("delete", |p| {
+                std::fs::remove_file(p.join("cnb/order.toml")).unwrap()
+            }),
+            ("add", |p| std::fs::write(p.join("cnb/new"), b"").unwrap()),
+            ("chmod", |p| {
+                std::fs::set_permissions(
+                    p.join("cnb/order.toml"),
+                    std::fs::Permissions::from_mode(0o600),
+                )
+                .unwrap()
+            }),
+            ("retarget", |p| {
+                std::fs::remove_file(p.join("cnb/c")).unwrap();
+                std::os::unix::fs::symlink("/etc/passwd", p.join("cnb/c")).unwrap();
+            }),
+            ("grow", |p| {
+                std::fs::write(p.join("cnb/order.toml"), b"[[order]]\n\n").unwrap()
+            }),
+        ];
+        for (what, change) in changes {
+            let t = tree();
+            change(t.path());
+            let f = fingerprint(t.path(), false).unwrap();
+            assert_ne!(f.meta, f0.meta, "{what}");
+        }
+        // Same size, other bytes: only the content fingerprint sees it.
+        let t = tree();
+        std::fs::write(t.path().join("cnb/order.toml"), b"[[ORDER]]\n").unwrap();
+        let f = fingerprint(t.path(), true).unwrap();
+        assert_eq!(f.meta, f0.meta);
+        assert_ne!(f.content, f0.content);
+    }
+
+    #[test]
+    fn missing_root_is_an_error() {
+        let d = tempfile::tempdir().unwrap();
+        let e = fingerprint(&d.path().join("nope"), false)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("nope"), "{e}");
+    }
+}
