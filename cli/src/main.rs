@@ -219,6 +219,7 @@ fn hint(e: &anyhow::Error) -> Option<String> {
                 E::CacheUnusable { .. } => {
                     "the cache lives in $XDG_DATA_HOME/locald (default ~/.local/share/locald); point XDG_DATA_HOME at a writable directory"
                 }
+                E::UnknownCached(_) => "`locald builder ls` lists the cached builders",
                 E::NotCached { .. } => {
                     "pull it first (`locald builder pull`), or use --pull missing to fetch what is missing"
                 }

@@ -97,6 +97,11 @@ impl Reporter for Bars {
     }
 }
 
+/// A reporter without bars whose notes still reach stderr (for `--json`).
+pub fn notes_only() -> Arc<dyn Reporter> {
+    Arc::new(NotesOnly)
+}
+
 /// No bars, but notes still reach stderr.
 struct NotesOnly;
 

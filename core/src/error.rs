@@ -219,6 +219,9 @@ pub enum Error {
         /// Why it cannot be fetched.
         why: String,
     },
+    /// A name that no cached reference has.
+    #[error("no cached builder is named {0}")]
+    UnknownCached(String),
     /// The work was cancelled (Ctrl-C).
     #[error("cancelled")]
     Cancelled,

@@ -74,6 +74,14 @@ pub trait ImageSource: Send + Sync {
         })
     }
 
+    /// Readies the source to serve blobs of `image` without resolving it again
+    /// (a registry logs in to the image's repository). The cache calls it before
+    /// fetching missing blobs of an image it resolved on an earlier run.
+    fn prepare<'a>(&'a self, image: Option<&'a str>) -> BoxFuture<'a, Result<()>> {
+        let _ = image;
+        Box::pin(async { Ok(()) })
+    }
+
     /// Whether blobs come over the network (then the cache keeps a copy of each
     /// and re-checks references only as often as the pull policy says). Local
     /// sources (directories, archives) are cheap to re-read and are not copied.

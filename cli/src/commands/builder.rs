@@ -31,6 +31,7 @@ pub async fn pull_into_cache(
     policy: &PullPolicyArgs,
     filter: PathFilter,
     quiet: bool,
+    no_bars: bool,
     cancel: Cancel,
 ) -> anyhow::Result<Pulled> {
     let src = match open_source(args.source.as_deref(), &args.registry, true) {
@@ -53,7 +54,11 @@ pub async fn pull_into_cache(
     };
     // The bars' total is unknown until the manifest is read; layers come in as
     // they start.
-    let reporter = crate::progress::reporter(quiet, 0);
+    let reporter = if no_bars && !quiet {
+        crate::progress::notes_only()
+    } else {
+        crate::progress::reporter(quiet, 0)
+    };
     let pulled = cache
         .pull(src.as_ref(), args.image.as_deref(), &options, reporter)
         .await
@@ -105,7 +110,8 @@ pub async fn pull(args: BuilderPullArgs, quiet: bool, cancel: Cancel) -> anyhow:
         &args.source,
         &args.policy,
         filter(args.full)?,
-        quiet || args.json,
+        quiet,
+        args.json,
         cancel,
     )
     .await?;
@@ -139,22 +145,22 @@ pub async fn pull(args: BuilderPullArgs, quiet: bool, cancel: Cancel) -> anyhow:
             img.manifest_digest.short(),
             img.platform
         );
+        let paths = pulled.record.paths.join(", ");
         let status = match (pulled.extracted, pulled.freshness) {
             (true, _) => format!(
-                "Pulled {what} in {elapsed:.2}s: {} layers, {} fetched ({}), {} entries",
-                img.layers.len(),
+                "Pulled {what} in {elapsed:.2}s: {paths} extracted ({} entries), {} of {} layers fetched ({})",
+                pulled.record.fingerprint.entries,
                 pulled.fetched_layers,
+                img.layers.len(),
                 human_bytes(pulled.fetched_bytes),
-                pulled.record.fingerprint.entries
             ),
             (false, Freshness::Cached) => format!(
-                "{what} is cached (checked {}; --pull always checks now)",
+                "{what} is cached with {paths} (checked {}; --pull always checks now)",
                 ago(pulled.checked_at)
             ),
-            (false, _) => format!("{what} is up to date"),
+            (false, _) => format!("{what} is up to date, with {paths} cached"),
         };
         eprintln!("{status}");
-        eprintln!("{} is in:", pulled.record.paths.join(", "));
     }
     println!("{}", pulled.tree.display());
     Ok(())
@@ -331,7 +337,8 @@ pub async fn inspect(args: BuilderInspectArgs, quiet: bool, cancel: Cancel) -> a
         &args.source,
         &args.policy,
         filter(false)?,
-        quiet || args.json,
+        quiet,
+        args.json,
         cancel,
     )
     .await?;

@@ -6,6 +6,7 @@ use std::process::{Command, Output};
 
 use locald_tests::fixture::{Compression, Entry, ImageSpec, IndexSpec, Layer, LayoutBuilder};
 mod builder_local;
+mod builder_cache;
 
 fn locald(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_locald"))

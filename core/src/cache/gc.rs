@@ -196,10 +196,9 @@ impl Cache {
             }
         }
         if pruned.images.is_empty() {
-            return Err(Error::NotCached {
-                what: names.first().cloned().unwrap_or_default(),
-                why: "no cached builder has that name (`locald builder ls` lists them)".to_owned(),
-            });
+            return Err(Error::UnknownCached(
+                names.first().cloned().unwrap_or_default(),
+            ));
         }
         self.collect_garbage(&mut pruned)?;
         Ok(pruned)
@@ -302,10 +301,7 @@ impl Cache {
                 .or_insert_with(|| r.image.clone().unwrap_or_else(|| format!("({})", r.source)));
         }
         if let (Some(n), true) = (names, refs.is_empty()) {
-            return Err(Error::NotCached {
-                what: n.join(", "),
-                why: "no cached builder has that name (`locald builder ls` lists them)".to_owned(),
-            });
+            return Err(Error::UnknownCached(n.first().cloned().unwrap_or_default()));
         }
         for (manifest_digest, shown) in &refs {
             for (d, size) in self.image_blobs(manifest_digest) {

@@ -191,7 +191,7 @@ impl Cache {
 
         let offline = options.policy == PullPolicy::Never && source.is_remote();
         let (tree, tree_record, fetched) = self
-            .ensure_tree(source, &resolved, options, offline, reporter)
+            .ensure_tree(source, image, &resolved, options, offline, reporter)
             .await?;
         write_record(
             &ref_path,
@@ -267,6 +267,7 @@ impl Cache {
     async fn ensure_tree(
         &self,
         source: &dyn ImageSource,
+        wanted: Option<&str>,
         image: &ResolvedImage,
         options: &PullOptions,
         offline: bool,
@@ -276,11 +277,11 @@ impl Cache {
         let manifest = &image.manifest_digest;
         // A whole-root tree serves any filter.
         if !filter.is_everything() {
-            if let Some(found) = self.intact_tree(manifest, &PathFilter::default()) {
+            if let Some(found) = self.intact_tree(manifest, &PathFilter::default(), true) {
                 return Ok((found.0, found.1, None));
             }
         }
-        if let Some(found) = self.intact_tree(manifest, filter) {
+        if let Some(found) = self.intact_tree(manifest, filter, true) {
             return Ok((found.0, found.1, None));
         }
         let lock_name = format!("image-{}.lock", manifest.hex());
@@ -298,7 +299,7 @@ impl Cache {
             }
         };
         // The other process may have finished it while we waited.
-        if let Some(found) = self.intact_tree(manifest, filter) {
+        if let Some(found) = self.intact_tree(manifest, filter, false) {
             return Ok((found.0, found.1, None));
         }
         let dir = self.tree_dir(manifest, filter);
@@ -314,6 +315,8 @@ impl Cache {
             store: self.blobs.clone(),
             offline,
             name: image.name.clone(),
+            image: wanted.map(str::to_owned),
+            prepared: tokio::sync::OnceCell::new(),
             fetched: AtomicUsize::new(0),
             fetched_bytes: AtomicU64::new(0),
             from_store: Mutex::new(HashSet::new()),
@@ -349,9 +352,8 @@ impl Cache {
                     && retried.insert(digest.clone()) =>
                 {
                     tracing::warn!(
-                        "cached layer {index} ({digest}) of {} is damaged ({}); fetching it again",
-                        image.name,
-                        crate::error::chain(&*cause)
+                        "cached layer {index} ({digest}) of {} does not match its digest; fetching it again",
+                        image.name
                     );
                     self.blobs.remove(&digest)?;
                     store_first.forget(&digest);
@@ -381,7 +383,12 @@ impl Cache {
     /// The tree of `manifest` with `filter` if it is complete and, by its metadata
     /// fingerprint, unchanged since it was extracted. A changed one is reported
     /// (and replaced by the caller).
-    fn intact_tree(&self, manifest: &Digest, filter: &PathFilter) -> Option<(PathBuf, TreeRecord)> {
+    fn intact_tree(
+        &self,
+        manifest: &Digest,
+        filter: &PathFilter,
+        warn: bool,
+    ) -> Option<(PathBuf, TreeRecord)> {
         let record: TreeRecord = read_record(
             &self.tree_record_path(manifest, filter),
             |r: &TreeRecord| r.version,
@@ -389,20 +396,22 @@ impl Cache {
         let dir = self.tree_dir(manifest, filter);
         match tree::fingerprint(&dir, false) {
             Ok(f) if f.meta == record.fingerprint.meta => Some((dir, record)),
-            Ok(_) => {
+            Ok(_) if warn => {
                 tracing::warn!(
                     "the cached tree {} was changed on disk; extracting it again",
                     dir.display()
                 );
                 None
             }
-            Err(e) => {
+            Err(e) if warn => {
                 tracing::warn!(
-                    "the cached tree {} is damaged ({e}); extracting it again",
-                    dir.display()
+                    "the cached tree {} is damaged ({}); extracting it again",
+                    dir.display(),
+                    crate::error::chain(&e)
                 );
                 None
             }
+            _ => None,
         }
     }
 
@@ -432,6 +441,9 @@ struct StoreFirst<'a> {
     /// Never ask the inner source for a blob (`--pull never` on a remote source).
     offline: bool,
     name: String,
+    /// The image as the source knows it, for [`ImageSource::prepare`].
+    image: Option<String>,
+    prepared: tokio::sync::OnceCell<()>,
     fetched: AtomicUsize,
     fetched_bytes: AtomicU64,
     from_store: Mutex<HashSet<Digest>>,
@@ -484,6 +496,9 @@ impl ImageSource for StoreFirst<'_> {
                     why: "the pull policy is never".to_owned(),
                 });
             }
+            self.prepared
+                .get_or_try_init(|| self.inner.prepare(self.image.as_deref()))
+                .await?;
             self.count(descriptor);
             self.inner.open_blob(descriptor).await
         })

@@ -584,6 +584,15 @@ impl ImageSource for RegistrySource {
         true
     }
 
+    fn prepare<'a>(&'a self, image: Option<&'a str>) -> BoxFuture<'a, locald_core::Result<()>> {
+        Box::pin(async move {
+            let image = image.ok_or(RegistryError::NeedImage)?;
+            let reference = ImageReference::parse(image).map_err(RegistryError::from)?;
+            self.session(&reference).await?;
+            Ok(())
+        })
+    }
+
     fn canonical_name(&self, image: Option<&str>) -> Option<String> {
         let image = image?;
         Some(
