@@ -936,8 +936,16 @@ fn rm_and_prune_all() {
     assert_eq!(r.code, 1, "{}", r.stderr);
     assert!(r.stderr.contains("error: "), "{}", r.stderr);
     assert!(r.stderr.contains(&unknown), "{}", r.stderr);
-    assert!(r.stderr.contains("no cached builder is named"), "{}", r.stderr);
-    assert!(r.stderr.contains("hint: `locald builder ls` lists"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("no cached builder is named"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr.contains("hint: `locald builder ls` lists"),
+        "{}",
+        r.stderr
+    );
     assert!(r.stdout.is_empty(), "{}", r.stdout);
     assert_eq!(home.ls().len(), 1, "a failed rm removed something");
 
@@ -971,4 +979,74 @@ fn rm_and_prune_all() {
     assert_eq!(n(&p, "blobs"), 6, "rm: {p:#}");
     assert_eq!(n(&pa, "blobs"), 6, "prune --all: {pa:#}");
     assert_eq!(home.stored_blobs(), Vec::<String>::new());
+}
+
+/// `builder_image` with buildpack b (the middle layer) replaced: new payload,
+/// one file more, one file fewer. With `clash`, the layer also writes
+/// `cnb/order.toml`, which the top layer writes too.
+fn builder_image_b2(big: usize, clash: bool) -> ImageSpec {
+    let mut b = vec![
+        Entry::dir("cnb/buildpacks/b/"),
+        Entry::dir("cnb/buildpacks/b/bin/"),
+        Entry::file("cnb/buildpacks/b/bin/build", noise(big / 2, 7)).mode(0o755),
+        Entry::dir("usr/"),
+        Entry::file("usr/outside", noise(4096, 3)),
+    ];
+    if clash {
+        b.push(Entry::file("cnb/order.toml", "# from layer 3\n"));
+    }
+    let mut spec = builder_image("[[order]]\n# v1\n", big);
+    spec.layers[2] = Layer::new(b, Compression::None);
+    spec
+}
+
+/// An update that changes a middle layer is applied to the previous tree
+/// (only that layer is read) and gives exactly what a fresh extraction gives;
+/// one whose layer shares a path with another layer is extracted from scratch,
+/// just as correctly.
+#[test]
+fn update_applies_only_the_changed_layer() {
+    let st = Setup::new(64 << 10);
+    let home = Home::new();
+    home.pull_json(&st.image, &[]);
+    let debug = [("LOCALD_LOG", "locald_core=debug")];
+    for (round, clash) in [(2, false), (3, true)] {
+        let pushed = push(
+            &st.reg,
+            &st.layouts.path().join(format!("v{round}")),
+            builder_image_b2(64 << 10, clash),
+            "cache/builder:v1",
+        );
+        let r = home.run_env(
+            &["builder", "pull", &st.image, "--json", "--pull", "always"],
+            &debug,
+        );
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        let v: Value = serde_json::from_str(&r.stdout).unwrap();
+        assert_eq!(s(&v, "manifest_digest"), pushed.manifest, "{v:#}");
+        assert_eq!(s(&v, "freshness"), "updated", "{v:#}");
+        let incremental = r.stderr.contains("by applying 1 changed layers");
+        assert_eq!(incremental, !clash, "round {round}:\n{}", r.stderr);
+        if clash {
+            assert!(
+                r.stderr
+                    .contains("from scratch: layer 3 and another layer both touch cnb/order.toml"),
+                "{}",
+                r.stderr
+            );
+        }
+        let tree = PathBuf::from(s(&v, "tree"));
+        let reference = home.reference_extract(&st.image, &format!("ref-v{round}"));
+        assert_tree_matches(&tree, &reference);
+        assert!(!tree.join("cnb/buildpacks/b/payload").exists());
+        // The tree it replaced is gone (consumed), and verify finds nothing wrong.
+        let trees: Vec<String> = home
+            .names("trees")
+            .into_iter()
+            .filter(|n| !n.contains('.'))
+            .collect();
+        assert_eq!(trees.len(), 1, "{trees:?}");
+        let r = home.run(&["builder", "verify", "--json"]);
+        assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    }
 }

@@ -5,8 +5,8 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 use locald_tests::fixture::{Compression, Entry, ImageSpec, IndexSpec, Layer, LayoutBuilder};
-mod builder_local;
 mod builder_cache;
+mod builder_local;
 
 fn locald(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_locald"))

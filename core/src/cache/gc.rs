@@ -100,7 +100,7 @@ pub struct VerifyReport {
 }
 
 impl Cache {
-    fn ref_records(&self) -> Vec<(PathBuf, RefRecord)> {
+    pub(super) fn ref_records(&self) -> Vec<(PathBuf, RefRecord)> {
         let mut out: Vec<(PathBuf, RefRecord)> = std::fs::read_dir(&self.refs)
             .into_iter()
             .flatten()
@@ -241,6 +241,7 @@ impl Cache {
             }
             pruned.bytes += t.fingerprint.disk_bytes;
             remove_path(&dir)?;
+            remove_path(&dir.with_extension("listing"))?;
             remove_path(&path)?;
             pruned.trees += 1;
         }
@@ -253,7 +254,9 @@ impl Cache {
             let p = e.path();
             let is_record = p.extension().is_some_and(|x| x == "json")
                 && !e.file_name().to_string_lossy().starts_with('.');
-            if is_record || live_trees.contains(&p) {
+            let is_live_listing = p.extension().is_some_and(|x| x == "listing")
+                && live_trees.contains(&p.with_extension(""));
+            if is_record || is_live_listing || live_trees.contains(&p) {
                 continue;
             }
             if e.file_type().is_ok_and(|t| t.is_dir()) {
@@ -343,6 +346,7 @@ impl Cache {
                 };
                 if let Some(why) = why {
                     remove_path(path)?;
+                    remove_path(&dir.with_extension("listing"))?;
                     remove_path(&dir)?;
                     report.problems.push(format!(
                         "{shown}: tree {} ({}) is damaged: {why} (removed)",

@@ -20,6 +20,7 @@
 mod gc;
 pub mod lock;
 mod pull;
+mod rebase;
 pub mod store;
 pub mod tree;
 

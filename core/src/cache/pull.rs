@@ -2,7 +2,7 @@
 //! is missing.
 
 use std::collections::HashSet;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -10,13 +10,14 @@ use std::time::Duration;
 use oci_spec::image::Descriptor;
 
 use super::lock::Mode;
+use super::rebase::{self, Listings};
 use super::store::BlobStore;
 use super::{now, read_record, remove_path, tree, tree_paths, write_record, Cache};
 use super::{RefRecord, TreeRecord, RECORD_VERSION};
 use crate::cancel::Cancel;
 use crate::digest::Digest;
 use crate::error::{Error, Result};
-use crate::extract::{self, ExtractOptions, PathFilter};
+use crate::extract::{self, ExtractOptions, Listed, PathFilter};
 use crate::manifest::MAX_JSON_BYTES;
 use crate::platform::Platform;
 use crate::progress::Reporter;
@@ -189,9 +190,16 @@ impl Cache {
             }
         }
 
-        let offline = options.policy == PullPolicy::Never && source.is_remote();
+        let update = Update {
+            offline: options.policy == PullPolicy::Never && source.is_remote(),
+            previous: record
+                .as_ref()
+                .filter(|r| r.manifest_digest != resolved.manifest_digest.to_string())
+                .and_then(|r| Digest::parse(&r.manifest_digest).ok())
+                .map(|d| (d, ref_path.clone())),
+        };
         let (tree, tree_record, fetched) = self
-            .ensure_tree(source, image, &resolved, options, offline, reporter)
+            .ensure_tree(source, image, &resolved, options, update, reporter)
             .await?;
         write_record(
             &ref_path,
@@ -270,9 +278,10 @@ impl Cache {
         wanted: Option<&str>,
         image: &ResolvedImage,
         options: &PullOptions,
-        offline: bool,
+        update: Update,
         reporter: Arc<dyn Reporter>,
     ) -> Result<(PathBuf, TreeRecord, Option<(usize, u64)>)> {
+        let offline = update.offline;
         let filter = &options.filter;
         let manifest = &image.manifest_digest;
         // A whole-root tree serves any filter.
@@ -325,8 +334,35 @@ impl Cache {
             filter: filter.clone(),
             cancel: options.cancel.clone(),
             keep_blobs: source.is_remote().then(|| self.blobs.clone()),
+            list_entries: true,
         };
+        let listing_path = dir.with_extension("listing");
+        remove_path(&listing_path)?;
+        if let Some((previous, ref_path)) = &update.previous {
+            let job = RebaseJob {
+                source: &store_first,
+                image,
+                previous,
+                ref_path,
+                dir: &dir,
+                options: &extract_options,
+            };
+            match self.rebase(job, reporter.clone()).await {
+                Ok(listings) => {
+                    let record = self
+                        .finish_tree(&dir, &record_path, &listing_path, image, filter, listings)
+                        .await?;
+                    let fetched = (
+                        store_first.fetched.load(Ordering::Relaxed),
+                        store_first.fetched_bytes.load(Ordering::Relaxed),
+                    );
+                    return Ok((dir, record, Some(fetched)));
+                }
+                Err(why) => tracing::debug!("extracting {} from scratch: {why}", image.name),
+            }
+        }
         let mut retried = HashSet::new();
+        let listings;
         loop {
             match extract::extract_image(
                 &store_first,
@@ -337,7 +373,10 @@ impl Cache {
             )
             .await
             {
-                Ok(_) => break,
+                Ok(stats) => {
+                    listings = stats.listings;
+                    break;
+                }
                 // A cached blob that no longer matches its digest: drop it and
                 // fetch it from the source again.
                 Err(Error::Layer {
@@ -361,23 +400,171 @@ impl Cache {
                 Err(e) => return Err(e),
             }
         }
-        let walk_dir = dir.clone();
-        let fingerprint = tokio::task::spawn_blocking(move || tree::fingerprint(&walk_dir, true))
-            .await
-            .map_err(|e| Error::Join(e.to_string()))??;
-        let record = TreeRecord {
-            version: RECORD_VERSION,
-            manifest_digest: manifest.to_string(),
-            paths: tree_paths(filter),
-            created_at: now(),
-            fingerprint,
-        };
-        write_record(&record_path, &record)?;
+        let record = self
+            .finish_tree(&dir, &record_path, &listing_path, image, filter, listings)
+            .await?;
         let fetched = (
             store_first.fetched.load(Ordering::Relaxed),
             store_first.fetched_bytes.load(Ordering::Relaxed),
         );
         Ok((dir, record, Some(fetched)))
+    }
+
+    /// Fingerprints a finished tree and writes its listing, then its record (the
+    /// record last: it is what makes the tree count as complete).
+    async fn finish_tree(
+        &self,
+        dir: &Path,
+        record_path: &Path,
+        listing_path: &Path,
+        image: &ResolvedImage,
+        filter: &PathFilter,
+        listings: Listings,
+    ) -> Result<TreeRecord> {
+        let walk_dir = dir.to_path_buf();
+        let fingerprint = tokio::task::spawn_blocking(move || tree::fingerprint(&walk_dir, true))
+            .await
+            .map_err(|e| Error::Join(e.to_string()))??;
+        if listings.len() == image.layers.len() {
+            write_record(
+                listing_path,
+                &ListingRecord {
+                    version: RECORD_VERSION,
+                    layers: image.layers.iter().map(|l| l.digest.to_string()).collect(),
+                    listings,
+                },
+            )?;
+        }
+        let record = TreeRecord {
+            version: RECORD_VERSION,
+            manifest_digest: image.manifest_digest.to_string(),
+            paths: tree_paths(filter),
+            created_at: now(),
+            fingerprint,
+        };
+        write_record(record_path, &record)?;
+        Ok(record)
+    }
+
+    /// Makes the tree of `job.image` from the cached tree of the image it
+    /// updates, applying only the changed layers (see [`super::rebase`]). The old
+    /// tree is consumed: it is used only when no other reference needs it. On
+    /// `Err` (a reason, for the log) nothing was published and the caller
+    /// extracts from scratch.
+    async fn rebase(
+        &self,
+        job: RebaseJob<'_>,
+        reporter: Arc<dyn Reporter>,
+    ) -> std::result::Result<Listings, String> {
+        let filter = &job.options.filter;
+        let old_dir = self.tree_dir(job.previous, filter);
+        let old_record = self.tree_record_path(job.previous, filter);
+        let old_listing_path = old_dir.with_extension("listing");
+        let old: ListingRecord = read_record(&old_listing_path, |r: &ListingRecord| r.version)
+            .ok_or("the previous tree has no listing")?;
+        let new_layers: Vec<String> = job
+            .image
+            .layers
+            .iter()
+            .map(|l| l.digest.to_string())
+            .collect();
+        let changed = rebase::changed_positions(&old.layers, &new_layers)
+            .ok_or("the layers differ too much")?;
+        if old.listings.len() != old.layers.len() {
+            return Err("the previous listing is incomplete".into());
+        }
+        if self.intact_tree(job.previous, filter, false).is_none() {
+            return Err("the previous tree is not intact".into());
+        }
+        let shared = self
+            .ref_records()
+            .into_iter()
+            .any(|(p, r)| p != *job.ref_path && r.manifest_digest == job.previous.to_string());
+        if shared {
+            return Err("another reference uses the previous tree".into());
+        }
+        let lock_path = self
+            .locks
+            .join(format!("image-{}.lock", job.previous.hex()));
+        let _old_lock = super::lock::FileLock::try_acquire(&lock_path, Mode::Exclusive)
+            .map_err(|e| e.to_string())?
+            .ok_or("the previous image is busy")?;
+        // From here the old tree is ours: without its record it no longer counts.
+        remove_path(&old_record).map_err(|e| e.to_string())?;
+        remove_path(&old_listing_path).map_err(|e| e.to_string())?;
+        let name = job
+            .dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let tmp = self
+            .trees
+            .join(format!(".{name}.locald-tmp-rebase-{}", std::process::id()));
+        std::fs::rename(&old_dir, &tmp).map_err(|e| e.to_string())?;
+        let result = self.rebase_in(&job, &old, &changed, &tmp, reporter).await;
+        match result {
+            Ok(listings) => {
+                std::fs::rename(&tmp, job.dir).map_err(|e| {
+                    let _ = remove_path(&tmp);
+                    e.to_string()
+                })?;
+                tracing::debug!(
+                    "updated {} by applying {} changed layers to the previous tree",
+                    job.image.name,
+                    changed.len()
+                );
+                Ok(listings)
+            }
+            Err(e) => {
+                let _ = remove_path(&tmp);
+                Err(e)
+            }
+        }
+    }
+
+    async fn rebase_in(
+        &self,
+        job: &RebaseJob<'_>,
+        old: &ListingRecord,
+        changed: &[usize],
+        tmp: &Path,
+        reporter: Arc<dyn Reporter>,
+    ) -> std::result::Result<Listings, String> {
+        let mut sub = job.image.clone();
+        sub.layers = changed
+            .iter()
+            .map(|&i| job.image.layers[i].clone())
+            .collect();
+        let stats = extract::apply_layers(job.source, &sub, tmp, job.options, reporter)
+            .await
+            .map_err(|e| crate::error::chain(&e))?;
+        let new_changed = stats.listings;
+        rebase::check(&old.listings, changed, &new_changed)?;
+        let mut listings = old.listings.clone();
+        for (k, &i) in changed.iter().enumerate() {
+            listings[i] = new_changed[k].clone();
+        }
+        let all: Vec<Vec<Listed>> = listings
+            .iter()
+            .map(|l| l.clone().unwrap_or_default())
+            .collect();
+        let old_changed: Vec<Vec<Listed>> = changed
+            .iter()
+            .map(|&i| old.listings[i].clone().unwrap_or_default())
+            .collect();
+        let new_flat: Vec<Vec<Listed>> = new_changed
+            .iter()
+            .map(|l| l.clone().unwrap_or_default())
+            .collect();
+        let root = tmp.to_path_buf();
+        tokio::task::spawn_blocking(move || {
+            let touched = rebase::remove_old(&root, &old_changed, &new_flat, &all)?;
+            rebase::restore_dir_meta(&root, &touched, &all, rustix::process::geteuid().is_root())
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+        Ok(listings)
     }
 
     /// The tree of `manifest` with `filter` if it is complete and, by its metadata
@@ -522,4 +709,32 @@ impl ImageSource for StoreFirst<'_> {
     fn is_remote(&self) -> bool {
         self.inner.is_remote()
     }
+}
+
+/// How [`Cache::ensure_tree`] may use what is already cached.
+struct Update {
+    /// Never read blobs from the (remote) source.
+    offline: bool,
+    /// The manifest this reference had before, and the reference's record.
+    previous: Option<(Digest, PathBuf)>,
+}
+
+/// What [`Cache::rebase`] works on.
+struct RebaseJob<'a> {
+    source: &'a dyn ImageSource,
+    image: &'a ResolvedImage,
+    previous: &'a Digest,
+    ref_path: &'a Path,
+    dir: &'a Path,
+    options: &'a ExtractOptions,
+}
+
+/// Which paths each layer of a tree touched (`trees/<key>.listing`).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct ListingRecord {
+    version: u32,
+    /// The layer digests, bottom first.
+    layers: Vec<String>,
+    /// Each layer's entries.
+    listings: Listings,
 }

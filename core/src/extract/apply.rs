@@ -45,6 +45,55 @@ pub struct Stats {
     pub filtered_out: u64,
     /// Bytes of file content written.
     pub bytes: u64,
+    /// Each applied layer's entries, when asked for (`None` for a layer that
+    /// could not be listed).
+    #[serde(skip)]
+    pub listings: Vec<Option<Vec<Listed>>>,
+}
+
+/// What one layer entry was, by its path in the image (as written in the layer,
+/// normalised, not resolved through symlinks): the cache's record of which
+/// paths each layer touches, so an updated image can be applied incrementally.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Listed {
+    /// `a/b/c` (`""` for the root).
+    #[serde(rename = "p")]
+    pub path: String,
+    /// What the entry is.
+    #[serde(rename = "k")]
+    pub kind: ListedKind,
+    /// A hard link's target path.
+    #[serde(rename = "l", default, skip_serializing_if = "Option::is_none")]
+    pub link: Option<String>,
+    /// A directory's `[mode, uid, gid, mtime]` from its header.
+    #[serde(rename = "m", default, skip_serializing_if = "Option::is_none")]
+    pub meta: Option<[i64; 4]>,
+}
+
+/// The kind of a [`Listed`] entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum ListedKind {
+    /// A directory.
+    #[serde(rename = "d")]
+    Dir,
+    /// A regular file.
+    #[serde(rename = "f")]
+    File,
+    /// A symbolic link.
+    #[serde(rename = "l")]
+    Symlink,
+    /// A hard link.
+    #[serde(rename = "h")]
+    Hardlink,
+    /// A whiteout of this path.
+    #[serde(rename = "w")]
+    Whiteout,
+    /// An opaque marker in this directory.
+    #[serde(rename = "o")]
+    Opaque,
+    /// A device, FIFO or unsupported entry.
+    #[serde(rename = "x")]
+    Other,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -66,6 +115,9 @@ pub struct Applier {
     stats: Stats,
     buf: Vec<u8>,
     cancel: Cancel,
+    /// The current layer's entries, when asked for ([`Applier::with_listing`]);
+    /// `None` inside once a path is not UTF-8 (the layer cannot be listed).
+    listing: Option<Option<Vec<Listed>>>,
 }
 
 impl Applier {
@@ -80,7 +132,59 @@ impl Applier {
             stats: Stats::default(),
             buf: vec![0; COPY_BUF],
             cancel: Cancel::new(),
+            listing: None,
         }
+    }
+
+    /// Records every applied entry of each layer; see [`Applier::take_listing`].
+    pub fn with_listing(mut self) -> Self {
+        self.listing = Some(Some(Vec::new()));
+        self
+    }
+
+    /// The entries of the layer applied last (and starts a new list); `None`
+    /// when listing is off or a path of the layer is not UTF-8.
+    pub fn take_listing(&mut self) -> Option<Vec<Listed>> {
+        let taken = self.listing.as_mut()?.replace(Vec::new());
+        taken
+    }
+
+    fn list(
+        &mut self,
+        comps: &[OsString],
+        kind: ListedKind,
+        link: Option<&[OsString]>,
+        header: Option<&tar::Header>,
+    ) {
+        let Some(Some(entries)) = &mut self.listing else {
+            return;
+        };
+        let join = |c: &[OsString]| -> Option<String> {
+            let parts: Option<Vec<&str>> = c.iter().map(|p| p.to_str()).collect();
+            parts.map(|p| p.join("/"))
+        };
+        let (Some(path), link) = (join(comps), link.map(join)) else {
+            self.listing = Some(None);
+            return;
+        };
+        if link == Some(None) {
+            self.listing = Some(None);
+            return;
+        }
+        let meta = header.map(|h| {
+            [
+                h.mode().unwrap_or(0) as i64,
+                h.uid().unwrap_or(0) as i64,
+                h.gid().unwrap_or(0) as i64,
+                h.mtime().unwrap_or(0) as i64,
+            ]
+        });
+        entries.push(Listed {
+            path,
+            kind,
+            link: link.flatten(),
+            meta,
+        });
     }
 
     /// Stops with [`Error::Cancelled`] once `cancel` is set.
@@ -153,6 +257,8 @@ impl Applier {
             // the root keeps its private 0700 mode, so an image's world-writable
             // directories are out of other local users' reach.
             if kind.is_dir() {
+                let header = entry.header().clone();
+                self.list(&[], ListedKind::Dir, None, Some(&header));
                 if self.privileged {
                     let mode = self.mode_of(entry.header())?;
                     let mtime = entry.header().mtime().unwrap_or(0) as i64;
@@ -185,6 +291,7 @@ impl Applier {
                     return Ok(());
                 }
                 self.stats.whiteouts += 1;
+                self.list(parent, ListedKind::Opaque, None, None);
                 if let Some(dir) = self.resolve_dir(parent, false)? {
                     self.prune_lower(&dir)?;
                 }
@@ -197,6 +304,7 @@ impl Applier {
                     return Ok(());
                 }
                 self.stats.whiteouts += 1;
+                self.list(&logical, ListedKind::Whiteout, None, None);
                 let Some(dir) = self.resolve_dir(parent, false)? else {
                     return Ok(());
                 };
@@ -223,6 +331,26 @@ impl Applier {
                 return Ok(());
             }
             _ => {}
+        }
+        match kind {
+            EntryType::Directory => {
+                let header = entry.header().clone();
+                self.list(&comps, ListedKind::Dir, None, Some(&header));
+            }
+            EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
+                self.list(&comps, ListedKind::File, None, None)
+            }
+            EntryType::Symlink => self.list(&comps, ListedKind::Symlink, None, None),
+            EntryType::Link => {
+                let target = entry
+                    .link_name_bytes()
+                    .and_then(|t| path::normalise(&t).ok());
+                match target {
+                    Some(t) => self.list(&comps, ListedKind::Hardlink, Some(&t), None),
+                    None => self.listing = self.listing.take().map(|_| None),
+                }
+            }
+            _ => self.list(&comps, ListedKind::Other, None, None),
         }
         let dir = self
             .resolve_dir(parent, true)?

@@ -17,7 +17,7 @@ use futures::{StreamExt, TryStreamExt};
 use tokio::io::AsyncReadExt;
 use tokio_util::io::SyncIoBridge;
 
-pub use apply::{Applier, Stats};
+pub use apply::{Applier, Listed, ListedKind, Stats};
 pub use path::PathFilter;
 
 use crate::cache::store::{BlobStore, PendingBlob};
@@ -36,6 +36,8 @@ pub struct ExtractOptions {
     /// Keep a copy of every layer blob read that this store does not hold yet,
     /// committed once the blob matched its digest (the cache's downloads).
     pub keep_blobs: Option<Arc<BlobStore>>,
+    /// Record each layer's entries in [`Stats::listings`].
+    pub list_entries: bool,
 }
 
 /// Extracts `image` from `source` into `target`, which must not exist or be an empty
@@ -193,6 +195,10 @@ async fn apply_in_order(
 ) -> Result<Stats> {
     let mut applier =
         Applier::new(root, options.filter.clone()).with_cancel(options.cancel.clone());
+    if options.list_entries {
+        applier = applier.with_listing();
+    }
+    let mut listings = Vec::new();
     let total = image.layers.len();
     for (i, layer) in image.layers.iter().enumerate() {
         let index = i + 1;
@@ -242,13 +248,18 @@ async fn apply_in_order(
         .map_err(|e| Error::Join(e.to_string()))?;
         applier = result.0;
         result.1.map_err(wrap)?;
+        if options.list_entries {
+            listings.push(applier.take_listing());
+        }
         reporter.layer_finished(index);
     }
     // Close the remaining channels so no download waits on a reader that is gone.
     drop(prefetched);
-    tokio::task::spawn_blocking(move || applier.finish())
+    let mut stats = tokio::task::spawn_blocking(move || applier.finish())
         .await
-        .map_err(|e| Error::Join(e.to_string()))?
+        .map_err(|e| Error::Join(e.to_string()))??;
+    stats.listings = listings;
+    Ok(stats)
 }
 
 /// Chunks handed from the decompressing thread to the applying thread.
