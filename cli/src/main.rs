@@ -242,7 +242,7 @@ fn registry_hint(e: &locald_source_registry::RegistryError) -> Option<&'static s
         R::Request { .. } => Some(
             "check that the registry is reachable; plain-HTTP registries need --insecure-registry HOST",
         ),
-        R::NeedImage => Some("name the image, e.g. `locald image extract heroku/builder:22 ...`"),
+        R::NeedImage => Some("name the image, e.g. heroku/builder:22"),
         _ => None,
     }
 }

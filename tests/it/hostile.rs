@@ -28,8 +28,8 @@ use std::time::Duration;
 use locald_core::extract::Stats;
 use locald_core::manifest::MAX_JSON_BYTES;
 use locald_tests::fixture::{
-    sha256_digest, Compression, Desc, Entry, ImageInfo, ImageSpec, Layer, LayoutBuilder, LongNames,
-    MEDIA_OCI_INDEX, MEDIA_OCI_MANIFEST, REF_NAME,
+    noise, sha256_digest, Compression, Desc, Entry, ImageInfo, ImageSpec, Layer, LayoutBuilder,
+    LongNames, MEDIA_OCI_INDEX, MEDIA_OCI_MANIFEST, REF_NAME,
 };
 use locald_tests::peers;
 use locald_tests::tree::{self, DiffOpts, Kind, Snapshot};
@@ -203,19 +203,6 @@ fn gz(entries: Vec<Entry>) -> Layer {
 
 fn plain(entries: Vec<Entry>) -> Layer {
     Layer::new(entries, Compression::None)
-}
-
-/// Deterministic bytes that never compress well and are never zero.
-fn noise(n: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x % 255) as u8 + 1
-        })
-        .collect()
 }
 
 fn succeeded(outcome: Outcome, what: &str) -> Stats {

@@ -42,6 +42,20 @@ pub const MEDIA_DOCKER_LAYER_GZIP: &str = "application/vnd.docker.image.rootfs.d
 /// The annotation that names an image in a layout's `index.json`.
 pub const REF_NAME: &str = "org.opencontainers.image.ref.name";
 
+/// `n` deterministic bytes (xorshift from `seed`) that do not compress and are
+/// never zero.
+pub fn noise(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x % 255) as u8 + 1
+        })
+        .collect()
+}
+
 /// `sha256:<hex>` of `bytes`.
 pub fn sha256_digest(bytes: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(bytes)))

@@ -1639,19 +1639,8 @@ fn proxy_responses(
 mod tests {
     use super::*;
     use crate::fixture::{
-        Compression, Entry, ImageInfo, ImageSpec, IndexSpec, Layer, LayoutBuilder,
+        noise, Compression, Entry, ImageInfo, ImageSpec, IndexSpec, Layer, LayoutBuilder,
     };
-
-    fn noise(n: usize, mut seed: u64) -> Vec<u8> {
-        (0..n)
-            .map(|_| {
-                seed ^= seed << 13;
-                seed ^= seed >> 7;
-                seed ^= seed << 17;
-                seed as u8
-            })
-            .collect()
-    }
 
     /// A layout with image `latest`: one gzip layer holding 64 KiB of noise
     /// (the blob is about as big).

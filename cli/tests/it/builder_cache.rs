@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use locald_tests::fixture::{sha256_digest, Compression, Entry, ImageSpec, Layer, LayoutBuilder};
+use locald_tests::fixture::{
+    noise, sha256_digest, Compression, Entry, ImageSpec, Layer, LayoutBuilder,
+};
 use locald_tests::registry::{Auth, Proxy, Registry};
 use locald_tests::tree::{assert_same_tree, DiffOpts};
 
@@ -155,20 +157,6 @@ impl Home {
         v.sort();
         v
     }
-}
-
-/// Incompressible, deterministic bytes.
-fn noise(n: usize, seed: u64) -> Vec<u8> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut out = Vec::with_capacity(n + 8);
-    while out.len() < n {
-        s ^= s << 13;
-        s ^= s >> 7;
-        s ^= s << 17;
-        out.extend_from_slice(&s.to_le_bytes());
-    }
-    out.truncate(n);
-    out
 }
 
 /// A builder-shaped image of four layers: the lifecycle and /etc (gzip), two

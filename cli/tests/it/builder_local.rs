@@ -10,7 +10,9 @@ use std::process::Command;
 
 use locald_tests::archive::{ArchiveBuilder, Format};
 use locald_tests::builder::{default_rootfs, BuilderSpec, DEFAULT_CREATOR};
-use locald_tests::fixture::{Compression, Entry, ImageInfo, ImageSpec, Layer, LayoutBuilder};
+use locald_tests::fixture::{
+    noise, Compression, Entry, ImageInfo, ImageSpec, Layer, LayoutBuilder,
+};
 use locald_tests::tree::{self, DiffOpts};
 use serde_json::{json, Value};
 
@@ -927,20 +929,6 @@ fn read_only_cache() {
 
 // 6. ------------------------------------------------------------------------
 
-/// Pseudo-random, incompressible bytes.
-fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
-
 /// A disk that fills up during a `--full` pull: exit 1, the OS error and a hint
 /// about the disk, and no record that would make the tree or the reference look
 /// complete.
@@ -957,7 +945,7 @@ fn full_disk() {
     for i in 0..4 {
         entries.push(Entry::file(
             format!("data/blob{i}"),
-            noise(i + 1, 1024 * 1024),
+            noise(1024 * 1024, i + 1),
         ));
     }
     let mut b = LayoutBuilder::new(&layout);

@@ -338,6 +338,7 @@ impl Cache {
         };
         let listing_path = dir.with_extension("listing");
         remove_path(&listing_path)?;
+        let mut listings = None;
         if let Some((previous, ref_path)) = &update.previous {
             let job = RebaseJob {
                 source: &store_first,
@@ -348,22 +349,12 @@ impl Cache {
                 options: &extract_options,
             };
             match self.rebase(job, reporter.clone()).await {
-                Ok(listings) => {
-                    let record = self
-                        .finish_tree(&dir, &record_path, &listing_path, image, filter, listings)
-                        .await?;
-                    let fetched = (
-                        store_first.fetched.load(Ordering::Relaxed),
-                        store_first.fetched_bytes.load(Ordering::Relaxed),
-                    );
-                    return Ok((dir, record, Some(fetched)));
-                }
+                Ok(l) => listings = Some(l),
                 Err(why) => tracing::debug!("extracting {} from scratch: {why}", image.name),
             }
         }
         let mut retried = HashSet::new();
-        let listings;
-        loop {
+        while listings.is_none() {
             match extract::extract_image(
                 &store_first,
                 image,
@@ -373,10 +364,7 @@ impl Cache {
             )
             .await
             {
-                Ok(stats) => {
-                    listings = stats.listings;
-                    break;
-                }
+                Ok(stats) => listings = Some(stats.listings),
                 // A cached blob that no longer matches its digest: drop it and
                 // fetch it from the source again.
                 Err(Error::Layer {
@@ -400,6 +388,7 @@ impl Cache {
                 Err(e) => return Err(e),
             }
         }
+        let listings = listings.unwrap_or_default();
         let record = self
             .finish_tree(&dir, &record_path, &listing_path, image, filter, listings)
             .await?;

@@ -45,6 +45,7 @@ pub fn fingerprint(root: &Path, content: bool) -> Result<Fingerprint> {
         } else {
             Vec::new()
         },
+        links: std::collections::HashMap::new(),
     };
     let meta = std::fs::symlink_metadata(root).map_err(Error::io("inspect", root))?;
     if !meta.is_dir() {
@@ -69,6 +70,8 @@ struct Walk {
     bytes: u64,
     disk_bytes: u64,
     buf: Vec<u8>,
+    /// The first path seen of each multiply-linked inode.
+    links: std::collections::HashMap<(u64, u64), Vec<u8>>,
 }
 
 impl Walk {
@@ -122,7 +125,25 @@ impl Walk {
             record.push(b'\n');
             self.feed(&record);
             if ft.is_file() && self.content.is_some() {
-                self.file(&path)?;
+                // A hard-linked file is read once; its other names hash as links
+                // to the first (the link structure is part of the tree).
+                let first = (m.nlink() > 1)
+                    .then(|| {
+                        self.links
+                            .entry((m.dev(), m.ino()))
+                            .or_insert_with(|| rel.clone())
+                            .clone()
+                    })
+                    .filter(|first| first != rel);
+                match first {
+                    Some(first) => {
+                        if let Some(c) = &mut self.content {
+                            c.update(b"\0link\0");
+                            c.update(&first);
+                        }
+                    }
+                    None => self.file(&path)?,
+                }
             }
             if ft.is_dir() {
                 self.dir(&path, rel)?;
@@ -218,6 +239,18 @@ mod tests {
         let f = fingerprint(t.path(), true).unwrap();
         assert_eq!(f.meta, f0.meta);
         assert_ne!(f.content, f0.content);
+    }
+
+    #[test]
+    fn hard_links_are_part_of_the_content_fingerprint() {
+        let (a, b) = (tree(), tree());
+        std::fs::hard_link(a.path().join("cnb/order.toml"), a.path().join("cnb/o2")).unwrap();
+        std::fs::copy(b.path().join("cnb/order.toml"), b.path().join("cnb/o2")).unwrap();
+        let fa = fingerprint(a.path(), true).unwrap();
+        let fb = fingerprint(b.path(), true).unwrap();
+        assert_eq!(fa.meta, fb.meta, "same names, sizes and modes");
+        assert_ne!(fa.content, fb.content, "linked vs copied");
+        assert_eq!(fa.content, fingerprint(a.path(), true).unwrap().content);
     }
 
     #[test]
