@@ -58,9 +58,10 @@ pub enum BuilderCommand {
     /// Free space: remove what no cached builder uses (and leftovers of
     /// interrupted pulls); with --older-than or --all, builders too.
     Prune(BuilderPruneArgs),
-    /// Check every cached blob and tree byte by byte; damaged entries are
-    /// removed so the next pull fetches them again. (Each use already makes a
-    /// cheap check of sizes, file lists and permissions.)
+    /// Check every cached blob and tree byte by byte (each tree against a fresh
+    /// extraction of its image from the cached layers, or from its local source);
+    /// damaged entries are removed so the next pull fetches them again. (Each use
+    /// already makes a cheap check of file lists, types, sizes and permissions.)
     Verify(BuilderVerifyArgs),
 }
 

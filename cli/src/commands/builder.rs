@@ -300,12 +300,25 @@ fn print_pruned(p: &locald_core::cache::Pruned, json: bool) -> anyhow::Result<()
 pub async fn verify(args: BuilderVerifyArgs) -> anyhow::Result<()> {
     let cache = cache()?;
     let names = (!args.images.is_empty()).then(|| spellings(&args.images));
-    let report = cache.verify(names.as_deref()).await?;
+    // A tree whose layers are not cached (local sources) is checked against its
+    // source, when that is still there.
+    let open = |spec: &str| {
+        let spec = if spec == "registry" {
+            "registry:"
+        } else {
+            spec
+        };
+        open_source(Some(spec), &crate::args::RegistryArgs::default(), false).ok()
+    };
+    let report = cache.verify(names.as_deref(), &open).await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         for p in &report.problems {
             println!("damaged: {p}");
+        }
+        for u in &report.unchecked {
+            println!("note: {u}");
         }
         println!(
             "checked {} builders: {} blobs and {} trees, {} damaged",

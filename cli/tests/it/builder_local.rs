@@ -1101,3 +1101,49 @@ fn help_explains_policies_cache_and_durations() {
     assert_eq!(r.code, 2, "{}", r.stderr);
     assert!(r.stderr.contains("--pull-interval"), "{}", r.stderr);
 }
+
+/// `verify` checks a local source's tree against the source itself (its layers
+/// are not cached): a changed byte is found; with the source gone, the contents
+/// are reported as not checked instead of passing silently.
+#[test]
+fn verify_checks_local_trees_against_their_source() {
+    let w = World::new();
+    let layout = w.path("layout");
+    BuilderSpec::default()
+        .write_layout(&layout, "builder")
+        .unwrap();
+    let src = oci(&layout);
+    let v = w
+        .run(&["builder", "pull", "builder", "--source", &src, "--json"])
+        .ok()
+        .json();
+    let tree = tree_of(&v);
+    let order = tree.join("cnb/order.toml");
+    let mut bytes = std::fs::read(&order).unwrap();
+    bytes[0] ^= 0x20; // same size: only a content check sees it
+    std::fs::write(&order, &bytes).unwrap();
+    let r = w.run(&["builder", "verify"]);
+    assert_eq!(r.code, 1, "{}\n{}", r.stdout, r.stderr);
+    assert!(
+        r.stdout.contains("file contents were changed"),
+        "{}",
+        r.stdout
+    );
+    assert!(!tree.exists(), "the damaged tree was not removed");
+
+    w.run(&["builder", "pull", "builder", "--source", &src])
+        .ok();
+    let r = w.run(&["builder", "verify", "--json"]).ok();
+    let report = r.json();
+    assert_eq!(report["problems"], json!([]), "{report:#}");
+    assert_eq!(report["unchecked"], json!([]), "{report:#}");
+
+    std::fs::rename(&layout, w.path("moved")).unwrap();
+    let report = w.run(&["builder", "verify", "--json"]).ok().json();
+    let unchecked = report["unchecked"].as_array().unwrap();
+    assert_eq!(unchecked.len(), 1, "{report:#}");
+    assert!(
+        unchecked[0].as_str().unwrap().contains("not checked"),
+        "{report:#}"
+    );
+}

@@ -1,7 +1,7 @@
 //! Listing, removing, pruning and verifying cache entries.
 
 use std::collections::{BTreeMap, HashSet};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::lock::Mode;
@@ -9,7 +9,9 @@ use super::store::disk_usage;
 use super::{now, read_record, remove_path, tree, Cache, RefRecord, TreeRecord};
 use crate::digest::Digest;
 use crate::error::{Error, Result};
+use crate::extract::PathFilter;
 use crate::manifest::{self, MAX_JSON_BYTES};
+use crate::source::ImageSource;
 
 /// One extracted tree of a cached image.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -97,6 +99,9 @@ pub struct VerifyReport {
     /// Each problem found; the damaged entry was removed, so the next pull
     /// fetches it again.
     pub problems: Vec<String>,
+    /// Trees whose contents could not be checked, and why (their source is
+    /// gone and their layers are not cached: only their metadata was checked).
+    pub unchecked: Vec<String>,
 }
 
 impl Cache {
@@ -287,9 +292,15 @@ impl Cache {
         Ok(())
     }
 
-    /// Hashes every blob and every tree of the cached references (all, or those
-    /// named), removing what is damaged so the next pull fetches it again.
-    pub async fn verify(&self, names: Option<&[String]>) -> Result<VerifyReport> {
+    /// Hashes every blob of the cached references (all, or those named) and
+    /// checks every tree byte by byte against a fresh extraction of its image
+    /// (from the cached blobs, or from the source `open` returns for a reference's
+    /// source spec), removing what is damaged so the next pull fetches it again.
+    pub async fn verify(
+        &self,
+        names: Option<&[String]>,
+        open: &(dyn Fn(&str) -> Option<Box<dyn ImageSource>> + Sync),
+    ) -> Result<VerifyReport> {
         let _lock = self.lock("cache.lock", Mode::Exclusive).await?;
         let mut report = VerifyReport::default();
         let trees = self.tree_records();
@@ -300,13 +311,19 @@ impl Cache {
                 continue;
             }
             report.images += 1;
-            refs.entry(r.manifest_digest.clone())
-                .or_insert_with(|| r.image.clone().unwrap_or_else(|| format!("({})", r.source)));
+            refs.entry(r.manifest_digest.clone()).or_insert_with(|| {
+                let shown = r
+                    .image
+                    .clone()
+                    .or(r.name.clone())
+                    .unwrap_or_else(|| format!("({})", r.source));
+                (shown, r)
+            });
         }
         if let (Some(n), true) = (names, refs.is_empty()) {
             return Err(Error::UnknownCached(n.first().cloned().unwrap_or_default()));
         }
-        for (manifest_digest, shown) in &refs {
+        for (manifest_digest, (shown, record)) in &refs {
             for (d, size) in self.image_blobs(manifest_digest) {
                 if !seen.insert(d.clone()) || !self.blobs.path(&d).exists() {
                     continue;
@@ -330,19 +347,15 @@ impl Cache {
             {
                 report.trees += 1;
                 let dir = path.with_extension("");
-                let walk = dir.clone();
-                let found = tokio::task::spawn_blocking(move || tree::fingerprint(&walk, true))
-                    .await
-                    .map_err(|e| Error::Join(e.to_string()))?;
-                let why = match found {
-                    Ok(f) if f.meta != t.fingerprint.meta => {
-                        Some("files were added, removed or changed".to_owned())
+                let why = match self.check_tree(&dir, t, record, shown, open).await? {
+                    Ok(why) => why,
+                    Err(unchecked) => {
+                        report.unchecked.push(format!(
+                            "{shown}: contents of {} not checked: {unchecked}",
+                            dir.display()
+                        ));
+                        None
                     }
-                    Ok(f) if f.content != t.fingerprint.content => {
-                        Some("file contents were changed".to_owned())
-                    }
-                    Ok(_) => None,
-                    Err(e) => Some(crate::error::chain(&e)),
                 };
                 if let Some(why) = why {
                     remove_path(path)?;
@@ -357,5 +370,59 @@ impl Cache {
             }
         }
         Ok(report)
+    }
+
+    /// Why the tree at `dir` is damaged (`Ok(None)`: it is not), or why its
+    /// contents could not be checked.
+    async fn check_tree(
+        &self,
+        dir: &Path,
+        t: &TreeRecord,
+        record: &RefRecord,
+        shown: &str,
+        open: &(dyn Fn(&str) -> Option<Box<dyn ImageSource>> + Sync),
+    ) -> Result<std::result::Result<Option<String>, String>> {
+        let walk = dir.to_path_buf();
+        let found = tokio::task::spawn_blocking(move || tree::fingerprint(&walk, true))
+            .await
+            .map_err(|e| Error::Join(e.to_string()))?;
+        let found = match found {
+            Ok(f) if f.meta != t.fingerprint.meta => {
+                return Ok(Ok(Some("files were added, removed or changed".to_owned())))
+            }
+            Ok(f) => f,
+            Err(e) => return Ok(Ok(Some(crate::error::chain(&e)))),
+        };
+        let Some(image) = self.load(record, shown) else {
+            return Ok(Err("its manifest is not cached".to_owned()));
+        };
+        let filter = if t.paths.iter().any(|p| p == "/") {
+            PathFilter::default()
+        } else {
+            PathFilter::new(&t.paths).map_err(|e| Error::Join(e.to_string()))?
+        };
+        let scratch = tempfile::Builder::new()
+            .prefix(".verify-")
+            .tempdir_in(&self.trees)
+            .map_err(Error::io("create a temporary directory in", &self.trees))?;
+        let again = scratch.path().join("tree");
+        let source = open(&record.source);
+        if let Err(e) = self
+            .extract_again(source.as_deref(), &image, &filter, &again)
+            .await
+        {
+            return Ok(Err(crate::error::chain(&e)));
+        }
+        let fresh = tokio::task::spawn_blocking(move || tree::fingerprint(&again, true))
+            .await
+            .map_err(|e| Error::Join(e.to_string()))??;
+        let _ = super::remove_tree(scratch.path());
+        Ok(Ok(if fresh.meta != found.meta {
+            Some("it differs from a fresh extraction of its image".to_owned())
+        } else if fresh.content != found.content {
+            Some("file contents were changed".to_owned())
+        } else {
+            None
+        }))
     }
 }

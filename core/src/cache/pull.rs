@@ -242,7 +242,7 @@ impl Cache {
     }
 
     /// The image a reference record names, from the stored manifest and config.
-    fn load(&self, r: &RefRecord, shown: &str) -> Option<ResolvedImage> {
+    pub(super) fn load(&self, r: &RefRecord, shown: &str) -> Option<ResolvedImage> {
         let manifest_digest = Digest::parse(&r.manifest_digest).ok()?;
         let root_digest = Digest::parse(&r.root_digest).ok()?;
         let manifest = self.blobs.read_verified(&manifest_digest, MAX_JSON_BYTES)?;
@@ -399,6 +399,42 @@ impl Cache {
         Ok((dir, record, Some(fetched)))
     }
 
+    /// Extracts `image` with `filter` into `target` from the cached blobs, reading
+    /// missing ones from `source` when there is one (for `verify`).
+    pub(super) async fn extract_again(
+        &self,
+        source: Option<&dyn ImageSource>,
+        image: &ResolvedImage,
+        filter: &PathFilter,
+        target: &Path,
+    ) -> Result<()> {
+        let none = NoSource;
+        let store_first = StoreFirst {
+            inner: source.unwrap_or(&none),
+            store: self.blobs.clone(),
+            offline: source.is_none(),
+            name: image.name.clone(),
+            image: Some(image.name.clone()),
+            prepared: tokio::sync::OnceCell::new(),
+            fetched: AtomicUsize::new(0),
+            fetched_bytes: AtomicU64::new(0),
+            from_store: Mutex::new(HashSet::new()),
+        };
+        let options = ExtractOptions {
+            filter: filter.clone(),
+            ..Default::default()
+        };
+        extract::extract_image(
+            &store_first,
+            image,
+            target,
+            &options,
+            Arc::new(crate::progress::Silent),
+        )
+        .await?;
+        Ok(())
+    }
+
     /// Fingerprints a finished tree and writes its listing, then its record (the
     /// record last: it is what makes the tree count as complete).
     async fn finish_tree(
@@ -411,7 +447,7 @@ impl Cache {
         listings: Listings,
     ) -> Result<TreeRecord> {
         let walk_dir = dir.to_path_buf();
-        let fingerprint = tokio::task::spawn_blocking(move || tree::fingerprint(&walk_dir, true))
+        let fingerprint = tokio::task::spawn_blocking(move || tree::fingerprint(&walk_dir, false))
             .await
             .map_err(|e| Error::Join(e.to_string()))??;
         if listings.len() == image.layers.len() {
@@ -726,4 +762,26 @@ struct ListingRecord {
     layers: Vec<String>,
     /// Each layer's entries.
     listings: Listings,
+}
+
+/// No source at all: every blob must come from the store.
+struct NoSource;
+
+impl ImageSource for NoSource {
+    fn describe(&self) -> String {
+        "the cache".to_owned()
+    }
+
+    fn root<'a>(&'a self, _: Option<&'a str>) -> BoxFuture<'a, Result<Document>> {
+        Box::pin(async { Err(Error::source("the image's source is not available")) })
+    }
+
+    fn open_blob<'a>(&'a self, d: &'a Descriptor) -> BoxFuture<'a, Result<BlobReader>> {
+        Box::pin(async move {
+            Err(Error::NotCached {
+                what: format!("blob {}", d.digest()),
+                why: "the image's source is not available".to_owned(),
+            })
+        })
+    }
 }
