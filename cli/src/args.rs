@@ -31,6 +31,27 @@ pub enum Command {
     /// Manage the builder cache: pull builders once, reuse them offline.
     #[command(subcommand)]
     Builder(BuilderCommand),
+    /// Image-source plugins: shared libraries that add `--source` schemes.
+    #[command(subcommand)]
+    Plugin(PluginCommand),
+}
+
+/// `locald plugin ...`
+#[derive(Debug, Subcommand)]
+#[command(
+    after_help = "Plugins are *.so files in $XDG_DATA_HOME/locald/plugins (default\n~/.local/share/locald/plugins) and in the directories of LOCALD_PLUGIN_PATH\n(colon-separated). Each adds the schemes it serves to --source, e.g.\n--source oci-archive:./image.tar. Libraries that are not plugins, were built for\nanother ABI version or fail to start are ignored with a warning."
+)]
+pub enum PluginCommand {
+    /// List plugins: name, version, schemes, path; and the ones refused, with why.
+    Ls(PluginLsArgs),
+}
+
+/// `locald plugin ls`
+#[derive(Debug, Args)]
+pub struct PluginLsArgs {
+    /// Print JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `locald builder ...`
@@ -177,7 +198,8 @@ pub struct SourceArgs {
     /// reference names, e.g. docker.io), `oci-layout:DIR` (an OCI image layout
     /// directory) or `docker-archive:FILE` (a `docker save` / `podman save` /
     /// skopeo tarball, read in place; `docker-archive:-` reads standard input,
-    /// which is first copied to a temporary file).
+    /// which is first copied to a temporary file), or a scheme a plugin adds
+    /// (`locald plugin ls`).
     #[arg(long, value_name = "SPEC")]
     pub source: Option<String>,
     /// The platform to select from a multi-platform image, OS/ARCH[/VARIANT].

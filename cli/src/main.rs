@@ -12,7 +12,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use args::{BuilderCommand, Cli, Command, ImageCommand};
+use args::{BuilderCommand, Cli, Command, ImageCommand, PluginCommand};
 
 /// Exit codes, in one place.
 #[derive(Debug, Clone, Copy)]
@@ -129,6 +129,7 @@ async fn run(cli: Cli, cancel: locald_core::cancel::Cancel) -> anyhow::Result<()
                 commands::image::extract(a, cli.quiet, cancel.clone()).await
             }
             Command::Image(ImageCommand::Inspect(a)) => commands::image::inspect(a).await,
+            Command::Plugin(PluginCommand::Ls(a)) => commands::plugin::ls(a),
             Command::Builder(c) => {
                 use commands::builder;
                 match c {

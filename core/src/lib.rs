@@ -8,6 +8,8 @@
 //!   [`source::resolve`], which verifies every document a source returns;
 //! - [`cache`]: the content-addressed builder cache (blobs, extracted trees,
 //!   reference records) shared by concurrent processes under file locks;
+//! - [`plugin_host`]: loads third-party sources (shared libraries speaking the
+//!   `locald-plugin` C ABI) and registers their schemes;
 //! - [`extract`]: the streaming, confined layer applier with OCI whiteout semantics
 //!   and atomic publish. The `tar` crate only reads entries here: its own `unpack`
 //!   applies no whiteouts and resolves paths against the host;
@@ -28,6 +30,7 @@ pub mod error;
 pub mod extract;
 pub mod manifest;
 pub mod platform;
+pub mod plugin_host;
 pub mod progress;
 pub mod reference;
 pub mod source;

@@ -48,6 +48,18 @@ pub trait ImageSource: Send + Sync {
     /// `None` asks for the only image the source holds.
     fn root<'a>(&'a self, image: Option<&'a str>) -> BoxFuture<'a, Result<Document>>;
 
+    /// [`ImageSource::root`] for a platform, for sources that select the platform
+    /// themselves (plugins resolve an image for a platform in one call). The
+    /// core always calls this one.
+    fn root_for<'a>(
+        &'a self,
+        image: Option<&'a str>,
+        platform: &'a Platform,
+    ) -> BoxFuture<'a, Result<Document>> {
+        let _ = platform;
+        self.root(image)
+    }
+
     /// Opens a blob (layer, config, nested manifest) as a byte stream. The core
     /// verifies size and digest; the source need not.
     fn open_blob<'a>(&'a self, descriptor: &'a Descriptor) -> BoxFuture<'a, Result<BlobReader>>;
@@ -203,7 +215,7 @@ pub async fn resolve(
     platform: &Platform,
     explicit_platform: bool,
 ) -> Result<ResolvedImage> {
-    let root = source.root(image).await?;
+    let root = source.root_for(image, platform).await?;
     let name = image
         .map(str::to_owned)
         .or(root.name.clone())

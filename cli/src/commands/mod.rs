@@ -2,18 +2,34 @@
 
 pub mod builder;
 pub mod image;
+pub mod plugin;
 
 use anyhow::Context;
 
 use crate::args::RegistryArgs;
+use locald_core::plugin_host;
 use locald_core::source::{ImageSource, SchemeRegistry, SourceSpec};
 use locald_core::Platform;
 
 /// The scheme registry with every built-in source.
 pub fn schemes(registry: &RegistryArgs) -> anyhow::Result<SchemeRegistry> {
     let mut r = SchemeRegistry::new();
-    locald_source_oci_layout::register(&mut r)?;
-    locald_source_docker_archive::register(&mut r)?;
+    builtin_schemes(&mut r, registry)?;
+    let report = plugin_host::load_plugins(&mut r, &plugin_host::plugin_dirs());
+    for p in &report.refused {
+        tracing::warn!(
+            "ignoring plugin {}: {} (`locald plugin ls` lists plugins)",
+            p.path.display(),
+            p.reason
+        );
+    }
+    Ok(r)
+}
+
+/// Registers the built-in sources.
+pub fn builtin_schemes(r: &mut SchemeRegistry, registry: &RegistryArgs) -> anyhow::Result<()> {
+    locald_source_oci_layout::register(r)?;
+    locald_source_docker_archive::register(r)?;
     let credential = registry
         .creds
         .as_deref()
@@ -31,7 +47,7 @@ pub fn schemes(registry: &RegistryArgs) -> anyhow::Result<SchemeRegistry> {
         locald_source_registry::SCHEME,
         Box::new(locald_source_registry::Factory::new(options)),
     )?;
-    Ok(r)
+    Ok(())
 }
 
 /// Opens the source `--source` names (the registry when absent). With

@@ -1,0 +1,74 @@
+//! `locald plugin ls`.
+
+use locald_core::plugin_host::{self, PluginReport};
+use locald_core::source::SchemeRegistry;
+
+use crate::args::{PluginLsArgs, RegistryArgs};
+
+/// `locald plugin ls`
+pub fn ls(args: PluginLsArgs) -> anyhow::Result<()> {
+    // Built-in schemes first, so a plugin claiming one is reported as refused.
+    let mut registry = SchemeRegistry::new();
+    super::builtin_schemes(&mut registry, &RegistryArgs::default())?;
+    let dirs = plugin_host::plugin_dirs();
+    let report: PluginReport = plugin_host::load_plugins(&mut registry, &dirs);
+    if args.json {
+        let out = serde_json::json!({
+            "directories": dirs,
+            "loaded": report.loaded,
+            "refused": report.refused,
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+    if report.loaded.is_empty() && report.refused.is_empty() {
+        eprintln!(
+            "No plugins. Plugins are *.so files in: {}",
+            dirs.iter()
+                .map(|d| d.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        return Ok(());
+    }
+    let w = report
+        .loaded
+        .iter()
+        .map(|p| p.name.len())
+        .max()
+        .unwrap_or(0)
+        .max(4);
+    let v = report
+        .loaded
+        .iter()
+        .map(|p| p.version.len())
+        .max()
+        .unwrap_or(0)
+        .max(7);
+    let sw = report
+        .loaded
+        .iter()
+        .map(|p| p.schemes.join(",").len())
+        .max()
+        .unwrap_or(0)
+        .max(7);
+    if !report.loaded.is_empty() {
+        println!(
+            "{:<w$}  {:<v$}  {:<sw$}  PATH",
+            "NAME", "VERSION", "SCHEMES"
+        );
+    }
+    for p in &report.loaded {
+        println!(
+            "{:<w$}  {:<v$}  {:<sw$}  {}",
+            p.name,
+            p.version,
+            p.schemes.join(","),
+            p.path.display()
+        );
+    }
+    for p in &report.refused {
+        println!("refused {}: {}", p.path.display(), p.reason);
+    }
+    Ok(())
+}

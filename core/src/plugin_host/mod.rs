@@ -1,0 +1,423 @@
+//! The plugin host: finds plugin libraries, loads them, and registers the schemes
+//! they serve as image sources.
+//!
+//! Plugins live in `$XDG_DATA_HOME/locald/plugins` (default
+//! `~/.local/share/locald/plugins`) and in the directories of `LOCALD_PLUGIN_PATH`
+//! (colon-separated), as `*.so` files. A library that is not a plugin, was built
+//! for another ABI version, whose entry point fails or whose scheme is taken is
+//! refused with a reason; `locald` keeps working without it. Plugin calls run on
+//! the blocking pool, and what a plugin returns goes through the same digest and
+//! size checks as every source (see [`crate::source::resolve`]).
+
+mod ffi;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use oci_spec::image::Descriptor;
+use tokio::io::AsyncRead;
+
+use crate::digest::Digest;
+use crate::error::{Error, Result};
+use crate::manifest::MAX_JSON_BYTES;
+use crate::platform::Platform;
+use crate::source::{BlobReader, BoxFuture, Document, ImageSource, SchemeRegistry, SourceFactory};
+
+/// The environment variable with extra plugin directories.
+pub const PLUGIN_PATH_ENV: &str = "LOCALD_PLUGIN_PATH";
+
+/// A plugin that was loaded.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LoadedPlugin {
+    /// The library.
+    pub path: PathBuf,
+    /// Its name.
+    pub name: String,
+    /// Its version.
+    pub version: String,
+    /// The schemes it serves.
+    pub schemes: Vec<String>,
+}
+
+/// A library that was refused, and why.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RefusedPlugin {
+    /// The library.
+    pub path: PathBuf,
+    /// Why it was refused.
+    pub reason: String,
+}
+
+/// What [`load_plugins`] found.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct PluginReport {
+    /// Loaded and registered.
+    pub loaded: Vec<LoadedPlugin>,
+    /// Refused.
+    pub refused: Vec<RefusedPlugin>,
+}
+
+/// The plugin directories: `$XDG_DATA_HOME/locald/plugins` (when the data
+/// directory is known), then each directory of `LOCALD_PLUGIN_PATH`.
+pub fn plugin_dirs() -> Vec<PathBuf> {
+    let mut dirs = Vec::new();
+    if let Ok(root) = crate::cache::Cache::default_root() {
+        dirs.push(root.join("plugins"));
+    }
+    if let Some(extra) = std::env::var_os(PLUGIN_PATH_ENV) {
+        dirs.extend(std::env::split_paths(&extra).filter(|p| !p.as_os_str().is_empty()));
+    }
+    dirs
+}
+
+/// The `*.so` files in `dirs`, each directory's sorted by name; missing
+/// directories are skipped.
+pub fn discover(dirs: &[PathBuf]) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for d in dirs {
+        let mut found: Vec<PathBuf> = std::fs::read_dir(d)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "so") && p.is_file())
+            .collect();
+        found.sort();
+        out.extend(found);
+    }
+    out
+}
+
+/// Loads every plugin in `dirs` and registers its schemes in `registry`.
+pub fn load_plugins(registry: &mut SchemeRegistry, dirs: &[PathBuf]) -> PluginReport {
+    let mut report = PluginReport::default();
+    for path in discover(dirs) {
+        match load_one(registry, &path) {
+            Ok(p) => report.loaded.push(p),
+            Err(reason) => report.refused.push(RefusedPlugin { path, reason }),
+        }
+    }
+    report
+}
+
+fn load_one(
+    registry: &mut SchemeRegistry,
+    path: &Path,
+) -> std::result::Result<LoadedPlugin, String> {
+    let lib = Arc::new(ffi::Library::load(path)?);
+    let (name, version, schemes) = lib.describe()?;
+    if schemes.is_empty() {
+        return Err("the plugin serves no scheme".to_owned());
+    }
+    for s in &schemes {
+        let valid = crate::source::SourceSpec::parse(&format!("{s}:x")).scheme == *s;
+        if !valid {
+            return Err(format!(
+                "the plugin's scheme {s:?} is not a valid scheme name"
+            ));
+        }
+    }
+    let plugin = LoadedPlugin {
+        path: path.to_path_buf(),
+        name,
+        version,
+        schemes: schemes.clone(),
+    };
+    // All or nothing: check every scheme before registering any.
+    let taken: Vec<String> = registry.schemes();
+    if let Some(s) = schemes.iter().find(|s| taken.contains(s)) {
+        let e = registry
+            .register(
+                s,
+                Box::new(PluginFactory {
+                    lib: lib.clone(),
+                    plugin: plugin.clone(),
+                    scheme: s.clone(),
+                }),
+            )
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        return Err(e);
+    }
+    for s in &schemes {
+        registry
+            .register(
+                s,
+                Box::new(PluginFactory {
+                    lib: lib.clone(),
+                    plugin: plugin.clone(),
+                    scheme: s.clone(),
+                }),
+            )
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(plugin)
+}
+
+/// Opens sources of one plugin scheme.
+struct PluginFactory {
+    lib: Arc<ffi::Library>,
+    plugin: LoadedPlugin,
+    scheme: String,
+}
+
+impl SourceFactory for PluginFactory {
+    fn provider(&self) -> String {
+        format!(
+            "plugin {} ({})",
+            self.plugin.name,
+            self.plugin.path.display()
+        )
+    }
+
+    fn open(&self, location: &str) -> Result<Box<dyn ImageSource>> {
+        let source = ffi::Source::open(self.lib.clone(), location).map_err(|e| self.error(e))?;
+        Ok(Box::new(PluginSource {
+            inner: Arc::new(Mutex::new(source)),
+            describe: format!("{}:{location}", self.scheme),
+            plugin: self.plugin.name.clone(),
+            resolved: Mutex::new(None),
+            platform: Mutex::new(None),
+        }))
+    }
+}
+
+impl PluginFactory {
+    fn error(&self, e: ffi::CallError) -> Error {
+        Error::source(PluginError {
+            plugin: self.plugin.name.clone(),
+            call: e,
+        })
+    }
+}
+
+/// A plugin's failure, naming the plugin.
+#[derive(Debug)]
+pub struct PluginError {
+    /// The plugin's name.
+    pub plugin: String,
+    call: ffi::CallError,
+}
+
+impl std::fmt::Display for PluginError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "plugin {}: {}", self.plugin, self.call)
+    }
+}
+
+impl std::error::Error for PluginError {}
+
+/// One open location of a plugin, as an [`ImageSource`].
+struct PluginSource {
+    inner: Arc<Mutex<ffi::Source>>,
+    describe: String,
+    plugin: String,
+    /// The last resolve: its config is served by `fetch_manifest`.
+    resolved: Mutex<Option<ffi::ResolvedCopy>>,
+    /// The platform of the last `root_for` (for `current_digest`).
+    platform: Mutex<Option<Platform>>,
+}
+
+impl PluginSource {
+    fn error(&self, call: ffi::CallError) -> Error {
+        Error::source(PluginError {
+            plugin: self.plugin.clone(),
+            call,
+        })
+    }
+
+    async fn resolve(&self, image: Option<&str>, platform: &Platform) -> Result<ffi::ResolvedCopy> {
+        let inner = self.inner.clone();
+        let image = image.map(str::to_owned);
+        let platform = platform.to_string();
+        let r = tokio::task::spawn_blocking(move || {
+            let mut s = inner.lock().map_err(|_| ffi::CallError {
+                status: locald_plugin::Status::Error,
+                op: "resolve".into(),
+                message: "an earlier call panicked".into(),
+            })?;
+            s.resolve(image.as_deref(), &platform, MAX_JSON_BYTES as usize)
+        })
+        .await
+        .map_err(|e| Error::Join(e.to_string()))?
+        .map_err(|e| self.error(e))?;
+        tracing::debug!(
+            "plugin {} resolved {} to manifest {} (top-level document {})",
+            self.plugin,
+            if r.name.is_empty() {
+                "the image"
+            } else {
+                &r.name
+            },
+            r.manifest_digest,
+            r.root_digest
+        );
+        if let Ok(mut g) = self.resolved.lock() {
+            *g = Some(r.clone());
+        }
+        Ok(r)
+    }
+
+    fn blob(&self, descriptor: &Descriptor) -> Result<ffi::Blob> {
+        let mut s = self
+            .inner
+            .lock()
+            .map_err(|_| Error::source("the plugin source is unusable after a panic"))?;
+        s.open_blob(descriptor.digest().as_ref(), descriptor.size())
+            .map_err(|e| self.error(e))
+    }
+}
+
+impl ImageSource for PluginSource {
+    fn describe(&self) -> String {
+        self.describe.clone()
+    }
+
+    fn root<'a>(&'a self, image: Option<&'a str>) -> BoxFuture<'a, Result<Document>> {
+        Box::pin(async move { self.root_for(image, &Platform::host()).await })
+    }
+
+    fn root_for<'a>(
+        &'a self,
+        image: Option<&'a str>,
+        platform: &'a Platform,
+    ) -> BoxFuture<'a, Result<Document>> {
+        Box::pin(async move {
+            if let Ok(mut g) = self.platform.lock() {
+                *g = Some(platform.clone());
+            }
+            let r = self.resolve(image, platform).await?;
+            let digest = Digest::parse(&r.manifest_digest).map_err(|source| Error::BadDigest {
+                what: format!("manifest digest from plugin {}", self.plugin),
+                source,
+            })?;
+            Ok(Document {
+                bytes: r.manifest,
+                media_type: None,
+                digest: Some(digest),
+                name: (!r.name.is_empty()).then_some(r.name),
+            })
+        })
+    }
+
+    fn fetch_manifest<'a>(&'a self, descriptor: &'a Descriptor) -> BoxFuture<'a, Result<Vec<u8>>> {
+        Box::pin(async move {
+            // The config came with the resolve; the core checks it against the
+            // manifest's descriptor.
+            let cached = self
+                .resolved
+                .lock()
+                .ok()
+                .and_then(|g| g.as_ref().map(|r| r.config.clone()));
+            match cached {
+                Some(c) => Ok(c),
+                None => Err(Error::source(format!(
+                    "plugin {}: {} was asked for before the image was resolved",
+                    self.plugin,
+                    descriptor.digest()
+                ))),
+            }
+        })
+    }
+
+    fn open_blob_blocking(
+        &self,
+        descriptor: &Descriptor,
+    ) -> Option<Result<Box<dyn std::io::Read + Send>>> {
+        Some(
+            self.blob(descriptor)
+                .map(|b| Box::new(b) as Box<dyn std::io::Read + Send>),
+        )
+    }
+
+    fn open_blob<'a>(&'a self, descriptor: &'a Descriptor) -> BoxFuture<'a, Result<BlobReader>> {
+        Box::pin(async move {
+            let inner = self.inner.clone();
+            let digest = descriptor.digest().to_string();
+            let size = descriptor.size();
+            let plugin = self.plugin.clone();
+            let blob = tokio::task::spawn_blocking(move || {
+                inner
+                    .lock()
+                    .map_err(|_| Error::source("the plugin source is unusable after a panic"))?
+                    .open_blob(&digest, size)
+                    .map_err(|call| Error::source(PluginError { plugin, call }))
+            })
+            .await
+            .map_err(|e| Error::Join(e.to_string()))??;
+            Ok(Box::pin(BlockingReader::spawn(blob)) as BlobReader)
+        })
+    }
+
+    fn current_digest<'a>(&'a self, image: Option<&'a str>) -> BoxFuture<'a, Result<Digest>> {
+        Box::pin(async move {
+            let platform = self
+                .platform
+                .lock()
+                .ok()
+                .and_then(|g| g.clone())
+                .unwrap_or_else(Platform::host);
+            let r = self.resolve(image, &platform).await?;
+            Digest::parse(&r.manifest_digest).map_err(|source| Error::BadDigest {
+                what: format!("manifest digest from plugin {}", self.plugin),
+                source,
+            })
+        })
+    }
+}
+
+/// An async reader over a blocking one: a blocking task reads chunks into a
+/// bounded channel.
+struct BlockingReader {
+    rx: tokio::sync::mpsc::Receiver<std::io::Result<bytes::Bytes>>,
+    chunk: bytes::Bytes,
+}
+
+impl BlockingReader {
+    fn spawn(mut r: impl std::io::Read + Send + 'static) -> BlockingReader {
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        tokio::task::spawn_blocking(move || loop {
+            let mut buf = vec![0u8; 64 * 1024];
+            match r.read(&mut buf) {
+                Ok(0) => return,
+                Ok(n) => {
+                    buf.truncate(n);
+                    if tx.blocking_send(Ok(buf.into())).is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    let _ = tx.blocking_send(Err(e));
+                    return;
+                }
+            }
+        });
+        BlockingReader {
+            rx,
+            chunk: bytes::Bytes::new(),
+        }
+    }
+}
+
+impl AsyncRead for BlockingReader {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        use std::task::Poll;
+        while self.chunk.is_empty() {
+            match self.rx.poll_recv(cx) {
+                Poll::Ready(Some(Ok(c))) => self.chunk = c,
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(e)),
+                Poll::Ready(None) => return Poll::Ready(Ok(())),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        let n = buf.remaining().min(self.chunk.len());
+        let part = self.chunk.split_to(n);
+        buf.put_slice(&part);
+        Poll::Ready(Ok(()))
+    }
+}
