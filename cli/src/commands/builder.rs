@@ -168,14 +168,18 @@ pub async fn pull(args: BuilderPullArgs, quiet: bool, cancel: Cancel) -> anyhow:
 
 /// `locald builder ls`
 pub async fn ls(args: BuilderLsArgs) -> anyhow::Result<()> {
-    let cache = cache()?;
-    let images = cache.list()?;
+    // Listing only reads: a read-only or absent cache is fine.
+    let root = Cache::default_root()?;
+    let images = match Cache::open_existing(&root)? {
+        Some(cache) => cache.list()?,
+        None => Vec::new(),
+    };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&images)?);
         return Ok(());
     }
     if images.is_empty() {
-        eprintln!("No builders cached in {}", cache.root().display());
+        eprintln!("No builders cached in {}", root.display());
         return Ok(());
     }
     let rows: Vec<[String; 7]> = images

@@ -135,6 +135,34 @@ impl Cache {
         })
     }
 
+    /// The cache at `root` as it is, for commands that only read it (`ls`): no
+    /// directory is created and a read-only cache is fine. `None` when there is
+    /// no cache there yet.
+    pub fn open_existing(root: &Path) -> Result<Option<Cache>> {
+        let unusable = |source| Error::CacheUnusable {
+            path: root.to_path_buf(),
+            source,
+        };
+        match std::fs::metadata(root) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => {
+                return Err(unusable(std::io::Error::from(
+                    std::io::ErrorKind::NotADirectory,
+                )))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(unusable(e)),
+        }
+        let locks = root.join("locks");
+        Ok(Some(Cache {
+            root: root.to_path_buf(),
+            blobs: Arc::new(BlobStore::at(root.join("blobs"), locks.clone())),
+            trees: root.join("trees"),
+            refs: root.join("refs"),
+            locks,
+        }))
+    }
+
     /// The cache directory.
     pub fn root(&self) -> &Path {
         &self.root

@@ -25,9 +25,15 @@ pub struct BlobStore {
 impl BlobStore {
     /// The store in `dir` (`<cache>/blobs`), locking in `locks`; creates its folders.
     pub fn open(dir: PathBuf, locks: PathBuf) -> Result<BlobStore> {
+        let store = Self::at(dir, locks);
+        std::fs::create_dir_all(&store.tmp).map_err(Error::io("create directory", &store.tmp))?;
+        Ok(store)
+    }
+
+    /// The store in `dir`, as it is (for reading only).
+    pub fn at(dir: PathBuf, locks: PathBuf) -> BlobStore {
         let tmp = dir.join("tmp");
-        std::fs::create_dir_all(&tmp).map_err(Error::io("create directory", &tmp))?;
-        Ok(BlobStore { dir, tmp, locks })
+        BlobStore { dir, tmp, locks }
     }
 
     /// Where `digest` lives (whether or not it is there).
