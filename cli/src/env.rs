@@ -12,3 +12,5 @@ pub const LOCALD_INSECURE_REGISTRIES: &str = "LOCALD_INSECURE_REGISTRIES";
 pub const LOCALD_PULL: &str = "LOCALD_PULL";
 /// The default of `--pull-interval`.
 pub const LOCALD_PULL_INTERVAL: &str = "LOCALD_PULL_INTERVAL";
+/// Extra plugin directories, colon-separated (read by the core's plugin host).
+pub const LOCALD_PLUGIN_PATH: &str = locald_core::plugin_host::PLUGIN_PATH_ENV;

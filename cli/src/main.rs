@@ -214,7 +214,7 @@ fn hint(e: &anyhow::Error) -> Option<String> {
                 }
                 E::PlatformMismatch { .. } => "omit --platform or pick the image's platform",
                 E::DigestMismatch { .. } | E::SizeMismatch { .. } => {
-                    "the image source is corrupt; fetch or save the image again"
+                    "the image source is corrupt (or, for a plugin's scheme, the plugin is faulty); fetch or save the image again"
                 }
                 E::UnknownScheme { .. } => "use --source oci-layout:DIR",
                 E::CacheUnusable { .. } => {

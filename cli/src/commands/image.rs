@@ -45,8 +45,9 @@ pub async fn extract(args: ExtractArgs, quiet: bool, cancel: Cancel) -> anyhow::
         .await
         .with_context(|| {
             format!(
-                "could not extract {} into {}",
+                "could not extract {} from {} into {}",
                 image.name,
+                src.describe(),
                 args.to.display()
             )
         })?;

@@ -23,11 +23,12 @@ pub fn ls(args: PluginLsArgs) -> anyhow::Result<()> {
     }
     if report.loaded.is_empty() && report.refused.is_empty() {
         eprintln!(
-            "No plugins. Plugins are *.so files in: {}",
+            "No plugins. Plugins are *.so files in: {} (more directories: {})",
             dirs.iter()
                 .map(|d| d.display().to_string())
                 .collect::<Vec<_>>()
-                .join(", ")
+                .join(", "),
+            crate::env::LOCALD_PLUGIN_PATH
         );
         return Ok(());
     }

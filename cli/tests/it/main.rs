@@ -7,6 +7,7 @@ use std::process::{Command, Output};
 use locald_tests::fixture::{Compression, Entry, ImageSpec, IndexSpec, Layer, LayoutBuilder};
 mod builder_cache;
 mod builder_local;
+mod plugins;
 
 fn locald(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_locald"))

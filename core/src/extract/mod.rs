@@ -8,6 +8,7 @@
 pub mod apply;
 pub mod path;
 pub mod stream;
+mod writers;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};

@@ -152,12 +152,23 @@ pub struct CallError {
 impl std::fmt::Display for CallError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self.status {
-            Status::Panic => write!(f, "the plugin panicked in {}: {}", self.op, self.message),
-            Status::NotFound => write!(f, "{}", self.message),
+            Status::Panic => {
+                // The plugin side may already say where it panicked.
+                let m = self
+                    .message
+                    .strip_prefix(&format!("{} panicked: ", self.op))
+                    .unwrap_or(&self.message);
+                write!(f, "the plugin panicked in {}: {m}", self.op)
+            }
+            Status::NotFound | Status::Error => write!(f, "{}", self.message),
             Status::InvalidArgument => {
                 write!(f, "{} was refused as invalid: {}", self.op, self.message)
             }
-            _ => write!(f, "{}", self.message),
+            s => write!(
+                f,
+                "{} returned the unknown status code {}: {}",
+                self.op, s.0, self.message
+            ),
         }
     }
 }
@@ -168,6 +179,8 @@ impl std::error::Error for CallError {}
 pub struct Source {
     lib: Arc<Library>,
     handle: SourceHandle,
+    /// The plugin's name, for messages.
+    plugin: Arc<str>,
 }
 
 // SAFETY: the handle is only used through `&mut self` (callers hold it in a
@@ -208,7 +221,7 @@ fn buf_copy(b: &Buf, limit: usize, what: &str) -> Result<Vec<u8>, String> {
 
 impl Source {
     /// Opens `location` with the plugin.
-    pub fn open(lib: Arc<Library>, location: &str) -> Result<Source, CallError> {
+    pub fn open(lib: Arc<Library>, plugin: &str, location: &str) -> Result<Source, CallError> {
         let mut handle: SourceHandle = std::ptr::null_mut();
         // SAFETY: `location` outlives the call; `handle` is a valid out-pointer.
         let status = unsafe { (lib.table.open)(str_of(location), &mut handle) };
@@ -220,7 +233,11 @@ impl Source {
                 message: "the plugin returned no source".into(),
             });
         }
-        Ok(Source { lib, handle })
+        Ok(Source {
+            lib,
+            handle,
+            plugin: plugin.into(),
+        })
     }
 
     /// Resolves `image` for `platform`.
@@ -292,6 +309,7 @@ impl Source {
         Ok(Blob {
             lib: self.lib.clone(),
             handle,
+            plugin: self.plugin.clone(),
         })
     }
 }
@@ -309,6 +327,7 @@ impl Drop for Source {
 pub struct Blob {
     lib: Arc<Library>,
     handle: BlobHandle,
+    plugin: Arc<str>,
 }
 
 // SAFETY: a blob is read by whoever owns it, one thread at a time.
@@ -322,10 +341,11 @@ impl std::io::Read for Blob {
             unsafe { (self.lib.table.read_blob)(self.handle, buf.as_mut_ptr(), buf.len(), &mut n) };
         self.lib
             .check(status, "read_blob")
-            .map_err(std::io::Error::other)?;
+            .map_err(|e| std::io::Error::other(format!("plugin {}: {e}", self.plugin)))?;
         if n > buf.len() {
             return Err(std::io::Error::other(format!(
-                "the plugin claims to have read {n} bytes into a {}-byte buffer",
+                "plugin {}: claims to have read {n} bytes into a {}-byte buffer",
+                self.plugin,
                 buf.len()
             )));
         }

@@ -172,7 +172,8 @@ impl SourceFactory for PluginFactory {
     }
 
     fn open(&self, location: &str) -> Result<Box<dyn ImageSource>> {
-        let source = ffi::Source::open(self.lib.clone(), location).map_err(|e| self.error(e))?;
+        let source = ffi::Source::open(self.lib.clone(), &self.plugin.name, location)
+            .map_err(|e| self.error(e))?;
         Ok(Box::new(PluginSource {
             inner: Arc::new(Mutex::new(source)),
             describe: format!("{}:{location}", self.scheme),
