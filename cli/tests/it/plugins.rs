@@ -26,6 +26,7 @@ use super::Run;
 const OCI_ARCHIVE: &str = "liblocald_source_oci_archive.so";
 const MISBEHAVING: &str = "liblocald_test_plugin_misbehaving.so";
 const NO_ENTRY: &str = "liblocald_test_plugin_no_entry.so";
+const NULL_ENTRY: &str = "liblocald_test_plugin_null_entry.so";
 
 /// A shared library that is not a plugin.
 const NOT_A_PLUGIN: [&str; 3] = [
@@ -71,6 +72,8 @@ fn build_plugins() -> Result<PathBuf, String> {
             "locald-test-plugin-misbehaving",
             "-p",
             "locald-test-plugin-no-entry",
+            "-p",
+            "locald-test-plugin-null-entry",
         ]);
     if profile != "debug" {
         cargo.args(["--profile", profile]);
@@ -574,6 +577,7 @@ fn plugin_ls_lists_loaded_and_refused() {
     let misbehaving = lab.plugins().join(MISBEHAVING);
     let libz = lab.add_file(not_a_plugin(), "libz.so");
     let no_entry = lab.add(NO_ENTRY, NO_ENTRY);
+    let null_entry = lab.add(NULL_ENTRY, NULL_ENTRY);
     // Sorted after the first copy: the second to claim oci-archive.
     let clash = lab.add(OCI_ARCHIVE, "zz-oci-archive-again.so");
     // Not *.so: never looked at.
@@ -602,6 +606,8 @@ fn plugin_ls_lists_loaded_and_refused() {
     assert!(l.contains("not a locald plugin"), "{l}");
     let l = line(&format!("{}:", no_entry.display()));
     assert!(l.contains("no entry point locald_plugin_entry_v1"), "{l}");
+    let l = line(&format!("{}:", null_entry.display()));
+    assert!(l.contains("the entry point failed"), "{l}");
     let l = line(&format!("{}:", clash.display()));
     assert!(
         l.contains("source scheme \"oci-archive\" is registered twice")
@@ -654,8 +660,12 @@ fn plugin_ls_lists_loaded_and_refused() {
             .unwrap()
             .to_owned()
     };
-    assert_eq!(refused.len(), 3, "{v:#}");
+    assert_eq!(refused.len(), 4, "{v:#}");
     assert!(reason(&libz).contains("not a locald plugin"), "{v:#}");
+    assert!(
+        reason(&null_entry).contains("the entry point failed"),
+        "{v:#}"
+    );
     assert!(reason(&no_entry).contains("no entry point"), "{v:#}");
     let clash_reason = reason(&clash);
     assert!(
