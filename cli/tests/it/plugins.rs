@@ -536,7 +536,19 @@ fn oci_archive_from_podman_save() {
         eprintln!("skipped: podman does not work here: {e}");
         return;
     }
-    podman(&["pull", "-q", &format!("oci:{}:builder", layout.display())]).unwrap();
+    // podman cannot pull from a layout under a dot-named temporary directory
+    // (it derives an invalid name from the path): go through a docker archive.
+    let loadable = lab.path("loadable.tar");
+    peers::skopeo_copy(
+        &format!("oci:{}:builder", layout.display()),
+        &format!(
+            "docker-archive:{}:localhost/builder:latest",
+            loadable.display()
+        ),
+        &[],
+    )
+    .unwrap();
+    podman(&["load", "-q", "-i", loadable.to_str().unwrap()]).unwrap();
     let saved = lab.path("saved.tar");
     podman(&[
         "save",
