@@ -18,7 +18,6 @@ use std::path::{Path, PathBuf};
 use tar::EntryType;
 
 use super::path::{self, PathFilter, Relation, Whiteout};
-use super::writers::{Job, Writers, SMALL_FILE};
 use crate::cancel::Cancel;
 use crate::error::{Error, Result};
 
@@ -119,8 +118,6 @@ pub struct Applier {
     /// The current layer's entries, when asked for ([`Applier::with_listing`]);
     /// `None` inside once a path is not UTF-8 (the layer cannot be listed).
     listing: Option<Option<Vec<Listed>>>,
-    /// Threads creating small files (started at the first one).
-    writers: Option<Writers>,
 }
 
 impl Applier {
@@ -136,15 +133,6 @@ impl Applier {
             buf: vec![0; COPY_BUF],
             cancel: Cancel::new(),
             listing: None,
-            writers: None,
-        }
-    }
-
-    /// Waits for every small file queued so far; reports the first that failed.
-    fn drain(&self) -> Result<()> {
-        match &self.writers {
-            Some(w) => w.drain(),
-            None => Ok(()),
         }
     }
 
@@ -224,15 +212,12 @@ impl Applier {
                     },
                 })?;
         }
-        // Every file of the layer is on disk before the layer counts as applied.
-        self.drain()?;
         Ok(archive.into_inner())
     }
 
     /// Sets directory modes and mtimes (last, since writing into a directory changes
     /// its mtime) and returns what was done.
     pub fn finish(self) -> Result<Stats> {
-        self.drain()?;
         // Deepest first, so a read-only parent does not stop us changing its children.
         for (rel, meta) in self.dir_meta.iter().rev() {
             let p = self.root.join(rel);
@@ -391,30 +376,6 @@ impl Applier {
                 let mtime = header.mtime().unwrap_or(0) as i64;
                 self.dir_meta.insert(rel.clone(), DirMeta { mode, mtime });
                 self.stats.dirs += 1;
-            }
-            EntryType::Regular | EntryType::Continuous if entry.size() <= SMALL_FILE => {
-                self.replace(&rel)?;
-                let mut data = Vec::with_capacity(entry.size() as usize);
-                entry.read_to_end(&mut data).map_err(Error::Tar)?;
-                self.stats.bytes += data.len() as u64;
-                let owner = self.owner_of(&rel, &header)?;
-                let xattrs = xattrs
-                    .into_iter()
-                    .filter(|(n, _)| self.xattr_allowed(n))
-                    .collect();
-                let job = Job {
-                    full: full.clone(),
-                    rel: rel.clone(),
-                    data,
-                    owner,
-                    xattrs,
-                    mode: self.mode_of(&header)?,
-                    mtime: header.mtime().unwrap_or(0) as i64,
-                };
-                self.writers
-                    .get_or_insert_with(Writers::start)
-                    .submit(job)?;
-                self.stats.files += 1;
             }
             EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
                 self.replace(&rel)?;
@@ -587,19 +548,10 @@ impl Applier {
     }
 
     fn chown(&self, rel: &Path, h: &tar::Header) -> Result<()> {
-        let Some((uid, gid)) = self.owner_of(rel, h)? else {
-            return Ok(());
-        };
-        let p = self.root.join(rel);
-        std::os::unix::fs::lchown(&p, Some(uid), Some(gid))
-            .map_err(Error::io("change owner of", &p))
-    }
-
-    /// The owner an entry gets: its header's, when privileged; none otherwise.
-    fn owner_of(&self, rel: &Path, h: &tar::Header) -> Result<Option<(u32, u32)>> {
         if !self.privileged {
-            return Ok(None);
+            return Ok(());
         }
+        let p = self.root.join(rel);
         let id = |v: u64, what: &str| {
             u32::try_from(v)
                 .ok()
@@ -611,7 +563,8 @@ impl Applier {
         };
         let uid = id(h.uid().map_err(Error::Tar)?, "uid")?;
         let gid = id(h.gid().map_err(Error::Tar)?, "gid")?;
-        Ok(Some((uid, gid)))
+        std::os::unix::fs::lchown(&p, Some(uid), Some(gid))
+            .map_err(Error::io("change owner of", &p))
     }
 
     /// Applies extended attributes from PAX `SCHILY.xattr.*` records: all of them
@@ -630,7 +583,16 @@ impl Applier {
                 rustix::fs::XattrFlags::empty(),
             ) {
                 Ok(()) => {}
-                Err(e) if super::writers::xattr_refused(e) => {
+                // The filesystem or the kernel refuses this one (no support, an
+                // unknown SELinux label, too large): the entry stays, without it.
+                Err(
+                    e @ (rustix::io::Errno::PERM
+                    | rustix::io::Errno::NOTSUP
+                    | rustix::io::Errno::INVAL
+                    | rustix::io::Errno::TOOBIG
+                    | rustix::io::Errno::RANGE
+                    | rustix::io::Errno::NOSPC),
+                ) => {
                     tracing::debug!(
                         "skipped xattr {} on {}: {e}",
                         name.to_string_lossy(),
@@ -693,10 +655,6 @@ impl Applier {
     }
 
     fn lstat(&self, rel: &Path) -> Result<Option<fs::Metadata>> {
-        if let Some(w) = &self.writers {
-            // A file still being created is looked at only once it exists.
-            w.wait_for(rel);
-        }
         let p = self.root.join(rel);
         match fs::symlink_metadata(&p) {
             Ok(m) => Ok(Some(m)),
@@ -729,8 +687,6 @@ impl Applier {
             return Ok(());
         };
         if meta.is_dir() {
-            // Nothing below `rel` may still be on its way to disk.
-            self.drain()?;
             // Directory modes are only applied in finish(), so every directory
             // here is still writable by us.
             fs::remove_dir_all(&p).map_err(Error::io("remove directory", &p))?;
@@ -752,7 +708,6 @@ impl Applier {
     /// Removes everything under `dir` that the current layer did not write
     /// (opaque directories, and whiteouts of directories this layer also writes).
     fn prune_lower(&mut self, dir: &Path) -> Result<()> {
-        self.drain()?;
         let full = self.root.join(dir);
         let children = fs::read_dir(&full).map_err(Error::io("read directory", &full))?;
         let mut names: Vec<OsString> = Vec::new();

@@ -8,7 +8,6 @@
 pub mod apply;
 pub mod path;
 pub mod stream;
-mod writers;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
