@@ -319,17 +319,7 @@ impl Cache {
         remove_path(&dir)?;
         self.remove_stale_temporaries(&dir);
 
-        let store_first = StoreFirst {
-            inner: source,
-            store: self.blobs.clone(),
-            offline,
-            name: image.name.clone(),
-            image: wanted.map(str::to_owned),
-            prepared: tokio::sync::OnceCell::new(),
-            fetched: AtomicUsize::new(0),
-            fetched_bytes: AtomicU64::new(0),
-            from_store: Mutex::new(HashSet::new()),
-        };
+        let store_first = StoreFirst::new(source, self.blobs.clone(), offline, image, wanted);
         let extract_options = ExtractOptions {
             filter: filter.clone(),
             cancel: options.cancel.clone(),
@@ -409,17 +399,13 @@ impl Cache {
         target: &Path,
     ) -> Result<()> {
         let none = NoSource;
-        let store_first = StoreFirst {
-            inner: source.unwrap_or(&none),
-            store: self.blobs.clone(),
-            offline: source.is_none(),
-            name: image.name.clone(),
-            image: Some(image.name.clone()),
-            prepared: tokio::sync::OnceCell::new(),
-            fetched: AtomicUsize::new(0),
-            fetched_bytes: AtomicU64::new(0),
-            from_store: Mutex::new(HashSet::new()),
-        };
+        let store_first = StoreFirst::new(
+            source.unwrap_or(&none),
+            self.blobs.clone(),
+            source.is_none(),
+            image,
+            Some(&image.name),
+        );
         let options = ExtractOptions {
             filter: filter.clone(),
             ..Default::default()
@@ -661,7 +647,29 @@ struct StoreFirst<'a> {
     from_store: Mutex<HashSet<Digest>>,
 }
 
-impl StoreFirst<'_> {
+impl<'a> StoreFirst<'a> {
+    /// Serves `image`'s blobs from `store`, else from `inner` (never, when
+    /// `offline`); `wanted` is the image as `inner` knows it.
+    fn new(
+        inner: &'a dyn ImageSource,
+        store: Arc<BlobStore>,
+        offline: bool,
+        image: &ResolvedImage,
+        wanted: Option<&str>,
+    ) -> Self {
+        StoreFirst {
+            inner,
+            store,
+            offline,
+            name: image.name.clone(),
+            image: wanted.map(str::to_owned),
+            prepared: tokio::sync::OnceCell::new(),
+            fetched: AtomicUsize::new(0),
+            fetched_bytes: AtomicU64::new(0),
+            from_store: Mutex::new(HashSet::new()),
+        }
+    }
+
     fn stored(&self, d: &Descriptor) -> Option<std::fs::File> {
         let digest = Digest::parse(d.digest().as_ref()).ok()?;
         let file = self.store.open_blob(&digest, d.size())?;
