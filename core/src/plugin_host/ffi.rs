@@ -15,9 +15,10 @@ use locald_plugin::{
 
 /// A loaded plugin library and its table.
 pub struct Library {
+    /// Valid for the rest of the process: a loaded plugin is never unloaded
+    /// (its thread-local destructors may still run on pooled threads, and
+    /// nothing is gained by unloading in a short-lived CLI).
     table: &'static PluginV1,
-    // Last: dropped after everything that points into it.
-    _lib: libloading::Library,
 }
 
 // SAFETY: the table is immutable data and function pointers; the ABI requires
@@ -41,6 +42,9 @@ fn owned(s: &Str, what: &str) -> Result<String, String> {
     }
     if s.ptr.is_null() {
         return Err(format!("the plugin's {what} is a null pointer"));
+    }
+    if s.len > 4096 {
+        return Err(format!("the plugin's {what} is {} bytes long", s.len));
     }
     // SAFETY: the ABI says `ptr` points to `len` bytes valid while the library
     // is loaded, and it is (we hold the Library).
@@ -76,19 +80,22 @@ impl Library {
                 last_error_raw(None).unwrap_or_else(|| "no message".to_owned())
             ));
         }
-        // SAFETY: non-null, and by the ABI a table valid while the library is
-        // loaded; we keep the library alive as long as the reference (the field
-        // order drops the reference first, and it is never handed out longer
-        // than `&self`).
-        let table: &'static PluginV1 = unsafe { &*table };
-        if table.size < std::mem::size_of::<PluginV1>() {
+        // SAFETY: non-null, and by the ABI a table that starts with its size;
+        // only that first field is read before the size is known to cover the
+        // whole table.
+        let size = unsafe { std::ptr::addr_of!((*table).size).read() };
+        if size < std::mem::size_of::<PluginV1>() {
             return Err(format!(
-                "the plugin table is {} bytes, smaller than the {} of ABI version {ABI_VERSION}",
-                table.size,
+                "the plugin table is {size} bytes, smaller than the {} of ABI version {ABI_VERSION}",
                 std::mem::size_of::<PluginV1>()
             ));
         }
-        Ok(Library { table, _lib: lib })
+        // The library stays loaded for the rest of the process.
+        std::mem::forget(lib);
+        // SAFETY: non-null, at least `size_of::<PluginV1>()` bytes (checked), and
+        // by the ABI valid while the library is loaded, which is forever now.
+        let table: &'static PluginV1 = unsafe { &*table };
+        Ok(Library { table })
     }
 
     /// The plugin's name, version and schemes.
@@ -177,6 +184,7 @@ impl std::error::Error for CallError {}
 
 /// An open source of a plugin.
 pub struct Source {
+    opened: Arc<Opened>,
     lib: Arc<Library>,
     handle: SourceHandle,
     /// The plugin's name, for messages.
@@ -186,6 +194,27 @@ pub struct Source {
 // SAFETY: the handle is only used through `&mut self` (callers hold it in a
 // mutex), which is the ABI's "one thread at a time per handle".
 unsafe impl Send for Source {}
+
+/// Owns an open source handle and closes it when the last of the `Source` and
+/// its blobs is gone: the ABI wants every blob closed before its source.
+struct Opened {
+    lib: Arc<Library>,
+    handle: SourceHandle,
+}
+
+// SAFETY: `Opened` is only dropped (closing the handle) and never calls the
+// plugin otherwise; calls on the handle go through `Source` (`&mut`).
+unsafe impl Send for Opened {}
+// SAFETY: as above: shared references to it do nothing with the handle.
+unsafe impl Sync for Opened {}
+
+impl Drop for Opened {
+    fn drop(&mut self) {
+        // SAFETY: the handle came from `open` and is closed once, after every
+        // blob (each blob holds this `Opened`).
+        unsafe { (self.lib.table.close)(self.handle) };
+    }
+}
 
 /// What `resolve` returned, copied into host memory.
 #[derive(Debug, Clone)]
@@ -234,6 +263,10 @@ impl Source {
             });
         }
         Ok(Source {
+            opened: Arc::new(Opened {
+                lib: lib.clone(),
+                handle,
+            }),
             lib,
             handle,
             plugin: plugin.into(),
@@ -310,16 +343,8 @@ impl Source {
             lib: self.lib.clone(),
             handle,
             plugin: self.plugin.clone(),
+            _source: self.opened.clone(),
         })
-    }
-}
-
-impl Drop for Source {
-    fn drop(&mut self) {
-        // SAFETY: the handle came from `open` and is closed once, after every
-        // blob (each Blob holds the library, and blobs never outlive the source
-        // in the host: `PluginSource` owns both and drops blobs first).
-        unsafe { (self.lib.table.close)(self.handle) };
     }
 }
 
@@ -328,6 +353,9 @@ pub struct Blob {
     lib: Arc<Library>,
     handle: BlobHandle,
     plugin: Arc<str>,
+    /// Keeps the source open until this blob is closed (in `drop`, before the
+    /// fields go).
+    _source: Arc<Opened>,
 }
 
 // SAFETY: a blob is read by whoever owns it, one thread at a time.

@@ -5,9 +5,11 @@
 //! `~/.local/share/locald/plugins`) and in the directories of `LOCALD_PLUGIN_PATH`
 //! (colon-separated), as `*.so` files. A library that is not a plugin, was built
 //! for another ABI version, whose entry point fails or whose scheme is taken is
-//! refused with a reason; `locald` keeps working without it. Plugin calls run on
-//! the blocking pool, and what a plugin returns goes through the same digest and
-//! size checks as every source (see [`crate::source::resolve`]).
+//! refused with a reason; `locald` keeps working without it. Resolving and blob
+//! reads run on the blocking pool (opening a location runs where the source is
+//! opened), and what a plugin returns goes through the same digest and size
+//! checks as every source (see [`crate::source::resolve`]). A loaded plugin stays
+//! loaded for the life of the process.
 
 mod ffi;
 
@@ -108,6 +110,12 @@ fn load_one(
     let (name, version, schemes) = lib.describe()?;
     if schemes.is_empty() {
         return Err("the plugin serves no scheme".to_owned());
+    }
+    let mut unique = schemes.clone();
+    unique.sort();
+    unique.dedup();
+    if unique.len() != schemes.len() {
+        return Err("the plugin lists a scheme twice".to_owned());
     }
     for s in &schemes {
         let valid = crate::source::SourceSpec::parse(&format!("{s}:x")).scheme == *s;
@@ -360,10 +368,14 @@ impl ImageSource for PluginSource {
                 .and_then(|g| g.clone())
                 .unwrap_or_else(Platform::host);
             let r = self.resolve(image, &platform).await?;
-            Digest::parse(&r.manifest_digest).map_err(|source| Error::BadDigest {
+            // The digest of the bytes, not the plugin's word for it.
+            let claimed = Digest::parse(&r.manifest_digest).map_err(|source| Error::BadDigest {
                 what: format!("manifest digest from plugin {}", self.plugin),
                 source,
-            })
+            })?;
+            let mut h = claimed.hasher();
+            h.update(&r.manifest);
+            Ok(h.finish())
         })
     }
 }
