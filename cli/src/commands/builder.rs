@@ -237,7 +237,7 @@ pub async fn ls(args: BuilderLsArgs) -> anyhow::Result<()> {
 
 fn short(digest: &str) -> String {
     match digest.split_once(':') {
-        Some((alg, hex)) => format!("{alg}:{}", &hex[..hex.len().min(12)]),
+        Some((alg, hex)) => format!("{alg}:{}", hex.chars().take(12).collect::<String>()),
         None => digest.to_owned(),
     }
 }

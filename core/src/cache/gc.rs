@@ -195,9 +195,13 @@ impl Cache {
         let _lock = self.lock("cache.lock", Mode::Exclusive).await?;
         let mut pruned = Pruned::default();
         for (path, r) in self.ref_records() {
-            if r.image.as_ref().is_some_and(|i| names.contains(i)) {
+            if r.image
+                .as_ref()
+                .or(r.name.as_ref())
+                .is_some_and(|i| names.contains(i))
+            {
                 remove_path(&path)?;
-                pruned.images.push(r.image.unwrap_or_default());
+                pruned.images.push(r.image.or(r.name).unwrap_or_default());
             }
         }
         if pruned.images.is_empty() {
@@ -307,7 +311,8 @@ impl Cache {
         let mut seen = HashSet::new();
         let mut refs = BTreeMap::new();
         for (_, r) in self.ref_records() {
-            if names.is_some_and(|n| !r.image.as_ref().is_some_and(|i| n.contains(i))) {
+            let named = r.image.as_ref().or(r.name.as_ref());
+            if names.is_some_and(|n| !named.is_some_and(|i| n.contains(i))) {
                 continue;
             }
             report.images += 1;
@@ -399,7 +404,10 @@ impl Cache {
         let filter = if t.paths.iter().any(|p| p == "/") {
             PathFilter::default()
         } else {
-            PathFilter::new(&t.paths).map_err(|e| Error::Join(e.to_string()))?
+            match PathFilter::new(&t.paths) {
+                Ok(f) => f,
+                Err(e) => return Ok(Err(format!("its record lists bad paths: {e}"))),
+            }
         };
         let scratch = tempfile::Builder::new()
             .prefix(".verify-")

@@ -76,6 +76,81 @@ pub fn check(old: &Listings, changed: &[usize], new_changed: &Listings) -> Resul
         )?;
         pairs.push((i, a, b));
     }
+    let everything: Vec<Vec<Listed>> = old
+        .iter()
+        .enumerate()
+        .map(|(j, l)| get(l, &format!("layer {}", j + 1)))
+        .collect::<Result<_, _>>()?;
+    let everything: Vec<&Vec<Listed>> = everything
+        .iter()
+        .chain(pairs.iter().map(|(_, _, b)| b))
+        .collect();
+    // Nothing anywhere is written through a symlink: then every path is where
+    // its name says, and comparing names is comparing places.
+    let symlinks: HashSet<&str> = everything
+        .iter()
+        .flat_map(|l| l.iter())
+        .filter(|e| e.kind == ListedKind::Symlink)
+        .map(|e| e.path.as_str())
+        .collect();
+    for e in everything.iter().flat_map(|l| l.iter()) {
+        let through = |p: &str| parents(p).any(|q| symlinks.contains(q));
+        if through(&e.path)
+            || e.link
+                .as_deref()
+                .is_some_and(|t| through(t) || symlinks.contains(t))
+        {
+            return Err(format!("{} goes through a symlink", e.path));
+        }
+    }
+    for (i, a, b) in &pairs {
+        // A directory the changed layer names that other layers also use must
+        // be declared identically wherever it is declared (mode, owner, mtime,
+        // xattrs): then swapping the layer cannot change it.
+        let others: Vec<&Listed> = old
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| j != i)
+            .filter_map(|(_, l)| l.as_ref())
+            .chain(pairs.iter().filter(|(j, _, _)| j != i).map(|(_, _, b)| b))
+            .flat_map(|l| l.iter())
+            .collect();
+        let other_paths: BTreeSet<&str> = others.iter().map(|e| e.path.as_str()).collect();
+        let dirs: BTreeSet<&str> = a
+            .iter()
+            .chain(b.iter())
+            .filter(|e| e.kind == ListedKind::Dir)
+            .map(|e| e.path.as_str())
+            .collect();
+        for d in dirs {
+            let shared = other_paths.contains(d) || below(&other_paths, d).next().is_some();
+            if !shared {
+                continue;
+            }
+            let metas: Vec<Option<&Vec<i64>>> = everything
+                .iter()
+                .flat_map(|l| l.iter())
+                .filter(|e| e.path == d)
+                .map(|e| {
+                    if e.kind == ListedKind::Dir {
+                        e.meta.as_ref()
+                    } else {
+                        None
+                    }
+                })
+                .collect();
+            let declared_in =
+                |l: &Vec<Listed>| l.iter().any(|e| e.path == d && e.kind == ListedKind::Dir);
+            if !(declared_in(a) && declared_in(b))
+                || metas.windows(2).any(|w| w[0] != w[1] || w[0].is_none())
+            {
+                return Err(format!(
+                    "directory {} is shared with other layers and not declared identically",
+                    if d.is_empty() { "/" } else { d }
+                ));
+            }
+        }
+    }
     for (i, a, b) in &pairs {
         let mine: Vec<&Listed> = a.iter().chain(b.iter()).collect();
         let mut non_dirs: BTreeSet<&str> = BTreeSet::new();
@@ -142,8 +217,11 @@ pub fn check(old: &Listings, changed: &[usize], new_changed: &Listings) -> Resul
                             || below(&all, p).next().is_some()
                             || parents(p).any(|q| non_dirs.contains(q))
                     }
-                    ListedKind::Opaque => all.contains(p) || below(&all, p).next().is_some(),
-                    ListedKind::Symlink => all.contains(p) || below(&all, p).next().is_some(),
+                    ListedKind::Opaque | ListedKind::Symlink => {
+                        all.contains(p)
+                            || below(&all, p).next().is_some()
+                            || parents(p).any(|q| non_dirs.contains(q))
+                    }
                     _ => {
                         all.contains(p)
                             || below(&all, p).next().is_some()
@@ -177,7 +255,11 @@ pub fn remove_old(
         .collect();
     // Paths some layer of the new image has an entry at or below.
     let mut mentioned: BTreeSet<&str> = BTreeSet::new();
+    // (A whiteout or opaque marker creates nothing, so it keeps nothing alive.)
     for e in new_all.iter().flatten() {
+        if matches!(e.kind, ListedKind::Whiteout | ListedKind::Opaque) {
+            continue;
+        }
         mentioned.insert(&e.path);
         for p in parents(&e.path) {
             mentioned.insert(p);
@@ -236,10 +318,12 @@ pub fn restore_dir_meta(
     new_all: &[Vec<Listed>],
     privileged: bool,
 ) -> std::io::Result<()> {
-    let mut last: BTreeMap<&str, [i64; 4]> = BTreeMap::new();
+    let mut last: BTreeMap<&str, &[i64]> = BTreeMap::new();
     for e in new_all.iter().flatten() {
-        if let (ListedKind::Dir, Some(m)) = (e.kind, e.meta) {
-            last.insert(&e.path, m);
+        if let (ListedKind::Dir, Some(m)) = (e.kind, &e.meta) {
+            if m.len() >= 4 {
+                last.insert(&e.path, m);
+            }
         }
     }
     for d in dirs.iter().rev() {
@@ -278,7 +362,7 @@ mod tests {
             path: path.to_owned(),
             kind,
             link: None,
-            meta: (kind == ListedKind::Dir).then_some([0o755, 0, 0, 1]),
+            meta: (kind == ListedKind::Dir).then(|| vec![0o755, 0, 0, 1, 0]),
         }
     }
     use ListedKind::*;
@@ -372,6 +456,32 @@ mod tests {
         let mut o = base();
         o[1] = None;
         assert!(check(&o, &[2], &new_b()).is_err(), "unlistable layer");
+
+        // Another layer writes into our files through its own symlink.
+        let mut o = base();
+        o[1].as_mut().unwrap().push(l("cnb/current", Symlink));
+        o[1].as_mut().unwrap().push(l("cnb/current/extra", File));
+        let e = check(&o, &[2], &new_b()).unwrap_err();
+        assert!(e.contains("goes through a symlink"), "{e}");
+
+        // A directory we name, used by another layer, declared differently.
+        let mut o = base();
+        let mut ext = l("cnb/buildpacks/b", Dir);
+        ext.meta = Some(vec![0o700, 0, 0, 1, 0]);
+        o[2].as_mut().unwrap()[1] = ext;
+        o[1].as_mut()
+            .unwrap()
+            .push(l("cnb/buildpacks/b/other", File));
+        let e = check(&o, &[2], &new_b()).unwrap_err();
+        assert!(e.contains("not declared identically"), "{e}");
+
+        // The root, named by the new layer only.
+        let mut n = new_b();
+        n[0].as_mut().unwrap().push(l("", Dir));
+        assert!(
+            check(&base(), &[2], &n).is_err(),
+            "root named by the new layer only"
+        );
     }
 
     #[test]

@@ -65,9 +65,10 @@ pub struct Listed {
     /// A hard link's target path.
     #[serde(rename = "l", default, skip_serializing_if = "Option::is_none")]
     pub link: Option<String>,
-    /// A directory's `[mode, uid, gid, mtime]` from its header.
+    /// A directory's `[mode, uid, gid, mtime, xattrs]` from its header (the last
+    /// is a hash of its extended attributes, 0 for none).
     #[serde(rename = "m", default, skip_serializing_if = "Option::is_none")]
-    pub meta: Option<[i64; 4]>,
+    pub meta: Option<Vec<i64>>,
 }
 
 /// The kind of a [`Listed`] entry.
@@ -154,7 +155,7 @@ impl Applier {
         comps: &[OsString],
         kind: ListedKind,
         link: Option<&[OsString]>,
-        header: Option<&tar::Header>,
+        header: Option<(&tar::Header, i64)>,
     ) {
         let Some(Some(entries)) = &mut self.listing else {
             return;
@@ -171,12 +172,13 @@ impl Applier {
             self.listing = Some(None);
             return;
         }
-        let meta = header.map(|h| {
-            [
+        let meta = header.map(|(h, xattrs)| {
+            vec![
                 h.mode().unwrap_or(0) as i64,
                 h.uid().unwrap_or(0) as i64,
                 h.gid().unwrap_or(0) as i64,
                 h.mtime().unwrap_or(0) as i64,
+                xattrs,
             ]
         });
         entries.push(Listed {
@@ -258,7 +260,8 @@ impl Applier {
             // directories are out of other local users' reach.
             if kind.is_dir() {
                 let header = entry.header().clone();
-                self.list(&[], ListedKind::Dir, None, Some(&header));
+                let x = xattr_hash(entry);
+                self.list(&[], ListedKind::Dir, None, Some((&header, x)));
                 if self.privileged {
                     let mode = self.mode_of(entry.header())?;
                     let mtime = entry.header().mtime().unwrap_or(0) as i64;
@@ -335,7 +338,8 @@ impl Applier {
         match kind {
             EntryType::Directory => {
                 let header = entry.header().clone();
-                self.list(&comps, ListedKind::Dir, None, Some(&header));
+                let x = xattr_hash(entry);
+                self.list(&comps, ListedKind::Dir, None, Some((&header, x)));
             }
             EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
                 self.list(&comps, ListedKind::File, None, None)
@@ -782,6 +786,23 @@ impl Applier {
         }
         Ok(Some(cur))
     }
+}
+
+/// A stable hash of an entry's extended attributes, for listings (0: none).
+fn xattr_hash<R: Read>(entry: &mut tar::Entry<'_, R>) -> i64 {
+    let xattrs = xattrs_of(entry).unwrap_or_default();
+    if xattrs.is_empty() {
+        return 0;
+    }
+    let mut bytes = Vec::new();
+    for (name, value) in &xattrs {
+        bytes.extend_from_slice(name.as_bytes());
+        bytes.push(0);
+        bytes.extend_from_slice(value);
+        bytes.push(0);
+    }
+    let d = crate::digest::Digest::sha256_of(&bytes);
+    i64::from_str_radix(&d.hex()[..15], 16).unwrap_or(1)
 }
 
 /// The extended attributes an entry carries in PAX `SCHILY.xattr.NAME` records.
