@@ -189,6 +189,38 @@ impl Applier {
         });
     }
 
+    /// Records an entry that passed the filter (only called with listing on).
+    fn list_entry<R: Read>(
+        &mut self,
+        entry: &tar::Entry<'_, R>,
+        comps: &[OsString],
+        header: &tar::Header,
+        xattrs: &[(OsString, Vec<u8>)],
+    ) {
+        match header.entry_type() {
+            EntryType::Directory => self.list(
+                comps,
+                ListedKind::Dir,
+                None,
+                Some((header, xattr_hash(xattrs))),
+            ),
+            EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
+                self.list(comps, ListedKind::File, None, None)
+            }
+            EntryType::Symlink => self.list(comps, ListedKind::Symlink, None, None),
+            EntryType::Link => {
+                let target = entry
+                    .link_name_bytes()
+                    .and_then(|t| path::normalise(&t).ok());
+                match target {
+                    Some(t) => self.list(comps, ListedKind::Hardlink, Some(&t), None),
+                    None => self.listing = Some(None),
+                }
+            }
+            _ => self.list(comps, ListedKind::Other, None, None),
+        }
+    }
+
     /// Stops with [`Error::Cancelled`] once `cancel` is set.
     pub fn with_cancel(mut self, cancel: Cancel) -> Self {
         self.cancel = cancel;
@@ -259,9 +291,16 @@ impl Applier {
             // the root keeps its private 0700 mode, so an image's world-writable
             // directories are out of other local users' reach.
             if kind.is_dir() {
-                let header = entry.header().clone();
-                let x = xattr_hash(entry);
-                self.list(&[], ListedKind::Dir, None, Some((&header, x)));
+                if self.listing.is_some() {
+                    let header = entry.header().clone();
+                    let xattrs = xattrs_of(entry).map_err(Error::Tar)?;
+                    self.list(
+                        &[],
+                        ListedKind::Dir,
+                        None,
+                        Some((&header, xattr_hash(&xattrs))),
+                    );
+                }
                 if self.privileged {
                     let mode = self.mode_of(entry.header())?;
                     let mtime = entry.header().mtime().unwrap_or(0) as i64;
@@ -335,27 +374,6 @@ impl Applier {
             }
             _ => {}
         }
-        match kind {
-            EntryType::Directory => {
-                let header = entry.header().clone();
-                let x = xattr_hash(entry);
-                self.list(&comps, ListedKind::Dir, None, Some((&header, x)));
-            }
-            EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
-                self.list(&comps, ListedKind::File, None, None)
-            }
-            EntryType::Symlink => self.list(&comps, ListedKind::Symlink, None, None),
-            EntryType::Link => {
-                let target = entry
-                    .link_name_bytes()
-                    .and_then(|t| path::normalise(&t).ok());
-                match target {
-                    Some(t) => self.list(&comps, ListedKind::Hardlink, Some(&t), None),
-                    None => self.listing = self.listing.take().map(|_| None),
-                }
-            }
-            _ => self.list(&comps, ListedKind::Other, None, None),
-        }
         let dir = self
             .resolve_dir(parent, true)?
             .ok_or_else(|| Self::bad(raw, "its parent directory could not be made"))?;
@@ -363,6 +381,9 @@ impl Applier {
         let full = self.root.join(&rel);
         let header = entry.header().clone();
         let xattrs = xattrs_of(entry).map_err(Error::Tar)?;
+        if self.listing.is_some() {
+            self.list_entry(entry, &comps, &header, &xattrs);
+        }
         match kind {
             EntryType::Directory => {
                 match self.lstat(&rel)? {
@@ -789,13 +810,12 @@ impl Applier {
 }
 
 /// A stable hash of an entry's extended attributes, for listings (0: none).
-fn xattr_hash<R: Read>(entry: &mut tar::Entry<'_, R>) -> i64 {
-    let xattrs = xattrs_of(entry).unwrap_or_default();
+fn xattr_hash(xattrs: &[(OsString, Vec<u8>)]) -> i64 {
     if xattrs.is_empty() {
         return 0;
     }
     let mut bytes = Vec::new();
-    for (name, value) in &xattrs {
+    for (name, value) in xattrs {
         bytes.extend_from_slice(name.as_bytes());
         bytes.push(0);
         bytes.extend_from_slice(value);
