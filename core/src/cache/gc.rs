@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use super::lock::Mode;
 use super::store::disk_usage;
-use super::{now, read_record, remove_path, tree, Cache, RefRecord, TreeRecord};
+use super::{now, records_in, remove_path, tree, Cache, RefRecord, TreeRecord};
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::extract::PathFilter;
@@ -106,27 +106,13 @@ pub struct VerifyReport {
 
 impl Cache {
     pub(super) fn ref_records(&self) -> Vec<(PathBuf, RefRecord)> {
-        let mut out: Vec<(PathBuf, RefRecord)> = std::fs::read_dir(&self.refs)
-            .into_iter()
-            .flatten()
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| p.extension().is_some_and(|x| x == "json"))
-            .filter_map(|p| read_record(&p, |r: &RefRecord| r.version).map(|r| (p, r)))
-            .collect();
+        let mut out: Vec<(PathBuf, RefRecord)> = records_in(&self.refs);
         out.sort_by(|a, b| (&a.1.image, &a.1.source).cmp(&(&b.1.image, &b.1.source)));
         out
     }
 
     fn tree_records(&self) -> Vec<(PathBuf, TreeRecord)> {
-        std::fs::read_dir(&self.trees)
-            .into_iter()
-            .flatten()
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| p.extension().is_some_and(|x| x == "json"))
-            .filter_map(|p| read_record(&p, |r: &TreeRecord| r.version).map(|r| (p, r)))
-            .collect()
+        records_in(&self.trees)
     }
 
     /// The blobs an image manifest references (itself included), when the

@@ -227,12 +227,27 @@ fn now() -> u64 {
         .unwrap_or(0)
 }
 
+/// A record kept as JSON in the cache, with its format version.
+pub(crate) trait Record: serde::de::DeserializeOwned {
+    /// The format version it was written with.
+    fn version(&self) -> u32;
+}
+
+impl Record for RefRecord {
+    fn version(&self) -> u32 {
+        self.version
+    }
+}
+
+impl Record for TreeRecord {
+    fn version(&self) -> u32 {
+        self.version
+    }
+}
+
 /// Reads a JSON record; a missing, unreadable or foreign one is `None` (and a
 /// damaged one is logged: the cache recovers by fetching again).
-fn read_record<T: serde::de::DeserializeOwned>(
-    path: &Path,
-    version: impl Fn(&T) -> u32,
-) -> Option<T> {
+fn read_record<T: Record>(path: &Path) -> Option<T> {
     let bytes = match std::fs::read(path) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
@@ -242,13 +257,25 @@ fn read_record<T: serde::de::DeserializeOwned>(
         }
     };
     match serde_json::from_slice::<T>(&bytes) {
-        Ok(r) if version(&r) == RECORD_VERSION => Some(r),
+        Ok(r) if r.version() == RECORD_VERSION => Some(r),
         Ok(_) => None,
         Err(e) => {
             tracing::warn!("ignoring damaged cache record {}: {e}", path.display());
             None
         }
     }
+}
+
+/// Every record (`*.json`) in `dir`, with its path.
+fn records_in<T: Record>(dir: &Path) -> Vec<(PathBuf, T)> {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .filter_map(|p| read_record(&p).map(|r| (p, r)))
+        .collect()
 }
 
 /// Writes a JSON record atomically (temporary file + rename).

@@ -129,7 +129,7 @@ impl Cache {
         let describe = source.describe();
         let platform = options.platform.to_string();
         let ref_path = self.ref_path(&describe, name.as_deref(), &platform);
-        let record: Option<RefRecord> = read_record(&ref_path, |r: &RefRecord| r.version);
+        let record: Option<RefRecord> = read_record(&ref_path);
         let shown = name
             .clone()
             .or_else(|| record.as_ref().and_then(|r| r.name.clone()))
@@ -471,8 +471,8 @@ impl Cache {
         let old_dir = self.tree_dir(job.previous, filter);
         let old_record = self.tree_record_path(job.previous, filter);
         let old_listing_path = old_dir.with_extension("listing");
-        let old: ListingRecord = read_record(&old_listing_path, |r: &ListingRecord| r.version)
-            .ok_or("the previous tree has no listing")?;
+        let old: ListingRecord =
+            read_record(&old_listing_path).ok_or("the previous tree has no listing")?;
         let new_layers: Vec<String> = job
             .image
             .layers
@@ -587,10 +587,7 @@ impl Cache {
         filter: &PathFilter,
         warn: bool,
     ) -> Option<(PathBuf, TreeRecord)> {
-        let record: TreeRecord = read_record(
-            &self.tree_record_path(manifest, filter),
-            |r: &TreeRecord| r.version,
-        )?;
+        let record: TreeRecord = read_record(&self.tree_record_path(manifest, filter))?;
         let dir = self.tree_dir(manifest, filter);
         match tree::fingerprint(&dir, false) {
             Ok(f) if f.meta == record.fingerprint.meta => Some((dir, record)),
@@ -791,5 +788,11 @@ impl ImageSource for NoSource {
                 why: "the image's source is not available".to_owned(),
             })
         })
+    }
+}
+
+impl super::Record for ListingRecord {
+    fn version(&self) -> u32 {
+        self.version
     }
 }
