@@ -222,6 +222,70 @@ pub enum Error {
     /// A name that no cached reference has.
     #[error("no cached builder is named {0}")]
     UnknownCached(String),
+    /// The application directory cannot be built from.
+    #[error("application directory {}: {reason}", path.display())]
+    AppDir {
+        /// The directory as given.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A file of the application could not be copied into the build workspace.
+    #[error("cannot {op} {}: {reason}{}", path.display(), hint.map(|h| format!("; {h}")).unwrap_or_default())]
+    AppCopy {
+        /// What we were doing, e.g. `read app file`.
+        op: &'static str,
+        /// On what.
+        path: PathBuf,
+        /// Why, e.g. `permission denied`.
+        reason: String,
+        /// What the user can do about it.
+        hint: Option<&'static str>,
+    },
+    /// The app's `project.toml` (CNB project descriptor) is malformed.
+    #[error("{}: {reason}", path.display())]
+    ProjectDescriptor {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A build environment variable (`--env KEY=VALUE`) that cannot be passed.
+    #[error("environment variable {key:?}: {reason}")]
+    EnvVar {
+        /// The variable name as given.
+        key: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// An OCI layout that is read or written to is malformed or not what was
+    /// expected (several images where one was wanted, a missing blob).
+    #[error("OCI layout {}: {reason}", path.display())]
+    BadLayout {
+        /// The layout directory.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// An output path holds something that must not be overwritten, or cannot
+    /// be written to.
+    #[error("refusing to write to {}: {reason}", path.display())]
+    OutputRefused {
+        /// The output path.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// A name that cannot be written where it was asked for.
+    #[error("{what} {name:?} is not valid: {reason}")]
+    BadName {
+        /// What kind of name, e.g. `image name for a docker archive`.
+        what: &'static str,
+        /// The name.
+        name: String,
+        /// Why.
+        reason: String,
+    },
     /// The work was cancelled (Ctrl-C).
     #[error("cancelled")]
     Cancelled,

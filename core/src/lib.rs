@@ -22,16 +22,20 @@
 
 pub use oci_spec;
 
+pub mod appcopy;
 pub mod builder;
 pub mod cache;
 pub mod cancel;
 pub mod digest;
 pub mod error;
 pub mod extract;
+pub mod layout_out;
+pub mod lifecycle;
 pub mod manifest;
 pub mod platform;
 pub mod plugin_host;
 pub mod progress;
+pub mod project;
 pub mod reference;
 pub mod source;
 

@@ -6,4 +6,5 @@ mod common;
 mod conformance;
 mod docker_archive;
 mod hostile;
+mod layout_out;
 mod registry;

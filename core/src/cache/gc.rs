@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::lock::Mode;
+use super::lock::{FileLock, Mode};
 use super::store::disk_usage;
 use super::{now, records_in, remove_path, tree, Cache, RefRecord, TreeRecord};
 use crate::digest::Digest;
@@ -85,6 +85,9 @@ pub struct Pruned {
     pub blobs: usize,
     /// Bytes freed on disk.
     pub bytes: u64,
+    /// Unreferenced trees kept because a running build uses them
+    /// ([`Cache::hold_image`]); the next prune removes them.
+    pub in_use: usize,
 }
 
 /// What `verify` found.
@@ -219,6 +222,15 @@ impl Cache {
         Ok(pruned)
     }
 
+    /// Whether a build holds the image's trees ([`Cache::hold_image`]).
+    fn in_use(&self, manifest_digest: &str) -> Result<bool> {
+        let Ok(digest) = manifest_digest.parse::<Digest>() else {
+            return Ok(false);
+        };
+        let path = self.locks.join(format!("image-{}.lock", digest.hex()));
+        Ok(FileLock::try_acquire(&path, Mode::Exclusive)?.is_none())
+    }
+
     /// Deletes trees and blobs no reference reaches. Caller holds `cache.lock`
     /// exclusively.
     fn collect_garbage(&self, pruned: &mut Pruned) -> Result<()> {
@@ -230,7 +242,10 @@ impl Cache {
         let mut live_trees = HashSet::new();
         for (path, t) in self.tree_records() {
             let dir = path.with_extension("");
-            if live_manifests.contains(&t.manifest_digest) {
+            if live_manifests.contains(&t.manifest_digest) || self.in_use(&t.manifest_digest)? {
+                if !live_manifests.contains(&t.manifest_digest) {
+                    pruned.in_use += 1;
+                }
                 live_trees.insert(dir);
                 continue;
             }

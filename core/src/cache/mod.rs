@@ -174,6 +174,17 @@ impl Cache {
     }
 
     /// Takes a lock in `locks/`, waiting on a blocking thread.
+    /// Holds `manifest`'s cached trees for as long as the lock lives (a build
+    /// running in one): `prune` and `rm` keep them, and an update of the builder
+    /// extracts afresh instead of taking the tree over. Waits while a pull is
+    /// extracting the image.
+    pub fn hold_image(&self, manifest: &Digest) -> Result<FileLock> {
+        FileLock::acquire(
+            &self.locks.join(format!("image-{}.lock", manifest.hex())),
+            Mode::Shared,
+        )
+    }
+
     async fn lock(&self, name: &str, mode: Mode) -> Result<FileLock> {
         let path = self.locks.join(name);
         match FileLock::try_acquire(&path, mode)? {

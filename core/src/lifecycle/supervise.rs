@@ -1,0 +1,236 @@
+//! Supervising a lifecycle process: prefixed output streaming, cancellation as
+//! signals, and how it ended.
+
+use std::collections::VecDeque;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::process::Child;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use rustix::process::{kill_process, kill_process_group, Pid, Signal};
+
+use super::RunnerError;
+use crate::cancel::Cancel;
+
+/// How long a process gets after SIGINT before it is killed.
+pub const GRACE: Duration = Duration::from_secs(10);
+
+/// How the lifecycle process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunStatus {
+    /// It exited with this code.
+    Exited(i32),
+    /// It was killed by this signal (not by us).
+    Signaled(i32),
+    /// We stopped it because the build was cancelled (Ctrl-C).
+    Interrupted,
+}
+
+impl RunStatus {
+    /// Whether the lifecycle succeeded.
+    pub fn success(self) -> bool {
+        self == RunStatus::Exited(0)
+    }
+}
+
+/// Keeps the last lines of the lifecycle's output for explaining a failure.
+#[derive(Debug, Default)]
+pub struct LineWatcher {
+    lines: Mutex<VecDeque<String>>,
+}
+
+/// How many lines a [`LineWatcher`] keeps.
+const KEEP_LINES: usize = 2000;
+
+impl LineWatcher {
+    /// An empty watcher.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Record one line (without its newline).
+    pub fn push(&self, line: &str) {
+        let mut lines = self.lines.lock().unwrap_or_else(|e| e.into_inner());
+        if lines.len() == KEEP_LINES {
+            lines.pop_front();
+        }
+        lines.push_back(line.to_owned());
+    }
+
+    /// The lines kept, oldest first.
+    pub fn lines(&self) -> Vec<String> {
+        let lines = self.lines.lock().unwrap_or_else(|e| e.into_inner());
+        lines.iter().cloned().collect()
+    }
+}
+
+/// Copy `from` to `to` line by line, each line prefixed, each line also given to
+/// `watcher`. A last line without a newline gets one. Write errors (a closed
+/// terminal) stop the copy to `to` but not the draining of `from`, so the child
+/// never blocks on a full pipe.
+fn pump(from: impl Read, mut to: impl Write, prefix: &str, watcher: &LineWatcher) {
+    let mut reader = BufReader::new(from);
+    let mut line = Vec::new();
+    let mut writable = true;
+    loop {
+        line.clear();
+        match reader.read_until(b'\n', &mut line) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => break,
+        }
+        let text = String::from_utf8_lossy(&line);
+        let text = text.trim_end_matches(['\n', '\r']);
+        watcher.push(text);
+        if writable {
+            let mut out = Vec::with_capacity(prefix.len() + text.len() + 1);
+            out.extend_from_slice(prefix.as_bytes());
+            out.extend_from_slice(text.as_bytes());
+            out.push(b'\n');
+            writable = to.write_all(&out).and_then(|()| to.flush()).is_ok();
+        }
+    }
+}
+
+/// Supervise `child` (spawned with piped stdout and stderr) until it ends: its
+/// stdout goes to ours and its stderr to ours, each line prefixed with
+/// `[phase] ` and recorded in `watcher`. When `cancel` is set the child gets SIGINT
+/// (its whole process group when `group` is true: spawn it with
+/// `process_group(0)` then), and SIGKILL if it is still running [`GRACE`] later.
+/// With `group`, whatever is left of the group is killed once the child exits, so
+/// a stray background process cannot hold the output pipes open.
+pub fn supervise(
+    mut child: Child,
+    phase: &str,
+    group: bool,
+    watcher: &LineWatcher,
+    cancel: &Cancel,
+) -> Result<RunStatus, RunnerError> {
+    let prefix = format!("[{phase}] ");
+    let stdout = child.stdout.take();
+    let stderr = child.stderr.take();
+    let pid = Pid::from_raw(child.id() as i32);
+    let signal = |sig: Signal| {
+        if let Some(pid) = pid {
+            // The process may have exited between our check and the signal: ESRCH
+            // is fine.
+            let _ = if group {
+                kill_process_group(pid, sig)
+            } else {
+                kill_process(pid, sig)
+            };
+        }
+    };
+
+    std::thread::scope(|scope| {
+        if let Some(out) = stdout {
+            let prefix = &prefix;
+            scope.spawn(move || pump(out, std::io::stdout(), prefix, watcher));
+        }
+        if let Some(err) = stderr {
+            let prefix = &prefix;
+            scope.spawn(move || pump(err, std::io::stderr(), prefix, watcher));
+        }
+
+        let mut interrupted_at: Option<Instant> = None;
+        let mut killed = false;
+        let status = loop {
+            match child.try_wait() {
+                Ok(Some(status)) => break Ok(status),
+                Ok(None) => {}
+                Err(source) => {
+                    break Err(RunnerError::Io {
+                        what: format!("waiting for the {phase}"),
+                        source,
+                    })
+                }
+            }
+            if cancel.is_cancelled() {
+                match interrupted_at {
+                    None => {
+                        tracing::debug!("build cancelled: sending SIGINT to the {phase}");
+                        signal(Signal::INT);
+                        interrupted_at = Some(Instant::now());
+                    }
+                    Some(at) if !killed && at.elapsed() > GRACE => {
+                        tracing::warn!(
+                            "the {phase} did not stop within {}s of SIGINT: killing it",
+                            GRACE.as_secs()
+                        );
+                        signal(Signal::KILL);
+                        killed = true;
+                    }
+                    Some(_) => {}
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        if group {
+            signal(Signal::KILL);
+        }
+        let status = status?;
+        if interrupted_at.is_some() {
+            return Ok(RunStatus::Interrupted);
+        }
+        use std::os::unix::process::ExitStatusExt;
+        Ok(match (status.code(), status.signal()) {
+            (Some(code), _) => RunStatus::Exited(code),
+            (None, Some(sig)) => RunStatus::Signaled(sig),
+            (None, None) => RunStatus::Exited(-1),
+        })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::{Command, Stdio};
+
+    #[test]
+    fn exit_codes_and_lines() {
+        let child = Command::new("sh")
+            .args(["-c", "echo one; echo two >&2; printf three; exit 51"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("sh");
+        let watcher = LineWatcher::new();
+        let status = supervise(child, "creator", false, &watcher, &Cancel::new()).expect("run");
+        assert_eq!(status, RunStatus::Exited(51));
+        let mut lines = watcher.lines();
+        lines.sort();
+        assert_eq!(lines, ["one", "three", "two"]);
+    }
+
+    #[test]
+    fn cancel_sends_sigint() {
+        use std::os::unix::process::CommandExt;
+        let child = Command::new("sh")
+            .args([
+                "-c",
+                "trap 'echo got-int; exit 7' INT; echo ready; while :; do sleep 0.05; done",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .spawn()
+            .expect("sh");
+        let watcher = LineWatcher::new();
+        let cancel = Cancel::new();
+        std::thread::scope(|s| {
+            let c = cancel.clone();
+            let w = &watcher;
+            s.spawn(move || {
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while !w.lines().iter().any(|l| l == "ready") && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                c.cancel();
+            });
+            let status = supervise(child, "creator", true, &watcher, &cancel).expect("run");
+            assert_eq!(status, RunStatus::Interrupted);
+        });
+        assert!(watcher.lines().iter().any(|l| l == "got-int"));
+    }
+}
