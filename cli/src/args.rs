@@ -25,6 +25,14 @@ pub struct Cli {
 /// Top-level commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Build an app into an OCI image with a CNB builder, no Docker daemon needed.
+    ///
+    /// Gets the builder (cached: see `locald builder`), copies the app (honouring
+    /// .gitignore and project.toml excludes; never builds in place), places the run
+    /// image, runs the builder's lifecycle (`creator`) in a rootless sandbox or on
+    /// the host, and writes the image where --output says.
+    #[command(after_help = BUILD_HELP)]
+    Build(BuildArgs),
     /// Work with images: extract files, inspect metadata.
     #[command(subcommand)]
     Image(ImageCommand),
@@ -34,6 +42,86 @@ pub enum Command {
     /// Image-source plugins: shared libraries that add `--source` schemes.
     #[command(subcommand)]
     Plugin(PluginCommand),
+}
+
+const BUILD_HELP: &str = "\
+Examples:
+  locald build ./app
+  locald build ./app --builder heroku/builder:24 --image myapp:1.0
+  locald build ./app --source oci-layout:./builder-layout --pull never
+  locald build ./app --source docker-archive:./builder.tar --output docker-archive:app.tar
+  locald build ./app --env NODE_ENV=production --env API_KEY
+
+Runners:
+  container  (default where user namespaces work) the lifecycle runs in a rootless
+             sandbox whose root is the builder image's own file system, as the
+             builder's user (CNB_USER_ID); nothing else of the host is visible but
+             the network. No root, no daemon, no setuid helper.
+  native     the lifecycle runs on the host, with the host's tools and libraries:
+             only for hosts that resemble the builder's stack.
+
+State kept between builds of the same app (the buildpacks' cache, the previous
+image) lives under $XDG_DATA_HOME/locald/projects; --clear-cache starts over.
+
+Exit status: 0 built, 1 failed (the reason in a sentence), 130 interrupted.";
+
+/// `locald build`
+#[derive(Debug, Args)]
+pub struct BuildArgs {
+    /// The app's source directory.
+    #[arg(default_value = ".", value_name = "APP_DIR")]
+    pub app: PathBuf,
+    /// The builder image.
+    #[arg(long, default_value = "heroku/builder:22", value_name = "IMAGE")]
+    pub builder: String,
+    /// Where to read the builder (and, unless --run-image-source says otherwise,
+    /// the run image) from: `registry:` (default), `oci-layout:DIR`,
+    /// `docker-archive:FILE` or a plugin's scheme.
+    #[arg(long, value_name = "SPEC")]
+    pub source: Option<String>,
+    /// Where to run the lifecycle (default: container where user namespaces
+    /// work, else native, with a warning).
+    #[arg(long, value_enum, value_name = "RUNNER")]
+    pub runner: Option<RunnerKind>,
+    /// The output image's name (default: the app directory's name, `:latest`).
+    #[arg(long, value_name = "NAME")]
+    pub image: Option<String>,
+    /// Where to write the image: `oci-layout:DIR` (default `oci-layout:./<name>.oci`)
+    /// or `docker-archive:FILE` (a `docker load`-able tarball).
+    #[arg(long, value_name = "SPEC")]
+    pub output: Option<String>,
+    /// The run image (default: the builder's, from its run.toml or stack.toml).
+    #[arg(long, value_name = "IMAGE")]
+    pub run_image: Option<String>,
+    /// Where to read the run image from (default: the builder's --source).
+    #[arg(long, value_name = "SPEC")]
+    pub run_image_source: Option<String>,
+    /// An environment variable for the buildpacks, KEY=VALUE, or KEY to pass this
+    /// environment's value (repeatable).
+    #[arg(long = "env", short = 'e', value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+    /// The platform to build for, OS/ARCH[/VARIANT]. Default: this machine's.
+    #[arg(long, value_name = "PLATFORM")]
+    pub platform: Option<String>,
+    #[command(flatten)]
+    pub policy: PullPolicyArgs,
+    /// Start without the buildpacks' cache from earlier builds of this app.
+    #[arg(long)]
+    pub clear_cache: bool,
+    /// Print a JSON summary on stdout (image, digest, output, runner).
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+}
+
+/// Where the lifecycle runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum RunnerKind {
+    /// A rootless namespace sandbox with the builder's root file system.
+    Container,
+    /// Directly on the host.
+    Native,
 }
 
 /// `locald plugin ...`

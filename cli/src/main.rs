@@ -88,6 +88,9 @@ fn init_logging(verbose: u8, quiet: bool) {
 }
 
 fn main() -> ExitCode {
+    // The sandbox's own stages re-execute this binary: they must run before
+    // anything starts a thread.
+    locald_runner_container::sandbox_main_if_requested();
     let cli = Cli::parse();
     init_logging(cli.verbose, cli.quiet);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -123,8 +126,19 @@ fn main() -> ExitCode {
 /// Runs the command; on Ctrl-C asks the work to stop and gives it a moment to
 /// clean up its temporary directories, then gives up on it.
 async fn run(cli: Cli, cancel: locald_core::cancel::Cancel) -> anyhow::Result<()> {
+    // A build forwards Ctrl-C to the lifecycle and waits for it to stop (killing
+    // it after a grace period); everything else only has temporaries to remove.
+    let grace = match cli.command {
+        Command::Build(_) => {
+            locald_core::lifecycle::supervise::GRACE + std::time::Duration::from_secs(5)
+        }
+        _ => std::time::Duration::from_secs(3),
+    };
     let work = async {
         match cli.command {
+            Command::Build(a) => {
+                commands::build::build(a, cli.verbose, cli.quiet, cancel.clone()).await
+            }
             Command::Image(ImageCommand::Extract(a)) => {
                 commands::image::extract(a, cli.quiet, cancel.clone()).await
             }
@@ -156,7 +170,7 @@ async fn run(cli: Cli, cancel: locald_core::cancel::Cancel) -> anyhow::Result<()
         }
     }
     cancel.cancel();
-    match tokio::time::timeout(std::time::Duration::from_secs(3), &mut work).await {
+    match tokio::time::timeout(grace, &mut work).await {
         Ok(r) => r,
         Err(_) => Err(locald_core::Error::Cancelled.into()),
     }

@@ -20,6 +20,13 @@
 //!
 //! Entry names carry no leading `/`. Every layer is gzip-compressed.
 //!
+//! [`BuilderSpec::busybox`] is a builder that can really run a build: a root
+//! filesystem of busybox-static ([`busybox_rootfs`]), the stand-in creator of
+//! [`crate::standin`], and, with [`BuilderSpec::runnable_image`], the config
+//! `Env` a lifecycle must see ([`BUILDER_PATH`], [`BUILDER_ENV_MARKER`]) for this
+//! machine's architecture. [`run_image`] is the run image its run.toml names;
+//! [`BuilderSpec::write_build_layout`] writes both into one layout.
+//!
 //! ```no_run
 //! use locald_tests::builder::BuilderSpec;
 //! use locald_tests::fixture::LayoutBuilder;
@@ -34,7 +41,7 @@
 
 use std::collections::BTreeMap;
 use std::io;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
 
@@ -424,6 +431,308 @@ impl BuilderSpec {
     }
 }
 
+// ---------------------------------------------------------------------------
+// Builders that can run a build
+
+/// In the config `Env` of a [runnable](BuilderSpec::runnable_image) builder:
+/// the stand-in creator refuses to run without it, as proof that the builder
+/// image's environment reached the lifecycle.
+pub const BUILDER_ENV_MARKER: &str = "LOCALD_TEST_BUILDER_ENV=from-builder-config";
+/// The `PATH` in the config `Env` of a runnable builder (pack's, without sbin).
+pub const BUILDER_PATH: &str = "PATH=/cnb/process:/cnb/lifecycle:/usr/local/bin:/usr/bin:/bin";
+/// `CNB_USER_ID` of [`BuilderSpec::busybox`].
+pub const BUSYBOX_UID: u32 = 1001;
+/// `CNB_GROUP_ID` of [`BuilderSpec::busybox`].
+pub const BUSYBOX_GID: u32 = 1002;
+/// The Platform APIs [`BuilderSpec::busybox`] advertises: up to 0.13, so
+/// locald (0.12-0.14) must negotiate 0.13.
+pub const BUSYBOX_PLATFORM_APIS: &[&str] = &["0.7", "0.8", "0.9", "0.10", "0.11", "0.12", "0.13"];
+/// The buildpacks of [`BuilderSpec::busybox`]: `(id, version)`; the order has
+/// one group per buildpack, in this order.
+pub const BUSYBOX_BUILDPACKS: &[(&str, &str)] = &[
+    ("locald-test/first", "1.0.0"),
+    ("locald-test/second", "2.0.0"),
+];
+/// The stack id of [`BuilderSpec::busybox`] and [`run_image`].
+pub const BUSYBOX_STACK_ID: &str = "io.locald.test.busybox";
+/// Names a static busybox binary, overriding the default places.
+pub const BUSYBOX_ENV: &str = "LOCALD_TEST_BUSYBOX";
+/// The applets [`busybox_rootfs`] links into `/bin`: what a POSIX shell
+/// script (the stand-in creator, a buildpack) needs.
+pub const BUSYBOX_APPLETS: &[&str] = &[
+    "sh",
+    "ash",
+    "[",
+    "[[",
+    "awk",
+    "basename",
+    "cat",
+    "chmod",
+    "chown",
+    "cp",
+    "cut",
+    "date",
+    "dirname",
+    "echo",
+    "env",
+    "expr",
+    "false",
+    "find",
+    "grep",
+    "gunzip",
+    "gzip",
+    "head",
+    "id",
+    "kill",
+    "ln",
+    "ls",
+    "mkdir",
+    "mktemp",
+    "mv",
+    "printf",
+    "ps",
+    "pwd",
+    "readlink",
+    "realpath",
+    "rm",
+    "rmdir",
+    "sed",
+    "sha256sum",
+    "sleep",
+    "sort",
+    "stat",
+    "tail",
+    "tar",
+    "tee",
+    "test",
+    "touch",
+    "tr",
+    "true",
+    "uname",
+    "uniq",
+    "wc",
+    "which",
+    "whoami",
+    "xargs",
+    "zcat",
+];
+
+/// A static busybox binary: `$LOCALD_TEST_BUSYBOX`, else `/usr/bin/busybox` or
+/// `/bin/busybox` (Debian's `busybox-static`). Err says why there is none; a
+/// dynamically linked busybox is refused (it could not run in a builder's root).
+pub fn find_busybox() -> Result<PathBuf, String> {
+    let candidates: Vec<PathBuf> = match std::env::var_os(BUSYBOX_ENV) {
+        Some(p) => vec![PathBuf::from(p)],
+        None => vec!["/usr/bin/busybox".into(), "/bin/busybox".into()],
+    };
+    let mut why = Vec::new();
+    for c in candidates {
+        match std::fs::read(&c) {
+            Ok(bytes) if is_static_elf(&bytes) => return Ok(c),
+            Ok(_) => why.push(format!("{} is not a static ELF executable", c.display())),
+            Err(e) => why.push(format!("{}: {e}", c.display())),
+        }
+    }
+    Err(format!(
+        "no static busybox ({}); apt-get install busybox-static or set {BUSYBOX_ENV}",
+        why.join("; ")
+    ))
+}
+
+/// Whether `bytes` are an ELF executable without a program interpreter (no
+/// `PT_INTERP`: statically linked, runs in any root filesystem).
+pub fn is_static_elf(bytes: &[u8]) -> bool {
+    const PT_INTERP: u32 = 3;
+    if bytes.len() < 64 || &bytes[..4] != b"\x7fELF" {
+        return false;
+    }
+    let little = match bytes[5] {
+        1 => true,
+        2 => false,
+        _ => return false,
+    };
+    let int = |at: usize, len: usize| -> Option<u64> {
+        let b = bytes.get(at..at + len)?;
+        let mut v = 0u64;
+        for i in 0..len {
+            let byte = if little { b[len - 1 - i] } else { b[i] };
+            v = (v << 8) | u64::from(byte);
+        }
+        Some(v)
+    };
+    // (e_phoff, e_phentsize, e_phnum) for ELF32 and ELF64.
+    let (phoff, phentsize, phnum) = match bytes[4] {
+        1 => (int(0x1c, 4), int(0x2a, 2), int(0x2c, 2)),
+        2 => (int(0x20, 8), int(0x36, 2), int(0x38, 2)),
+        _ => return false,
+    };
+    let (Some(phoff), Some(phentsize), Some(phnum)) = (phoff, phentsize, phnum) else {
+        return false;
+    };
+    (0..phnum).all(|i| {
+        let at = phoff + i * phentsize;
+        usize::try_from(at)
+            .ok()
+            .and_then(|at| int(at, 4))
+            .is_some_and(|p_type| p_type != u64::from(PT_INTERP))
+    })
+}
+
+/// The OCI architecture of this machine (`amd64`, `arm64`, ...): the static
+/// busybox in a runnable builder is the host's, so the images say so.
+pub fn host_arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        "x86" => "386",
+        "powerpc64" => "ppc64le",
+        other => other,
+    }
+}
+
+/// A root filesystem a POSIX shell script can run in: [`default_rootfs`] plus
+/// `bin/busybox` (the given bytes, mode 0755) with a relative symlink per
+/// [`BUSYBOX_APPLETS`] entry, `usr/bin/env -> /bin/busybox`, `usr/local/bin/`,
+/// `etc/os-release`, `root/` and the mount points a container root has (`dev/`,
+/// `proc/`, `sys/`, `run/`, `var/tmp/`).
+pub fn busybox_rootfs(busybox: &[u8], uid: u32, gid: u32) -> Vec<Entry> {
+    let mut e = default_rootfs(uid, gid);
+    e.push(Entry::file(
+        "etc/os-release",
+        "ID=locald-test\nVERSION_ID=\"1\"\nNAME=\"locald test busybox\"\n",
+    ));
+    e.push(Entry::dir("bin/"));
+    e.push(Entry::file("bin/busybox", busybox).mode(0o755));
+    e.extend(
+        BUSYBOX_APPLETS
+            .iter()
+            .map(|a| Entry::symlink(format!("bin/{a}"), "busybox")),
+    );
+    e.push(Entry::symlink("usr/bin/env", "/bin/busybox"));
+    e.extend([
+        Entry::dir("usr/local/"),
+        Entry::dir("usr/local/bin/"),
+        Entry::dir("root/").mode(0o700),
+        Entry::dir("dev/"),
+        Entry::dir("proc/"),
+        Entry::dir("sys/"),
+        Entry::dir("run/"),
+        Entry::dir("var/"),
+        Entry::dir("var/tmp/").mode(0o1777),
+    ]);
+    e
+}
+
+/// A small run image for `stack_id`, for this machine's architecture: a gzip
+/// layer with `etc/os-release`, `etc/passwd` and `etc/group` (the CNB user
+/// `uid:gid`) and `home/cnb/`, and an uncompressed layer with
+/// `etc/locald-run-image` (`run image for <stack_id>\n`); config `User`
+/// `uid:gid` and the `io.buildpacks.stack.id` label. No ref name is set.
+pub fn run_image(stack_id: &str, uid: u32, gid: u32) -> ImageSpec {
+    let passwd =
+        format!("root:x:0:0:root:/root:/bin/sh\ncnb:x:{uid}:{gid}:CNB user:/home/cnb:/bin/sh\n");
+    let group = format!("root:x:0:\ncnb:x:{gid}:\n");
+    ImageSpec::new(vec![
+        gz(vec![
+            Entry::dir("etc/"),
+            Entry::file("etc/os-release", "ID=locald-test-run\nVERSION_ID=\"1\"\n"),
+            Entry::file("etc/passwd", passwd),
+            Entry::file("etc/group", group),
+            Entry::dir("home/"),
+            Entry::dir("home/cnb/").owner(u64::from(uid), u64::from(gid)),
+        ]),
+        Layer::new(
+            vec![
+                Entry::dir("etc/"),
+                Entry::file(
+                    "etc/locald-run-image",
+                    format!("run image for {stack_id}\n"),
+                ),
+            ],
+            Compression::None,
+        ),
+    ])
+    .platform("linux", host_arch(), None)
+    .env(format!("CNB_USER_ID={uid}"))
+    .env(format!("CNB_GROUP_ID={gid}"))
+    .user(format!("{uid}:{gid}"))
+    .label(STACK_ID_LABEL, stack_id)
+}
+
+impl BuilderSpec {
+    /// [`BuilderSpec::busybox_with`] with the busybox [`find_busybox`] finds.
+    pub fn busybox(run_image: &str) -> Result<BuilderSpec, String> {
+        let path = find_busybox()?;
+        let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        Ok(Self::busybox_with(&bytes, run_image))
+    }
+
+    /// A builder that can really run a build, with [`BuilderSpec::runnable_image`]:
+    /// root filesystem [`busybox_rootfs`], the stand-in creator
+    /// ([`crate::standin::CREATOR`]), user [`BUSYBOX_UID`]:[`BUSYBOX_GID`],
+    /// Platform APIs [`BUSYBOX_PLATFORM_APIS`], buildpacks
+    /// [`BUSYBOX_BUILDPACKS`] (one order group each), stack
+    /// [`BUSYBOX_STACK_ID`], `run_image` in run.toml and stack.toml. Every field
+    /// may be changed afterwards (the stand-in reads lifecycle.toml and
+    /// order.toml; it has nothing baked in).
+    pub fn busybox_with(busybox: &[u8], run_image: &str) -> BuilderSpec {
+        let (uid, gid) = (BUSYBOX_UID, BUSYBOX_GID);
+        let buildpacks: Vec<(String, String)> = BUSYBOX_BUILDPACKS
+            .iter()
+            .map(|(id, v)| ((*id).to_owned(), (*v).to_owned()))
+            .collect();
+        BuilderSpec {
+            platform_apis: strings(BUSYBOX_PLATFORM_APIS),
+            order: buildpacks
+                .iter()
+                .map(|(id, v)| vec![(id.clone(), v.clone(), false)])
+                .collect(),
+            buildpacks,
+            run_image: run_image.to_owned(),
+            run_mirrors: Vec::new(),
+            stack_id: BUSYBOX_STACK_ID.to_owned(),
+            uid,
+            gid,
+            creator: crate::standin::CREATOR.as_bytes().to_vec(),
+            rootfs: busybox_rootfs(busybox, uid, gid),
+            ..BuilderSpec::default()
+        }
+    }
+
+    /// [`BuilderSpec::image`] as a build needs it: config `Env` `PATH` is
+    /// [`BUILDER_PATH`] and [`BUILDER_ENV_MARKER`] is added (real builders'
+    /// config carries env the lifecycle must see), and the platform is this
+    /// machine's ([`host_arch`]). No ref name is set.
+    pub fn runnable_image(&self) -> ImageSpec {
+        let mut image = self.image().platform("linux", host_arch(), None);
+        image.env.retain(|e| !e.starts_with("PATH="));
+        image.env.insert(0, BUILDER_PATH.to_owned());
+        image.env(BUILDER_ENV_MARKER)
+    }
+
+    /// The run image [`BuilderSpec::run_image`] names: [`run_image`] for this
+    /// builder's stack and user. No ref name is set.
+    pub fn run_image_spec(&self) -> ImageSpec {
+        run_image(&self.stack_id, self.uid, self.gid)
+    }
+
+    /// Writes an OCI layout at `dir` holding [`BuilderSpec::runnable_image`]
+    /// named `builder_ref` and [`BuilderSpec::run_image_spec`] named
+    /// [`BuilderSpec::run_image`] (what `locald build --source oci-layout:DIR`
+    /// reads). Returns (builder, run image).
+    pub fn write_build_layout(
+        &self,
+        dir: &Path,
+        builder_ref: &str,
+    ) -> io::Result<(ImageInfo, ImageInfo)> {
+        let mut b = LayoutBuilder::new(dir);
+        let builder = b.add_image(self.runnable_image().ref_name(builder_ref));
+        let run = b.add_image(self.run_image_spec().ref_name(self.run_image.clone()));
+        b.write()?;
+        Ok((builder, run))
+    }
+}
+
 fn gz(entries: Vec<Entry>) -> Layer {
     Layer::new(entries, Compression::Gzip)
 }
@@ -517,6 +826,15 @@ mod tests {
         layers: Vec<BTreeMap<String, Got>>,
         /// Per layer: sha256 of the uncompressed tar.
         diff_ids: Vec<String>,
+        /// Per layer: the manifest's media type.
+        media_types: Vec<String>,
+    }
+
+    /// Every builder layer is gzip-compressed (module docs).
+    fn assert_all_gzip(r: &ReadLayout) {
+        for m in &r.media_types {
+            assert_eq!(m, "application/vnd.oci.image.layer.v1.tar+gzip");
+        }
     }
 
     fn read_json(path: &Path) -> Value {
@@ -545,13 +863,17 @@ mod tests {
                 .unwrap();
         let mut layers = Vec::new();
         let mut diff_ids = Vec::new();
+        let mut media_types = Vec::new();
         for l in manifest["layers"].as_array().unwrap() {
-            assert_eq!(
-                l["mediaType"],
-                "application/vnd.oci.image.layer.v1.tar+gzip"
-            );
+            let media_type = l["mediaType"].as_str().unwrap().to_owned();
+            let compression = match media_type.as_str() {
+                "application/vnd.oci.image.layer.v1.tar+gzip" => Compression::Gzip,
+                "application/vnd.oci.image.layer.v1.tar" => Compression::None,
+                other => panic!("unexpected layer media type {other}"),
+            };
+            media_types.push(media_type);
             let raw = blob(dir, l["digest"].as_str().unwrap());
-            let tar_bytes = Compression::Gzip.decompress(&raw).unwrap();
+            let tar_bytes = compression.decompress(&raw).unwrap();
             diff_ids.push(sha256_digest(&tar_bytes));
             let mut entries = BTreeMap::new();
             let mut a = tar::Archive::new(&tar_bytes[..]);
@@ -579,6 +901,7 @@ mod tests {
             config,
             layers,
             diff_ids,
+            media_types,
         }
     }
 
@@ -621,6 +944,7 @@ mod tests {
         let layout = tmp.path().join("layout");
         spec.write_layout(&layout, "builder").unwrap();
         let r = read_layout(&layout, "builder");
+        assert_all_gzip(&r);
         (tmp, r)
     }
 
@@ -913,5 +1237,253 @@ mod tests {
             .unwrap();
         assert!(out.status.success());
         assert_eq!(out.stdout, b"stand-in build: it's/odd@1\n");
+    }
+
+    fn busybox_or_skip() -> Option<PathBuf> {
+        match find_busybox() {
+            Ok(p) => Some(p),
+            Err(e) => {
+                eprintln!("skipping: {e}");
+                None
+            }
+        }
+    }
+
+    #[test]
+    fn static_elf_detection() {
+        assert!(!is_static_elf(b""));
+        assert!(!is_static_elf(b"#!/bin/sh\nexit 0\n"));
+        assert!(!is_static_elf(&[0x7f, b'E', b'L', b'F', 2, 1, 1, 0]));
+        // The test binary itself is dynamically linked (it has PT_INTERP).
+        let me = std::fs::read(std::env::current_exe().unwrap()).unwrap();
+        assert!(!is_static_elf(&me));
+        if let Some(bb) = busybox_or_skip() {
+            assert!(is_static_elf(&std::fs::read(bb).unwrap()));
+        }
+    }
+
+    #[test]
+    fn busybox_builder_image() {
+        let Some(bb) = busybox_or_skip() else { return };
+        let applets = crate::peers::run(bb.to_str().unwrap(), ["--list"]).unwrap();
+        let applets: Vec<&str> = applets.lines().collect();
+        for a in BUSYBOX_APPLETS {
+            assert!(applets.contains(a), "busybox has no {a} applet");
+        }
+
+        let run = "127.0.0.1:5000/locald-test/run:1";
+        let spec = BuilderSpec::busybox(run).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let layout = tmp.path().join("layout");
+        let (builder, run_info) = spec.write_build_layout(&layout, "builder").unwrap();
+        let r = read_layout(&layout, "builder");
+        assert_all_gzip(&r);
+        assert_eq!(r.config["architecture"], host_arch());
+        let env = r.env();
+        for want in [
+            BUILDER_PATH,
+            BUILDER_ENV_MARKER,
+            "CNB_USER_ID=1001",
+            "CNB_GROUP_ID=1002",
+        ] {
+            assert!(env.iter().any(|e| e == want), "{want} not in {env:?}");
+        }
+        assert_eq!(env.iter().filter(|e| e.starts_with("PATH=")).count(), 1);
+        assert_eq!(r.config["config"]["User"], "1001:1002");
+        let (_, bin) = r.find("bin/busybox").unwrap();
+        assert_eq!(bin.mode, 0o755);
+        assert!(is_static_elf(&bin.content));
+        let (_, sh) = r.find("bin/sh").unwrap();
+        assert_eq!(sh.link.as_deref(), Some("busybox"));
+        assert!(r.text("etc/passwd").contains("cnb:x:1001:1002:"));
+        assert!(r.text("etc/group").contains("cnb:x:1002:"));
+        let home = r.find("home/cnb/").unwrap().1;
+        assert_eq!((home.uid, home.gid), (1001, 1002));
+        assert_eq!(r.find("tmp/").unwrap().1.mode, 0o1777);
+        for d in ["dev/", "proc/", "sys/"] {
+            assert!(r.find(d).is_some(), "{d}");
+        }
+        assert_eq!(
+            r.find("cnb/lifecycle/creator").unwrap().1.content,
+            crate::standin::CREATOR.as_bytes()
+        );
+        let lt = toml_value(&r.text("cnb/lifecycle/lifecycle.toml"));
+        let apis: Vec<&str> = lt["apis"]["platform"]["supported"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
+        assert!(apis.contains(&"0.12") && apis.contains(&"0.13"), "{apis:?}");
+        assert!(!apis.contains(&"0.14"), "{apis:?}");
+        let runtoml = toml_value(&r.text("cnb/run.toml"));
+        assert_eq!(runtoml["images"][0]["image"].as_str(), Some(run));
+        let order = toml_value(&r.text("cnb/order.toml"));
+        assert_eq!(order["order"].as_array().unwrap().len(), 2);
+        assert_eq!(
+            order["order"][1]["group"][0]["id"].as_str(),
+            Some("locald-test/second")
+        );
+
+        // The run image, named as run.toml says, in the same layout.
+        let index = read_json_file(&layout.join("index.json"));
+        let names: Vec<&str> = index["manifests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["annotations"][REF_NAME].as_str().unwrap())
+            .collect();
+        assert_eq!(names, ["builder", run]);
+        assert_ne!(builder.manifest.digest, run_info.manifest.digest);
+        let rr = read_layout(&layout, run);
+        assert_eq!(
+            rr.media_types,
+            [
+                "application/vnd.oci.image.layer.v1.tar+gzip",
+                "application/vnd.oci.image.layer.v1.tar"
+            ]
+        );
+        assert_eq!(rr.config["architecture"], host_arch());
+        assert_eq!(
+            rr.config["config"]["Labels"][STACK_ID_LABEL],
+            BUSYBOX_STACK_ID
+        );
+        assert!(rr.text("etc/os-release").contains("ID="));
+        assert!(rr.text("etc/passwd").contains("cnb:x:1001:1002:"));
+    }
+
+    /// The absolute path of `tool` on this process's `PATH`.
+    fn which(tool: &str) -> String {
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        std::env::split_paths(&path)
+            .map(|d| d.join(tool))
+            .find(|p| p.is_file())
+            .unwrap_or_else(|| panic!("{tool} not on PATH"))
+            .to_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    fn read_json_file(path: &Path) -> Value {
+        serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+    }
+
+    /// The builder's own root filesystem runs the stand-in creator, with nothing
+    /// of locald involved: unpacked with umoci, entered with unshare + chroot
+    /// (as the builder's user when root), /dev bound in.
+    #[test]
+    fn busybox_builder_runs_the_stand_in_in_its_own_root() {
+        let Some(_) = busybox_or_skip() else { return };
+        for tool in ["umoci", "unshare", "chroot"] {
+            if !crate::peers::have(tool) {
+                eprintln!("skipping: no {tool}");
+                return;
+            }
+        }
+        let root_user = crate::peers::is_root();
+        if !root_user
+            && crate::peers::run("unshare", ["--user", "--map-root-user", "--mount", "true"])
+                .is_err()
+        {
+            eprintln!("skipping: no user namespaces");
+            return;
+        }
+        let run = "registry.example/locald-test/run:1";
+        let image = "locald-test/app:1";
+        let spec = BuilderSpec::busybox(run).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let layout = tmp.path().join("layout");
+        spec.write_build_layout(&layout, "builder").unwrap();
+        let rootfs =
+            crate::peers::umoci_unpack(&layout, "builder", &tmp.path().join("bundle")).unwrap();
+        std::fs::write(rootfs.join("workspace/hello.txt"), "hi\n").unwrap();
+        for d in ["cache", "layout-repo"] {
+            std::fs::create_dir(rootfs.join(d)).unwrap();
+        }
+        std::fs::write(rootfs.join("platform/env/FOO"), "bar").unwrap();
+        let mut b = LayoutBuilder::new(
+            rootfs
+                .join("layout-repo")
+                .join(crate::standin::layout_path_for(run)),
+        );
+        b.add_image(spec.run_image_spec().ref_name(run));
+        b.write().unwrap();
+        if root_user {
+            for d in ["workspace", "layers", "cache", "layout-repo"] {
+                crate::standin::chown_tree(&rootfs.join(d), spec.uid, spec.gid).unwrap();
+            }
+        }
+        let (uid, gid) = (spec.uid.to_string(), spec.gid.to_string());
+        let args = [
+            "-app",
+            "/workspace",
+            "-layers",
+            "/layers",
+            "-platform",
+            "/platform",
+            "-cache-dir",
+            "/cache",
+            "-run-image",
+            run,
+            "-layout",
+            "-layout-dir",
+            "/layout-repo",
+            "-uid",
+            &uid,
+            "-gid",
+            &gid,
+            image,
+        ];
+        // The environment is the image's: the tools by absolute path.
+        let chroot = which("chroot");
+        let mount = which("mount");
+        let chroot = if root_user {
+            format!("exec {chroot} --userspec={uid}:{gid} \"$0\" \"$@\"")
+        } else {
+            format!("exec {chroot} \"$0\" \"$@\"")
+        };
+        let mut c = std::process::Command::new(which("unshare"));
+        if !root_user {
+            c.args(["--user", "--map-root-user"]);
+        }
+        c.args(["--mount", "sh", "-c"])
+            .arg(format!("{mount} --rbind /dev \"$0/dev\" && {chroot}"))
+            .arg(&rootfs)
+            .arg("/cnb/lifecycle/creator")
+            .args(args)
+            .env_clear()
+            .envs(
+                spec.runnable_image()
+                    .env
+                    .iter()
+                    .filter_map(|e| e.split_once('=')),
+            )
+            .env("CNB_PLATFORM_API", "0.13")
+            .env("CNB_EXPERIMENTAL_MODE", "warn");
+        let out = c.output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{}\n{stdout}\n{stderr}", out.status);
+        let want_uid = if root_user { uid.as_str() } else { "0" };
+        assert!(
+            stdout.contains(&format!(
+                "[probe] contract ok platform-api=0.13 uid={want_uid} "
+            )),
+            "{stdout}"
+        );
+        assert!(
+            stdout.contains("stand-in build: locald-test/first@1.0.0"),
+            "{stdout}"
+        );
+        assert!(stdout.contains("[probe] env FOO=bar"), "{stdout}");
+        assert!(stdout.contains("Saving locald-test/app:1..."), "{stdout}");
+        let out_dir = rootfs
+            .join("layout-repo")
+            .join(crate::standin::layout_path_for(image));
+        let index = read_json_file(&out_dir.join("index.json"));
+        assert_eq!(index["manifests"].as_array().unwrap().len(), 1);
+        if crate::peers::have("skopeo") {
+            crate::peers::skopeo(&["inspect", &format!("oci:{}", out_dir.display())]).unwrap();
+        }
     }
 }

@@ -8,4 +8,5 @@ pub mod builder;
 pub mod fixture;
 pub mod peers;
 pub mod registry;
+pub mod standin;
 pub mod tree;

@@ -297,6 +297,12 @@ fn print_pruned(p: &locald_core::cache::Pruned, json: bool) -> anyhow::Result<()
         p.trees,
         p.blobs
     );
+    if p.in_use > 0 {
+        println!(
+            "kept {} unreferenced trees that running builds use; the next prune removes them",
+            p.in_use
+        );
+    }
     Ok(())
 }
 

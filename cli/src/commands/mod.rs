@@ -1,5 +1,6 @@
 //! Command implementations, and the source wiring they share.
 
+pub mod build;
 pub mod builder;
 pub mod image;
 pub mod plugin;

@@ -5,6 +5,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 use locald_tests::fixture::{Compression, Entry, ImageSpec, IndexSpec, Layer, LayoutBuilder};
+mod build;
 mod builder_cache;
 mod builder_local;
 mod plugins;

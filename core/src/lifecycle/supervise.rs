@@ -37,6 +37,7 @@ impl RunStatus {
 #[derive(Debug, Default)]
 pub struct LineWatcher {
     lines: Mutex<VecDeque<String>>,
+    stdout_to_stderr: bool,
 }
 
 /// How many lines a [`LineWatcher`] keeps.
@@ -46,6 +47,15 @@ impl LineWatcher {
     /// An empty watcher.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A watcher for a run whose stdout is data (`--json`): the lifecycle's stdout
+    /// goes to our stderr too.
+    pub fn stdout_to_stderr() -> Self {
+        LineWatcher {
+            stdout_to_stderr: true,
+            ..Self::default()
+        }
     }
 
     /// Record one line (without its newline).
@@ -126,7 +136,11 @@ pub fn supervise(
     std::thread::scope(|scope| {
         if let Some(out) = stdout {
             let prefix = &prefix;
-            scope.spawn(move || pump(out, std::io::stdout(), prefix, watcher));
+            if watcher.stdout_to_stderr {
+                scope.spawn(move || pump(out, std::io::stderr(), prefix, watcher));
+            } else {
+                scope.spawn(move || pump(out, std::io::stdout(), prefix, watcher));
+            }
         }
         if let Some(err) = stderr {
             let prefix = &prefix;

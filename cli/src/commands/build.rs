@@ -1,0 +1,553 @@
+//! `locald build`: app directory in, OCI image out, with a CNB builder's lifecycle.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context;
+use locald_core::builder::{read_builder, BuilderInfo};
+use locald_core::cache::PullPolicy;
+use locald_core::cancel::Cancel;
+use locald_core::extract::PathFilter;
+use locald_core::lifecycle::{
+    explain_exit, plan_creator, CreatorOptions, HostDirs, LifecycleRunner, LineWatcher, RunStatus,
+};
+use locald_core::source::SourceSpec;
+use locald_core::ImageReference;
+
+use super::builder::{cache, pull_into_cache};
+use super::{open_source, platform};
+use crate::args::{BuildArgs, RunnerKind, SourceArgs};
+use crate::UserError;
+
+/// Where the image goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Output {
+    Layout(PathBuf),
+    Archive(PathBuf),
+}
+
+impl Output {
+    fn parse(spec: &str) -> anyhow::Result<Output> {
+        let parsed = SourceSpec::parse(spec);
+        let path = PathBuf::from(&parsed.location);
+        if parsed.location.is_empty() {
+            return Err(bad_output(spec));
+        }
+        match parsed.scheme.as_str() {
+            "oci-layout" | "oci" => Ok(Output::Layout(path)),
+            "docker-archive" if parsed.location == "-" => Err(UserError::with_hint(
+                "--output docker-archive:- is not supported: the archive is written to a file and renamed into place",
+                "write it to a file, then `docker load -i FILE`",
+            )
+            .into()),
+            "docker-archive" => Ok(Output::Archive(path)),
+            _ => Err(bad_output(spec)),
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Output::Layout(p) => format!("oci-layout:{}", p.display()),
+            Output::Archive(p) => format!("docker-archive:{}", p.display()),
+        }
+    }
+}
+
+fn bad_output(spec: &str) -> anyhow::Error {
+    UserError::with_hint(
+        format!("--output {spec:?} is not an output locald can write"),
+        "use oci-layout:DIR (an OCI image layout directory) or docker-archive:FILE (for `docker load`)",
+    )
+    .into()
+}
+
+/// The default image name: the app directory's name, made a valid repository.
+fn default_image_name(app: &Path) -> String {
+    let base = app
+        .file_name()
+        .map(|n| n.to_string_lossy().to_lowercase())
+        .unwrap_or_default();
+    let mut name: String = base
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '-' || c == '_' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    name = name
+        .trim_matches(|c: char| !c.is_ascii_alphanumeric())
+        .to_owned();
+    if name.is_empty() {
+        name = "app".to_owned();
+    }
+    format!("{name}:latest")
+}
+
+/// Picks the runner: the asked one, else the container where user namespaces
+/// work, else native with a warning saying why.
+fn choose_runner(
+    asked: Option<RunnerKind>,
+) -> anyhow::Result<(Box<dyn LifecycleRunner>, RunnerKind)> {
+    let container = || -> anyhow::Result<Box<dyn LifecycleRunner>> {
+        let exe =
+            std::env::current_exe().context("cannot find the locald executable for the sandbox")?;
+        Ok(Box::new(locald_runner_container::ContainerRunner::new(exe)))
+    };
+    match asked {
+        Some(RunnerKind::Native) => Ok((
+            Box::new(locald_runner_native::NativeRunner),
+            RunnerKind::Native,
+        )),
+        Some(RunnerKind::Container) => {
+            if let Err(e) = locald_runner_container::probe() {
+                return Err(runner_error(e));
+            }
+            Ok((container()?, RunnerKind::Container))
+        }
+        None => match locald_runner_container::probe() {
+            Ok(()) => Ok((container()?, RunnerKind::Container)),
+            Err(e) => {
+                tracing::warn!(
+                    "running the lifecycle natively on the host, because the sandbox cannot start here: {e}"
+                );
+                Ok((
+                    Box::new(locald_runner_native::NativeRunner),
+                    RunnerKind::Native,
+                ))
+            }
+        },
+    }
+}
+
+fn runner_error(e: locald_core::lifecycle::RunnerError) -> anyhow::Error {
+    match e {
+        locald_core::lifecycle::RunnerError::Unavailable { message, hint } => {
+            UserError::with_hint(message, hint).into()
+        }
+        other => anyhow::Error::new(other),
+    }
+}
+
+/// `locald build`
+pub async fn build(
+    args: BuildArgs,
+    verbose: u8,
+    quiet: bool,
+    cancel: Cancel,
+) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let say = |msg: String| {
+        if !quiet {
+            eprintln!("{msg}");
+        }
+    };
+    if !args.app.is_dir() {
+        return Err(UserError::with_hint(
+            format!(
+                "the app directory {} does not exist or is not a directory",
+                args.app.display()
+            ),
+            "pass the directory holding the app's source, e.g. `locald build ./app`",
+        )
+        .into());
+    }
+    let app = std::fs::canonicalize(&args.app)
+        .with_context(|| format!("cannot resolve the app directory {}", args.app.display()))?;
+    let image_name = args
+        .image
+        .clone()
+        .unwrap_or_else(|| default_image_name(&app));
+    let image_ref = ImageReference::parse(&image_name).map_err(|e| {
+        UserError::with_hint(
+            format!("--image {image_name:?} is not a valid image name: {e}"),
+            "e.g. --image myapp:1.0",
+        )
+    })?;
+    let output = match &args.output {
+        Some(spec) => Output::parse(spec)?,
+        None => Output::Layout(PathBuf::from(format!(
+            "{}.oci",
+            image_ref.repository().rsplit('/').next().unwrap_or("app")
+        ))),
+    };
+    let output = match output {
+        Output::Layout(p) => Output::Layout(std::path::absolute(&p)?),
+        Output::Archive(p) => Output::Archive(std::path::absolute(&p)?),
+    };
+    let env: Vec<(String, String)> = args
+        .env
+        .iter()
+        .map(|e| locald_core::project::parse_env_arg(e))
+        .collect::<Result<_, _>>()?;
+
+    let (runner, kind) = choose_runner(args.runner)?;
+    let cache = cache()?;
+
+    // 1. The builder: /cnb for the native runner, the whole root for the sandbox.
+    let filter = match kind {
+        RunnerKind::Container => PathFilter::default(),
+        RunnerKind::Native => PathFilter::new(&["/cnb"]).map_err(anyhow::Error::msg)?,
+    };
+    let builder_args = SourceArgs {
+        image: Some(args.builder.clone()),
+        source: args.source.clone(),
+        platform: args.platform.clone(),
+        registry: args.registry.clone(),
+    };
+    let pulled = pull_into_cache(
+        &cache,
+        &builder_args,
+        &args.policy,
+        filter,
+        quiet,
+        true,
+        cancel.clone(),
+    )
+    .await?;
+    let builder = &pulled.image;
+    // The build reads the tree until the lifecycle ends: keep prune, rm and
+    // builder updates from removing it meanwhile.
+    let _held = cache.hold_image(&builder.manifest_digest)?;
+    if !pulled.tree.join("cnb/lifecycle").is_dir() {
+        return Err(UserError::with_hint(
+            format!(
+                "{} is not a CNB builder image: it has no /cnb/lifecycle",
+                builder.name
+            ),
+            "builders are images made by `pack builder create`, e.g. heroku/builder:22",
+        )
+        .into());
+    }
+    let info = read_builder(&pulled.tree, &builder.config)
+        .with_context(|| format!("could not read the builder metadata of {}", builder.name))?;
+    if kind == RunnerKind::Native {
+        for warning in locald_runner_native::host_mismatches(&info) {
+            tracing::warn!("{warning}");
+        }
+    }
+    say(format!(
+        "Builder {} ({}, lifecycle {})",
+        builder.name,
+        builder.manifest_digest.short(),
+        info.lifecycle_version
+            .as_deref()
+            .unwrap_or("of unknown version")
+    ));
+
+    // 2. The run image reference, and the plan (which refuses old lifecycles
+    // before anything is copied).
+    let run_image = match (&args.run_image, info.run_images.first()) {
+        (Some(r), _) => r.clone(),
+        (None, Some(r)) => r.image.clone(),
+        (None, None) => {
+            return Err(UserError::with_hint(
+                format!(
+                    "the builder {} names no run image (no /cnb/run.toml or /cnb/stack.toml)",
+                    builder.name
+                ),
+                "pass one with --run-image IMAGE",
+            )
+            .into())
+        }
+    };
+    let run_ref = ImageReference::parse(&run_image)
+        .with_context(|| format!("the run image name {run_image:?} is not a valid reference"))?;
+
+    // 3. Per-project state, the app copy, the platform env.
+    let project = {
+        let (root, app) = (cache.root().to_path_buf(), app.clone());
+        tokio::task::spawn_blocking(move || locald_core::project::Project::open(&root, &app))
+            .await
+            .context("the project lock thread failed")??
+    };
+    let as_root = rustix::process::geteuid().is_root();
+    let owner = match (kind, as_root, info.user_id, info.group_id) {
+        (RunnerKind::Native, true, Some(u), Some(g)) => Some((u, g)),
+        _ => None,
+    };
+    let dirs = project.prepare(args.clear_cache, owner)?;
+    let host: HostDirs = dirs.clone().with_builder(pulled.tree.clone());
+    let plan = plan_creator(
+        &info,
+        CreatorOptions {
+            image: image_ref.to_string(),
+            run_image: run_ref.to_string(),
+            builder_env: builder
+                .config
+                .config()
+                .as_ref()
+                .and_then(|c| c.env().clone())
+                .unwrap_or_default(),
+            debug: verbose > 0,
+            skip_restore: args.clear_cache,
+            host,
+        },
+    )
+    .map_err(|e| {
+        UserError::with_hint(
+            e.to_string(),
+            "`locald builder inspect` shows the builder's lifecycle and APIs",
+        )
+    })?;
+    let copied = locald_core::appcopy::copy_app(&app, &dirs.app, owner)?;
+    tracing::debug!(?copied, "app copied");
+    locald_core::project::write_platform_env(&dirs.platform, &env)?;
+    cancel.check()?;
+
+    // 4. The run image, in the layout dir where the lifecycle looks for it.
+    let run_spec = args
+        .run_image_source
+        .clone()
+        .or_else(|| args.source.clone());
+    let run_source = open_source(run_spec.as_deref(), &args.registry, true)?;
+    let (plat, _) = platform(args.platform.as_deref())?;
+    let plat = if args.platform.is_some() {
+        plat
+    } else {
+        builder.platform.clone()
+    };
+    let placed_path = dirs
+        .layout
+        .join(locald_core::layout_out::layout_path_for(&run_ref));
+    let offline = args.policy.policy == PullPolicy::Never && run_source.is_remote();
+    let placed = match already_placed(&placed_path) {
+        // Offline, the run image placed by an earlier build is the one to use.
+        Some(digest) if offline => locald_core::layout_out::Placed {
+            path: placed_path,
+            manifest_digest: digest,
+            reused: true,
+        },
+        None if offline => {
+            return Err(UserError::with_hint(
+                format!("--pull never: the run image {run_image} is not in this app's build state yet and would have to be fetched from {}", run_source.describe()),
+                "build once with --pull missing, or give a local run image with --run-image-source",
+            )
+            .into())
+        }
+        _ => locald_core::layout_out::place_image_with(
+            run_source.as_ref(),
+            Some(run_image.as_str()),
+            &plat,
+            &dirs.layout,
+            &run_ref,
+            &locald_core::layout_out::PlaceOptions {
+                explicit_platform: args.platform.is_some(),
+                cancel: cancel.clone(),
+                reporter: None,
+            },
+        )
+        .await
+        .with_context(|| format!("could not place the run image {run_image} from {}", run_source.describe()))?,
+    };
+    if let Some((uid, gid)) = owner {
+        // The exporter, running as the build user, adds the app image beside it.
+        chown_tree(&dirs.layout, uid, gid)?;
+    }
+    say(format!(
+        "Run image {run_image} ({}{})",
+        placed.manifest_digest.short(),
+        if placed.reused {
+            ", already in place"
+        } else {
+            ""
+        }
+    ));
+    cancel.check()?;
+
+    // 5. The lifecycle.
+    say(format!(
+        "Building {} with the {} runner",
+        image_ref,
+        runner.name()
+    ));
+    let watcher = Arc::new(if args.json {
+        LineWatcher::stdout_to_stderr()
+    } else {
+        LineWatcher::new()
+    });
+    let status = {
+        let plan = plan.clone();
+        let watcher = watcher.clone();
+        let cancel = cancel.clone();
+        tokio::task::spawn_blocking(move || runner.run(&plan, &watcher, &cancel))
+            .await
+            .context("the runner thread failed")?
+            .map_err(runner_error)?
+    };
+    if let Some(sentence) = explain_exit(status, &plan, &info, &watcher) {
+        if status == RunStatus::Interrupted {
+            return Err(anyhow::Error::new(locald_core::Error::Cancelled).context(sentence));
+        }
+        return Err(UserError::with_hint(sentence, hint_for(status, &info)).into());
+    }
+
+    // 6. The output.
+    let image_layout = dirs
+        .layout
+        .join(locald_core::layout_out::layout_path_for(&image_ref));
+    if !image_layout.join("index.json").is_file() {
+        return Err(anyhow::anyhow!(
+            "the lifecycle succeeded but wrote no image at {} (where Platform API {} puts -layout exports)",
+            image_layout.display(),
+            plan.env_var("CNB_PLATFORM_API").unwrap_or("?")
+        ));
+    }
+    let written = match &output {
+        Output::Layout(dir) => {
+            locald_core::layout_out::write_oci_layout(&image_layout, dir, &image_ref.to_string())?
+        }
+        Output::Archive(file) => locald_core::layout_out::write_docker_archive(
+            &image_layout,
+            file,
+            &image_ref.to_string(),
+        )?,
+    };
+    let elapsed = started.elapsed().as_secs_f64();
+    if args.json {
+        let out = serde_json::json!({
+            "image": image_ref.to_string(),
+            "digest": written.manifest_digest.to_string(),
+            "config_digest": written.config_digest.to_string(),
+            "output": output.describe(),
+            "runner": runner_name(kind),
+            "builder": builder.name,
+            "builder_digest": builder.manifest_digest.to_string(),
+            "run_image": run_ref.to_string(),
+            "project": project.dir(),
+            "seconds": elapsed,
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+    if !quiet {
+        eprintln!(
+            "Built {image_ref} ({}) in {elapsed:.1}s -> {}",
+            written.manifest_digest,
+            output.describe()
+        );
+        let short = short_name(&image_ref);
+        match &output {
+            Output::Layout(dir) => {
+                eprintln!(
+                    "Run it with podman:  podman run --rm oci:{}:{}",
+                    dir.display(),
+                    short
+                );
+                eprintln!(
+                    "or with Docker:      skopeo copy oci:{}:{} docker-daemon:{short} && docker run --rm {short}",
+                    dir.display(),
+                    short
+                );
+            }
+            Output::Archive(file) => {
+                eprintln!(
+                    "Run it with Docker:  docker load -i {} && docker run --rm {short}",
+                    file.display()
+                );
+            }
+        }
+    }
+    println!("{}", written.manifest_digest);
+    Ok(())
+}
+
+/// The manifest digest of a single-manifest layout placed earlier.
+fn already_placed(dir: &Path) -> Option<locald_core::Digest> {
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("index.json")).ok()?).ok()?;
+    let manifests = index.get("manifests")?.as_array()?;
+    match manifests.as_slice() {
+        [one] => one.get("digest")?.as_str()?.parse().ok(),
+        _ => None,
+    }
+}
+
+/// `lchown` everything under `dir` (not following symlinks).
+fn chown_tree(dir: &Path, uid: u32, gid: u32) -> anyhow::Result<()> {
+    std::os::unix::fs::lchown(dir, Some(uid), Some(gid))
+        .with_context(|| format!("cannot hand {} to the build user", dir.display()))?;
+    for entry in std::fs::read_dir(dir).with_context(|| format!("cannot read {}", dir.display()))? {
+        let entry = entry?;
+        let path = entry.path();
+        if entry.file_type()?.is_dir() {
+            chown_tree(&path, uid, gid)?;
+        } else {
+            std::os::unix::fs::lchown(&path, Some(uid), Some(gid))
+                .with_context(|| format!("cannot hand {} to the build user", path.display()))?;
+        }
+    }
+    Ok(())
+}
+
+fn runner_name(kind: RunnerKind) -> &'static str {
+    match kind {
+        RunnerKind::Container => "container",
+        RunnerKind::Native => "native",
+    }
+}
+
+/// `docker.io/library/app:latest` -> `app:latest`, as `docker` spells it.
+fn short_name(r: &ImageReference) -> String {
+    let full = r.to_string();
+    full.strip_prefix("docker.io/library/")
+        .or_else(|| full.strip_prefix("docker.io/"))
+        .unwrap_or(&full)
+        .to_owned()
+}
+
+fn hint_for(status: RunStatus, info: &BuilderInfo) -> String {
+    match status {
+        RunStatus::Exited(20) | RunStatus::Exited(21) => {
+            if info.order.is_empty() {
+                "`locald builder inspect` lists the builder's buildpacks".to_owned()
+            } else {
+                "`locald builder inspect` lists the builder's buildpacks and order; another builder may suit this app".to_owned()
+            }
+        }
+        RunStatus::Exited(51) => {
+            "fix the problem the buildpack reported above, then build again".to_owned()
+        }
+        RunStatus::Exited(11) | RunStatus::Exited(12) => {
+            "use a builder with a newer lifecycle".to_owned()
+        }
+        _ => "run with -v for the lifecycle's debug output".to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outputs() {
+        assert_eq!(
+            Output::parse("oci-layout:out").expect("layout"),
+            Output::Layout("out".into())
+        );
+        assert_eq!(
+            Output::parse("docker-archive:a.tar").expect("archive"),
+            Output::Archive("a.tar".into())
+        );
+        assert!(Output::parse("docker-archive:-").is_err());
+        assert!(Output::parse("registry:foo").is_err());
+        assert!(Output::parse("oci-layout:").is_err());
+    }
+
+    #[test]
+    fn default_names() {
+        assert_eq!(
+            default_image_name(Path::new("/src/My App")),
+            "my-app:latest"
+        );
+        assert_eq!(
+            default_image_name(Path::new("/src/node.js-app")),
+            "node.js-app:latest"
+        );
+        assert_eq!(default_image_name(Path::new("/")), "app:latest");
+        assert_eq!(default_image_name(Path::new("/x/__")), "app:latest");
+    }
+}

@@ -1,0 +1,1096 @@
+//! `locald build` end to end, with a builder that can really run: a busybox root
+//! filesystem and the stand-in `creator` (`locald_tests::standin`), which checks
+//! the contract locald gives the lifecycle and exports an image the way the real
+//! one does. Builders come from an OCI layout, docker archives and a real
+//! registry; both runners are used; the image is checked with skopeo and umoci.
+//!
+//! Every test has its own `XDG_DATA_HOME` and image name. Tests skip (saying
+//! why) where a peer is missing: busybox-static, skopeo, umoci, user namespaces
+//! for the container runner, root for the runs as another user.
+
+use std::io::{BufRead, BufReader, Read};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use locald_tests::builder::{BuilderSpec, BUSYBOX_BUILDPACKS, BUSYBOX_GID, BUSYBOX_UID};
+use locald_tests::fixture::{LayoutBuilder, REF_NAME};
+use locald_tests::peers;
+use locald_tests::registry::{Auth, Registry};
+use locald_tests::standin::{
+    self, chown_tree, probe_value, TestUser, FAIL_BUILD, FAIL_DETECT, PROBE_SANDBOX,
+    WAIT_FOR_SIGNAL,
+};
+
+const BIN: &str = env!("CARGO_BIN_EXE_locald");
+/// The builder's name in the test layouts.
+const BUILDER: &str = "locald-test/builder:1";
+/// The run image the builder's run.toml names (layout and archive tests).
+const RUN: &str = "locald-test/run:1";
+/// The Platform API locald (0.12-0.14) and the busybox builder (to 0.13) share.
+const API: &str = "0.13";
+
+/// Environment variables of the caller that would change what locald does.
+const SCRUBBED: &[&str] = &[
+    "LOCALD_LOG",
+    "LOCALD_PULL",
+    "LOCALD_PULL_INTERVAL",
+    "LOCALD_REGISTRY_CREDS",
+    "LOCALD_INSECURE_REGISTRIES",
+    "LOCALD_PLUGIN_PATH",
+    "DOCKER_CONFIG",
+    "REGISTRY_AUTH_FILE",
+    "HTTP_PROXY",
+    "http_proxy",
+    "HTTPS_PROXY",
+    "https_proxy",
+    "ALL_PROXY",
+    "all_proxy",
+    "NO_PROXY",
+    "no_proxy",
+];
+
+#[derive(Debug)]
+struct Out {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl std::fmt::Display for Out {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "exit {}\n--- stdout\n{}\n--- stderr\n{}",
+            self.code, self.stdout, self.stderr
+        )
+    }
+}
+
+impl Out {
+    /// Both streams: where the lifecycle's lines went is the runner's choice.
+    fn all(&self) -> String {
+        format!("{}\n{}", self.stdout, self.stderr)
+    }
+
+    /// stderr without the lifecycle's lines: what locald itself says.
+    fn own_stderr(&self) -> String {
+        self.stderr
+            .lines()
+            .filter(|l| !l.starts_with("[creator]"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// The `--json` document: stdout, or (should the lifecycle's lines be on
+    /// stdout too) from the first line that is just `{`.
+    fn json(&self) -> Value {
+        if let Ok(v) = serde_json::from_str(&self.stdout) {
+            return v;
+        }
+        let start = self
+            .stdout
+            .find("\n{\n")
+            .map(|i| i + 1)
+            .or_else(|| self.stdout.starts_with("{\n").then_some(0));
+        start
+            .and_then(|i| serde_json::from_str(&self.stdout[i..]).ok())
+            .unwrap_or_else(|| panic!("no JSON document on stdout:\n{self}"))
+    }
+
+    fn probe(&self, key: &str) -> Option<String> {
+        probe_value(&self.all(), key)
+    }
+}
+
+fn output(c: &mut Command) -> Out {
+    let o = c.output().unwrap();
+    Out {
+        code: o.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+    }
+}
+
+static UNIQUE: AtomicUsize = AtomicUsize::new(0);
+
+/// A temporary directory holding a test's fixtures, apps, outputs, `HOME` and
+/// `XDG_DATA_HOME`, and a name unique to it.
+struct World {
+    _tmp: tempfile::TempDir,
+    root: PathBuf,
+    id: String,
+    /// Run locald as this user (its files made theirs by [`World::hand_to`]).
+    user: Option<TestUser>,
+    bin: PathBuf,
+}
+
+impl World {
+    fn new() -> World {
+        let tmp = tempfile::Builder::new()
+            .prefix("locald-build-it-")
+            .tempdir()
+            .unwrap();
+        let root = std::fs::canonicalize(tmp.path()).unwrap();
+        let id = format!(
+            "{}-{}",
+            std::process::id(),
+            UNIQUE.fetch_add(1, Ordering::SeqCst)
+        );
+        for d in ["data", "home"] {
+            std::fs::create_dir_all(root.join(d)).unwrap();
+        }
+        World {
+            _tmp: tmp,
+            root,
+            id,
+            user: None,
+            bin: PathBuf::from(BIN),
+        }
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.root.join(rel)
+    }
+
+    /// The image name of this world's builds (unique: it shows in the
+    /// lifecycle's command line).
+    fn image(&self) -> String {
+        format!("locald-test/app-{}:1", self.id)
+    }
+
+    /// An app directory `name` holding `files`.
+    fn app(&self, name: &str, files: &[(&str, &str)]) -> PathBuf {
+        let dir = self.path(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        for (f, content) in files {
+            let p = dir.join(f);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, content).unwrap();
+        }
+        dir
+    }
+
+    /// From now on locald runs as `user`, and everything in the world is
+    /// theirs; the binary is copied into the world when they cannot reach it.
+    fn hand_to(&mut self, user: TestUser) {
+        let reachable = Command::new("test")
+            .arg("-x")
+            .arg(BIN)
+            .uid(user.uid)
+            .gid(user.gid)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !reachable {
+            let copy = self.path("bin/locald");
+            std::fs::create_dir_all(copy.parent().unwrap()).unwrap();
+            std::fs::copy(BIN, &copy).unwrap();
+            std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).unwrap();
+            self.bin = copy;
+        }
+        chown_tree(&self.root, user.uid, user.gid).unwrap();
+        self.user = Some(user);
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(&self.bin);
+        c.args(args);
+        for k in SCRUBBED {
+            c.env_remove(k);
+        }
+        c.env("HOME", self.path("home"))
+            .env("XDG_DATA_HOME", self.path("data"))
+            .env_remove("XDG_RUNTIME_DIR")
+            .env("NO_COLOR", "1")
+            .current_dir(&self.root)
+            .stdin(Stdio::null());
+        if let Some(u) = &self.user {
+            c.uid(u.uid).gid(u.gid);
+        }
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> Out {
+        output(&mut self.command(args))
+    }
+
+    /// `locald build APP --builder B --runner R --image I --output
+    /// oci-layout:OUT EXTRA... --json`.
+    fn build(&self, app: &Path, runner: Runner, out: &Path, extra: &[&str]) -> Out {
+        self.run(
+            &self
+                .build_args(app, runner, out, extra)
+                .iter()
+                .map(String::as_str)
+                .collect::<Vec<_>>(),
+        )
+    }
+
+    fn build_args(&self, app: &Path, runner: Runner, out: &Path, extra: &[&str]) -> Vec<String> {
+        let mut a: Vec<String> = vec![
+            "build".into(),
+            app.to_str().unwrap().into(),
+            "--runner".into(),
+            runner.name().into(),
+            "--image".into(),
+            self.image(),
+            "--output".into(),
+            format!("oci-layout:{}", out.display()),
+            "--json".into(),
+        ];
+        if !extra.contains(&"--builder") {
+            a.push("--builder".into());
+            a.push(BUILDER.into());
+        }
+        a.extend(extra.iter().map(|s| (*s).to_owned()));
+        a
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Runner {
+    Native,
+    Container,
+}
+
+impl Runner {
+    fn name(self) -> &'static str {
+        match self {
+            Runner::Native => "native",
+            Runner::Container => "container",
+        }
+    }
+}
+
+/// Whether the container runner can work here (user namespaces, as `user`).
+fn sandbox_possible(user: Option<&TestUser>) -> Result<(), String> {
+    let mut c = Command::new("unshare");
+    c.args([
+        "--user",
+        "--map-root-user",
+        "--mount",
+        "--pid",
+        "--fork",
+        "true",
+    ]);
+    if let Some(u) = user {
+        c.uid(u.uid).gid(u.gid);
+    }
+    match c.output() {
+        Ok(o) if o.status.success() => Ok(()),
+        Ok(o) => Err(format!(
+            "user namespaces unavailable: {}",
+            String::from_utf8_lossy(&o.stderr).trim()
+        )),
+        Err(e) => Err(format!("cannot run unshare: {e}")),
+    }
+}
+
+/// The container runner where it can work, else the native one (said on stderr).
+fn any_runner() -> Runner {
+    match sandbox_possible(None) {
+        Ok(()) => Runner::Container,
+        Err(e) => {
+            eprintln!("using the native runner: {e}");
+            Runner::Native
+        }
+    }
+}
+
+/// The busybox builder naming `run` as its run image; None (said) without a
+/// static busybox.
+fn busybox_spec(run: &str) -> Option<BuilderSpec> {
+    match BuilderSpec::busybox(run) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            eprintln!("skipping: {e}");
+            None
+        }
+    }
+}
+
+/// The busybox builder and its run image in one OCI layout (`BUILDER`, `RUN`);
+/// returns the layout's `--source` spec.
+fn layout_source(w: &World, spec: &BuilderSpec) -> String {
+    let dir = w.path("builder-layout");
+    spec.write_build_layout(&dir, BUILDER).unwrap();
+    format!("oci-layout:{}", dir.display())
+}
+
+/// The standard setup: busybox builder in a layout, an app with `files`.
+fn setup(w: &World, files: &[(&str, &str)]) -> Option<(BuilderSpec, String, PathBuf)> {
+    let spec = busybox_spec(RUN)?;
+    let src = layout_source(w, &spec);
+    let app = w.app("app", files);
+    Some((spec, src, app))
+}
+
+/// Whether skopeo (and umoci) can check outputs; said when not.
+fn have_peers() -> (bool, bool) {
+    let skopeo = peers::have("skopeo");
+    let umoci = peers::have("umoci");
+    if !skopeo {
+        eprintln!("skopeo not installed: outputs are only checked by hand");
+    }
+    if !umoci {
+        eprintln!("umoci not installed: output contents are not unpacked");
+    }
+    (skopeo, umoci)
+}
+
+fn read_json(path: &Path) -> Value {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// Checks an `oci-layout:` output: one image, its manifest digest `digest`
+/// (when given), three layers (the run image's two and the app's), the
+/// build-metadata label; unpacked with umoci, the app's `files` under
+/// /workspace and the run image's marker file. Returns `skopeo inspect`'s JSON
+/// (Null without skopeo).
+fn check_layout_output(
+    w: &World,
+    out: &Path,
+    digest: Option<&str>,
+    files: &[(&str, &str)],
+) -> Value {
+    let index = read_json(&out.join("index.json"));
+    let manifests = index["manifests"]
+        .as_array()
+        .unwrap_or_else(|| panic!("index.json without manifests: {index}"));
+    assert_eq!(manifests.len(), 1, "{index}");
+    if let Some(d) = digest {
+        assert_eq!(
+            manifests[0]["digest"], d,
+            "--json digest vs index.json: {index}"
+        );
+    }
+    let src = match manifests[0]["annotations"][REF_NAME].as_str() {
+        Some(r) => format!("oci:{}:{r}", out.display()),
+        None => format!("oci:{}", out.display()),
+    };
+    let (skopeo, umoci) = have_peers();
+    if !skopeo {
+        return Value::Null;
+    }
+    let v = inspect(&src);
+    if umoci {
+        let n = UNIQUE.fetch_add(1, Ordering::SeqCst);
+        let copy = w.path(&format!("check-{n}/layout"));
+        std::fs::create_dir_all(copy.parent().unwrap()).unwrap();
+        peers::skopeo_copy(&src, &format!("oci:{}:app", copy.display()), &[])
+            .unwrap_or_else(|e| panic!("{e}"));
+        let rootfs = peers::umoci_unpack(&copy, "app", &w.path(&format!("check-{n}/bundle")))
+            .unwrap_or_else(|e| panic!("{e}"));
+        check_rootfs(&rootfs, files);
+    }
+    v
+}
+
+/// `skopeo inspect SRC`, checked: three layers and the build metadata label.
+fn inspect(src: &str) -> Value {
+    let raw = peers::skopeo(&["inspect", src]).unwrap_or_else(|e| panic!("{e}"));
+    let v: Value = serde_json::from_str(&raw).unwrap();
+    assert_eq!(v["Layers"].as_array().map(Vec::len), Some(3), "{v:#}");
+    let md = v["Labels"]["io.buildpacks.build.metadata"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no build metadata label: {v:#}"));
+    assert!(md.contains(BUSYBOX_BUILDPACKS[0].0), "{md}");
+    v
+}
+
+fn check_rootfs(rootfs: &Path, files: &[(&str, &str)]) {
+    for (f, content) in files {
+        let p = rootfs.join("workspace").join(f);
+        assert_eq!(
+            std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display())),
+            *content,
+            "{f}"
+        );
+    }
+    assert!(
+        rootfs.join("etc/locald-run-image").is_file(),
+        "the run image's layers are not in the image"
+    );
+}
+
+/// The checks every successful build passes: exit 0, `--json` fields, the
+/// lifecycle's lines prefixed, the contract accepted with the negotiated API.
+fn check_build(w: &World, r: &Out, runner: Runner, out: &Path) -> Value {
+    assert_eq!(r.code, 0, "the build failed:\n{r}");
+    let v = r.json();
+    assert_eq!(v["runner"], runner.name(), "{v:#}");
+    assert!(
+        v["image"]
+            .as_str()
+            .is_some_and(|i| i.contains(&format!("locald-test/app-{}", w.id))),
+        "{v:#}"
+    );
+    assert!(
+        v["digest"]
+            .as_str()
+            .is_some_and(|d| d.starts_with("sha256:") && d.len() == 71),
+        "{v:#}"
+    );
+    assert_eq!(
+        v["output"],
+        format!("oci-layout:{}", out.display()),
+        "{v:#}"
+    );
+    let all = r.all();
+    for want in ["[creator] ===> DETECTING", "[creator] ===> EXPORTING"] {
+        assert!(all.contains(want), "{want:?} missing:\n{r}");
+    }
+    assert!(
+        r.probe("contract ok")
+            .is_some_and(|c| c.contains(&format!("platform-api={API} "))),
+        "the lifecycle did not get Platform API {API}:\n{r}"
+    );
+    v
+}
+
+// ---------------------------------------------------------------------------
+// Sources and runners
+
+fn build_from_layout(runner: Runner) {
+    let w = World::new();
+    let files = [
+        ("hello.txt", "hello from the app\n"),
+        ("src/main.sh", "echo hi\n"),
+    ];
+    let Some((_, src, app)) = setup(&w, &files) else {
+        return;
+    };
+    let out = w.path("out");
+    let r = w.build(&app, runner, &out, &["--source", &src]);
+    let v = check_build(&w, &r, runner, &out);
+    check_layout_output(&w, &out, v["digest"].as_str(), &files);
+    // The app itself was not built in place.
+    let names: Vec<_> = std::fs::read_dir(&app)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names.len(), 2, "the app directory changed: {names:?}");
+}
+
+#[test]
+fn builds_from_an_oci_layout_natively() {
+    build_from_layout(Runner::Native);
+}
+
+#[test]
+fn builds_from_an_oci_layout_in_the_sandbox() {
+    if let Err(e) = sandbox_possible(None) {
+        eprintln!("skipping: {e}");
+        return;
+    }
+    build_from_layout(Runner::Container);
+}
+
+/// stdout is data: with `--json` it holds the document and nothing else (the
+/// lifecycle's lines are talk, for stderr).
+#[test]
+fn json_stdout_is_only_the_document() {
+    let w = World::new();
+    let Some((_, src, app)) = setup(&w, &[("hello.txt", "hi\n")]) else {
+        return;
+    };
+    let runner = any_runner();
+    let out = w.path("out");
+    let r = w.build(&app, runner, &out, &["--source", &src]);
+    assert_eq!(r.code, 0, "{r}");
+    assert!(
+        serde_json::from_str::<Value>(&r.stdout).is_ok(),
+        "--json stdout is not only the JSON document:\n{r}"
+    );
+    assert!(r.stderr.contains("[creator] ===> EXPORTING"), "{r}");
+}
+
+/// Builder and run image each in a `docker save`-style archive made by skopeo;
+/// the run image from `--run-image-source`.
+#[test]
+fn builds_from_docker_archives() {
+    if !peers::have("skopeo") {
+        eprintln!("skipping: no skopeo to make docker archives");
+        return;
+    }
+    let w = World::new();
+    let files = [("hello.txt", "from an archive\n")];
+    let Some((_, src, app)) = setup(&w, &files) else {
+        return;
+    };
+    let layout = src.strip_prefix("oci-layout:").unwrap();
+    let (builder_tar, run_tar) = (w.path("builder.tar"), w.path("run.tar"));
+    for (name, tar) in [(BUILDER, &builder_tar), (RUN, &run_tar)] {
+        peers::skopeo_copy(
+            &format!("oci:{layout}:{name}"),
+            &format!("docker-archive:{}:{name}", tar.display()),
+            &[],
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+    }
+    let runner = any_runner();
+    let out = w.path("out");
+    let r = w.build(
+        &app,
+        runner,
+        &out,
+        &[
+            "--source",
+            &format!("docker-archive:{}", builder_tar.display()),
+            "--run-image-source",
+            &format!("docker-archive:{}", run_tar.display()),
+        ],
+    );
+    let v = check_build(&w, &r, runner, &out);
+    check_layout_output(&w, &out, v["digest"].as_str(), &files);
+}
+
+/// Builder and run image pushed to a real registry; the builder's run.toml
+/// names the registry's run image.
+#[test]
+fn builds_from_a_registry() {
+    if !peers::have("skopeo") || !peers::have("docker-registry") {
+        eprintln!("skipping: needs skopeo and docker-registry");
+        return;
+    }
+    let reg = Registry::start(Auth::None);
+    let run = format!("{}/locald-test/run:1", reg.addr());
+    let builder = format!("{}/locald-test/builder:1", reg.addr());
+    let Some(spec) = busybox_spec(&run) else {
+        return;
+    };
+    let w = World::new();
+    let layout = w.path("push-layout");
+    let mut b = LayoutBuilder::new(&layout);
+    b.add_image(spec.runnable_image().ref_name("builder"));
+    b.add_image(spec.run_image_spec().ref_name("run"));
+    b.write().unwrap();
+    reg.push_layout(&layout, "builder", "locald-test/builder:1")
+        .unwrap_or_else(|e| panic!("{e}"));
+    reg.push_layout(&layout, "run", "locald-test/run:1")
+        .unwrap_or_else(|e| panic!("{e}"));
+    let files = [("hello.txt", "from a registry\n")];
+    let app = w.app("app", &files);
+    let runner = any_runner();
+    let out = w.path("out");
+    let r = w.build(&app, runner, &out, &["--builder", &builder]);
+    let v = check_build(&w, &r, runner, &out);
+    assert!(
+        r.probe("contract ok")
+            .is_some_and(|c| c.contains(&format!("run-image={run}"))),
+        "{r}"
+    );
+    check_layout_output(&w, &out, v["digest"].as_str(), &files);
+}
+
+/// `--output docker-archive:FILE`: a tarball skopeo reads, holding the app.
+#[test]
+fn writes_a_docker_archive() {
+    let w = World::new();
+    let files = [("hello.txt", "archived\n")];
+    let Some((_, src, app)) = setup(&w, &files) else {
+        return;
+    };
+    let runner = any_runner();
+    let archive = w.path("app.tar");
+    let mut args = w.build_args(&app, runner, &w.path("unused"), &["--source", &src]);
+    let i = args.iter().position(|a| a == "--output").unwrap();
+    args[i + 1] = format!("docker-archive:{}", archive.display());
+    let r = w.run(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(r.code, 0, "{r}");
+    let v = r.json();
+    assert_eq!(
+        v["output"],
+        format!("docker-archive:{}", archive.display()),
+        "{v:#}"
+    );
+    assert!(archive.is_file(), "no archive at {}", archive.display());
+    assert!(!w.path("unused").exists());
+    let (skopeo, umoci) = have_peers();
+    if !skopeo {
+        return;
+    }
+    let src = format!("docker-archive:{}", archive.display());
+    inspect(&src);
+    if umoci {
+        let copy = w.path("check/layout");
+        std::fs::create_dir_all(copy.parent().unwrap()).unwrap();
+        peers::skopeo_copy(&src, &format!("oci:{}:app", copy.display()), &[])
+            .unwrap_or_else(|e| panic!("{e}"));
+        let rootfs = peers::umoci_unpack(&copy, "app", &w.path("check/bundle"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        check_rootfs(&rootfs, &files);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The sandbox
+
+/// One sandboxed build of an app holding `probe-sandbox`, as the world's user;
+/// checks what the lifecycle could see and do.
+fn probe_sandbox(mut w: World, user: Option<TestUser>) {
+    let Some((_, src, app)) = setup(&w, &[(PROBE_SANDBOX, ""), ("hello.txt", "hi\n")]) else {
+        return;
+    };
+    // A file only the host has, readable by anyone there.
+    let secret = w.path("host-only/secret.txt");
+    std::fs::create_dir_all(secret.parent().unwrap()).unwrap();
+    std::fs::write(&secret, "host secret\n").unwrap();
+    let who = match &user {
+        Some(u) => {
+            w.hand_to(u.clone());
+            u.uid
+        }
+        None => rustix::process::geteuid().as_raw(),
+    };
+    for p in [&w.root, &secret.parent().unwrap().to_path_buf()] {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let host_pid = std::process::id().to_string();
+    let out = w.path("out");
+    let r = w.build(
+        &app,
+        Runner::Container,
+        &out,
+        &[
+            "--source",
+            &src,
+            "--env",
+            &format!("PROBE_HOST_PATH={}", secret.display()),
+            "--env",
+            &format!("PROBE_HOST_PID={host_pid}"),
+        ],
+    );
+    check_build(&w, &r, Runner::Container, &out);
+    let p = |k: &str| r.probe(k).unwrap_or_else(|| panic!("no {k} probe:\n{r}"));
+    let mut failed = Vec::new();
+    let mut check = |ok: bool, what: String| {
+        if !ok {
+            failed.push(what);
+        }
+    };
+    let hp = p("host-path");
+    check(
+        hp.starts_with("hidden "),
+        format!("the host file is not hidden: {hp}"),
+    );
+    let hpid = p("host-pid");
+    check(
+        hpid.starts_with("hidden "),
+        format!("the host's processes are visible: {hpid}"),
+    );
+    let cnb = p("write /cnb");
+    check(cnb == "denied", format!("/cnb is writable: {cnb}"));
+    let usr = p("write /usr");
+    check(usr == "denied", format!("/usr is writable: {usr}"));
+    let id = p("id");
+    check(
+        id == format!("uid={BUSYBOX_UID} gid={BUSYBOX_GID}"),
+        format!("not the builder's user {BUSYBOX_UID}:{BUSYBOX_GID}: {id}"),
+    );
+    let host_pid1 = String::from_utf8_lossy(&std::fs::read("/proc/1/cmdline").unwrap_or_default())
+        .replace('\0', " ");
+    let pid1 = p("pid1");
+    check(
+        pid1 != host_pid1 && !pid1.contains("systemd") && pid1 != "unreadable",
+        format!("pid 1 is not the sandbox's init: {pid1:?} (host: {host_pid1:?})"),
+    );
+    let pid = p("pid");
+    check(
+        pid.parse::<u32>().is_ok_and(|n| n < 100),
+        format!("the lifecycle's pid {pid} is not from a new pid namespace"),
+    );
+    let dn = p("dev-null");
+    check(dn == "ok", format!("/dev/null: {dn}"));
+    // What the lifecycle wrote in the sandbox is the invoking user's on the host.
+    let counters = find_files(&w.path("data/locald"), standin::CACHE_COUNTER);
+    check(counters.len() == 1, format!("cache counters: {counters:?}"));
+    for c in &counters {
+        let owner = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(c).unwrap());
+        check(
+            owner == who,
+            format!("{} is owned by {owner}, not {who}", c.display()),
+        );
+    }
+    assert!(failed.is_empty(), "{}\n\n{r}", failed.join("\n"));
+}
+
+fn find_files(dir: &Path, name: &str) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return found;
+    };
+    for e in rd.flatten() {
+        let p = e.path();
+        let Ok(t) = e.file_type() else { continue };
+        if t.is_dir() {
+            found.extend(find_files(&p, name));
+        } else if e.file_name() == name {
+            found.push(p);
+        }
+    }
+    found
+}
+
+#[test]
+fn sandbox_hides_the_host_as_root() {
+    if !peers::is_root() {
+        eprintln!(
+            "skipping the root part: not running as root (the unprivileged part runs as this user)"
+        );
+        return;
+    }
+    if let Err(e) = sandbox_possible(None) {
+        eprintln!("skipping: {e}");
+        return;
+    }
+    probe_sandbox(World::new(), None);
+}
+
+#[test]
+fn sandbox_hides_the_host_as_an_unprivileged_user() {
+    let user = if peers::is_root() {
+        match standin::test_user() {
+            Ok(u) => Some(u),
+            Err(e) => {
+                eprintln!("skipping: {e}");
+                return;
+            }
+        }
+    } else {
+        None
+    };
+    if let Err(e) = sandbox_possible(user.as_ref()) {
+        eprintln!("skipping: {e}");
+        return;
+    }
+    probe_sandbox(World::new(), user);
+}
+
+// ---------------------------------------------------------------------------
+// Failures, signals, cache, environment
+
+#[test]
+fn detection_failure_is_a_sentence_naming_the_groups() {
+    let w = World::new();
+    let Some((_, src, app)) = setup(&w, &[(FAIL_DETECT, "")]) else {
+        return;
+    };
+    let runner = any_runner();
+    let out = w.path("out");
+    let r = w.build(&app, runner, &out, &["--source", &src]);
+    assert_eq!(r.code, 1, "{r}");
+    let own = r.own_stderr();
+    assert!(own.contains("No buildpack group passed detection"), "{r}");
+    for (id, _) in BUSYBOX_BUILDPACKS {
+        assert!(
+            own.contains(id),
+            "the groups tried are not listed ({id}):\n{r}"
+        );
+    }
+    assert!(
+        r.all()
+            .contains("[creator] ERROR: No buildpack groups passed detection."),
+        "the lifecycle's own output is not shown:\n{r}"
+    );
+    assert!(!out.exists(), "a failed build wrote {}", out.display());
+    assert!(
+        r.stdout.trim().is_empty() || !r.stdout.contains("sha256:"),
+        "{r}"
+    );
+}
+
+#[test]
+fn build_failure_is_a_sentence_naming_the_buildpack() {
+    let w = World::new();
+    // The second group's buildpack fails: the sentence must name it from the
+    // lifecycle's output, not guess the first of the order.
+    let (failing, version) = BUSYBOX_BUILDPACKS[1];
+    let Some((_, src, app)) = setup(&w, &[(FAIL_BUILD, failing)]) else {
+        return;
+    };
+    let runner = any_runner();
+    let out = w.path("out");
+    let r = w.build(&app, runner, &out, &["--source", &src]);
+    assert_eq!(r.code, 1, "{r}");
+    let own = r.own_stderr();
+    assert!(own.contains("failed"), "{r}");
+    assert!(
+        own.contains(&format!("{failing}@{version}")),
+        "the failing buildpack {failing}@{version} is not named:\n{r}"
+    );
+    assert!(
+        !own.contains(BUSYBOX_BUILDPACKS[0].0),
+        "a buildpack that did not fail is blamed:\n{r}"
+    );
+    assert!(
+        r.all().contains(&format!(
+            "[creator] Running build for buildpack {failing}@{version}"
+        )),
+        "{r}"
+    );
+    assert!(!out.exists(), "a failed build wrote {}", out.display());
+}
+
+/// Processes (other than this one) whose command line holds `marker` or whose
+/// environment holds `env_marker`: what a build of this world left running.
+fn leftovers(marker: &str, env_marker: &str) -> Vec<String> {
+    let me = std::process::id().to_string();
+    let mut found = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !name.bytes().all(|b| b.is_ascii_digit()) || name == me {
+            continue;
+        }
+        let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        let environ = std::fs::read(e.path().join("environ")).unwrap_or_default();
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if cmdline.contains(marker) || String::from_utf8_lossy(&environ).contains(env_marker) {
+            found.push(format!("{name}: {cmdline}"));
+        }
+    }
+    found
+}
+
+/// Spawns locald with both streams read line by line into a channel.
+fn spawn_lines(
+    mut c: Command,
+) -> (
+    Child,
+    mpsc::Receiver<String>,
+    Vec<std::thread::JoinHandle<()>>,
+) {
+    let mut child = c
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = mpsc::channel();
+    let mut readers = Vec::new();
+    let streams: [Box<dyn Read + Send>; 2] = [
+        Box::new(child.stdout.take().unwrap()),
+        Box::new(child.stderr.take().unwrap()),
+    ];
+    for s in streams {
+        let tx = tx.clone();
+        readers.push(std::thread::spawn(move || {
+            for line in BufReader::new(s).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        }));
+    }
+    (child, rx, readers)
+}
+
+fn interrupt(runner: Runner) {
+    let w = World::new();
+    let Some((_, src, app)) = setup(&w, &[(WAIT_FOR_SIGNAL, "")]) else {
+        return;
+    };
+    let out = w.path("out");
+    let args = w.build_args(&app, runner, &out, &["--source", &src]);
+    let (mut child, rx, readers) =
+        spawn_lines(w.command(&args.iter().map(String::as_str).collect::<Vec<_>>()));
+    let mut seen: Vec<String> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        match rx.recv_timeout(Duration::from_millis(200)) {
+            Ok(line) => {
+                let done = line.contains("[probe] waiting");
+                seen.push(line);
+                if done {
+                    break;
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            seen.extend(rx.try_iter());
+            panic!(
+                "locald ended ({status}) before the lifecycle waited:\n{}",
+                seen.join("\n")
+            );
+        }
+        if Instant::now() > deadline {
+            child.kill().ok();
+            panic!("the lifecycle never said it waits:\n{}", seen.join("\n"));
+        }
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let sent = Instant::now();
+    rustix::process::kill_process(
+        rustix::process::Pid::from_child(&child),
+        rustix::process::Signal::INT,
+    )
+    .unwrap();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if sent.elapsed() > Duration::from_secs(8) {
+            child.kill().ok();
+            child.wait().ok();
+            seen.extend(rx.try_iter());
+            panic!(
+                "locald still running 8 s after SIGINT:\n{}",
+                seen.join("\n")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    };
+    let took = sent.elapsed();
+    for r in readers {
+        r.join().unwrap();
+    }
+    seen.extend(rx.try_iter());
+    let text = seen.join("\n");
+    assert_eq!(status.code(), Some(130), "{status}:\n{text}");
+    assert!(
+        took < Duration::from_secs(5),
+        "took {took:?} to stop:\n{text}"
+    );
+    assert!(
+        text.contains("[probe] got signal"),
+        "the lifecycle was not sent the signal:\n{text}"
+    );
+    let marker = w.image();
+    let marker = marker.split(':').next().unwrap();
+    let root = w.root.to_str().unwrap().to_owned();
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let mut left = leftovers(marker, &root);
+    while !left.is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+        left = leftovers(marker, &root);
+    }
+    assert!(left.is_empty(), "processes left behind: {left:#?}\n{text}");
+    assert!(
+        !out.exists(),
+        "an interrupted build wrote {}",
+        out.display()
+    );
+    // The cache is intact.
+    let r = w.run(&["builder", "verify", "--json"]);
+    assert_eq!(r.code, 0, "{r}");
+    assert_eq!(r.json()["problems"], serde_json::json!([]), "{r}");
+}
+
+#[test]
+fn sigint_stops_a_native_build() {
+    interrupt(Runner::Native);
+}
+
+#[test]
+fn sigint_stops_a_sandboxed_build() {
+    if let Err(e) = sandbox_possible(None) {
+        eprintln!("skipping: {e}");
+        return;
+    }
+    interrupt(Runner::Container);
+}
+
+#[test]
+fn second_build_sees_the_cache() {
+    let w = World::new();
+    let Some((_, src, app)) = setup(&w, &[("hello.txt", "v1\n")]) else {
+        return;
+    };
+    let runner = any_runner();
+    let build = |out: &str, extra: &[&str]| {
+        let out = w.path(out);
+        let mut args = vec!["--source", src.as_str()];
+        args.extend_from_slice(extra);
+        let r = w.build(&app, runner, &out, &args);
+        check_build(&w, &r, runner, &out);
+        r
+    };
+    let r = build("out1", &[]);
+    assert_eq!(r.probe("cache builds").as_deref(), Some("1"), "{r}");
+    std::fs::write(app.join("hello.txt"), "v2\n").unwrap();
+    let r = build("out2", &[]);
+    assert_eq!(
+        r.probe("cache builds").as_deref(),
+        Some("2"),
+        "the second build did not see the first one's cache:\n{r}"
+    );
+    check_layout_output(&w, &w.path("out2"), None, &[("hello.txt", "v2\n")]);
+    let r = build("out3", &["--clear-cache"]);
+    assert_eq!(
+        r.probe("cache builds").as_deref(),
+        Some("1"),
+        "--clear-cache kept the cache:\n{r}"
+    );
+}
+
+#[test]
+fn env_reaches_the_platform_dir() {
+    let w = World::new();
+    let Some((_, src, app)) = setup(&w, &[("hello.txt", "hi\n")]) else {
+        return;
+    };
+    let runner = any_runner();
+    let out = w.path("out");
+    let args = w.build_args(
+        &app,
+        runner,
+        &out,
+        &[
+            "--source",
+            &src,
+            "--env",
+            "FOO=bar",
+            "--env",
+            "SPACED=a b=c",
+            "--env",
+            "FROM_HOST",
+        ],
+    );
+    let mut c = w.command(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    c.env("FROM_HOST", "host value");
+    let r = output(&mut c);
+    check_build(&w, &r, runner, &out);
+    assert_eq!(r.probe("env FOO").as_deref(), Some("bar"), "{r}");
+    assert_eq!(r.probe("env SPACED").as_deref(), Some("a b=c"), "{r}");
+    assert_eq!(
+        r.probe("env FROM_HOST").as_deref(),
+        Some("host value"),
+        "{r}"
+    );
+}
+
+#[test]
+fn old_platform_api_is_refused() {
+    let w = World::new();
+    let Some(mut spec) = busybox_spec(RUN) else {
+        return;
+    };
+    spec.platform_apis = vec!["0.10".into(), "0.11".into()];
+    let src = layout_source(&w, &spec);
+    let app = w.app("app", &[("hello.txt", "hi\n")]);
+    let out = w.path("out");
+    let r = w.build(&app, Runner::Native, &out, &["--source", &src]);
+    assert_eq!(r.code, 1, "{r}");
+    let own = r.own_stderr();
+    assert!(own.contains("error: "), "{r}");
+    assert!(
+        own.contains("0.12"),
+        "the refusal does not say 0.12 is needed:\n{r}"
+    );
+    assert!(
+        own.contains("0.11"),
+        "the refusal does not say what the builder has:\n{r}"
+    );
+    assert!(!r.all().contains("[creator]"), "the lifecycle ran:\n{r}");
+    assert!(!out.exists());
+}

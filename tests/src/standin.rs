@@ -1,0 +1,1601 @@
+//! The stand-in for the CNB lifecycle's `creator`: the one test double of
+//! locald's build tests (the real lifecycle cannot be installed where they run).
+//!
+//! [`CREATOR`] is a POSIX sh script, installed as `/cnb/lifecycle/creator` by
+//! [`BuilderSpec::busybox`](crate::builder::BuilderSpec::busybox). It runs under
+//! dash with coreutils on the host (the native runner) and under busybox sh in
+//! a builder's root (the container runner). It checks the contract of a
+//! Platform API 0.12+ `creator` invocation and fails loudly, exit
+//! [`EXIT_INVALID_ARGS`] with `ERROR: stand-in creator: <what is wrong>` on
+//! stderr, when anything is off:
+//!
+//! - flags: `-app -layers -platform -cache-dir -run-image -layout -layout-dir
+//!   -uid -gid` required; `-log-level`, `-skip-restore`, `-buildpacks`, `-order`,
+//!   `-run` optional (the last three default to `/cnb/...`, so the native
+//!   runner must pass them); `-flag=value` is accepted as Go's flag package does;
+//!   any other flag fails; the output image name must be the last argument;
+//! - environment: `CNB_PLATFORM_API` one of the `[apis.platform] supported` of
+//!   the `lifecycle.toml` next to the script (and 0.12 or later),
+//!   `CNB_EXPERIMENTAL_MODE=warn`, `LOCALD_TEST_BUILDER_ENV=from-builder-config`
+//!   (from the builder's config `Env`), `CNB_USER_ID` and `CNB_GROUP_ID` set;
+//! - user: `id -u`/`id -g` equal `-uid`/`-gid`, unless running as root (noted
+//!   as a probe: the real lifecycle drops privileges itself);
+//! - directories: app readable and writable, layers, cache and layout dir
+//!   writable (a file is created and removed), platform readable; the order
+//!   file and the first buildpack of the order under the buildpacks dir;
+//! - run image: a single-manifest OCI layout at
+//!   `<layout-dir>/<layout path of -run-image>` ([`layout_path_for`]), every
+//!   blob present and hashing to its digest.
+//!
+//! Then it plays a build (`===> DETECTING`, `===> BUILDING`, `===> EXPORTING`,
+//! `Saving <image>...`): runs the first buildpack's `bin/build`, prints each
+//! `<platform>/env/NAME` as `[probe] env NAME=VALUE`, bumps a counter in the
+//! cache dir (`[probe] cache builds=N`), and writes the output image as a
+//! single-manifest OCI layout at `<layout-dir>/<layout path of the image name>`:
+//! the run image's layers (blobs copied, Docker layer media types rewritten to
+//! OCI) plus an uncompressed layer holding the app under `workspace/`, a config
+//! whose `rootfs.diff_ids` are the run image's plus the new layer's and whose
+//! labels hold `io.buildpacks.build.metadata` (and the run image's stack id),
+//! and an `index.json` naming it (`org.opencontainers.image.ref.name` = the
+//! image name as given).
+//!
+//! Files in the app select behaviours: [`FAIL_DETECT`], [`FAIL_BUILD`],
+//! [`WAIT_FOR_SIGNAL`], [`PROBE_SANDBOX`]. Lines starting with `[probe] ` are
+//! for the tests ([`probes`], [`probe_value`]).
+
+use std::io;
+use std::path::Path;
+use std::process::Command;
+use std::sync::Mutex;
+
+/// The `/cnb/lifecycle/creator` script.
+pub const CREATOR: &str = r##"#!/bin/sh
+# locald-tests stand-in for the CNB lifecycle's `creator` (Platform API 0.12+).
+#
+# The real lifecycle cannot be installed where locald's tests run, so this script
+# checks the contract locald gives it (flags, environment, user, directories, the
+# run image in the layout dir) and fails loudly, exit 3 (the lifecycle's
+# invalid-arguments code), naming what is wrong. Then it does what a build does in
+# miniature: "detect", "build", bump a counter in the cache dir, and export an OCI
+# image (the run image's layers plus a layer holding the app under workspace/) into
+# the layout dir where the real lifecycle would put it.
+#
+# Files in the app select behaviours: fail-detect (exit 20), fail-build (exit 51),
+# wait-for-signal (until SIGINT/SIGTERM, then exit 130), probe-sandbox (report what
+# the process can see). Lines starting with `[probe] ` are for the tests.
+#
+# POSIX sh only: it runs under dash with coreutils on the host (native runner) and
+# under busybox sh inside the sandbox (container runner).
+set -u
+
+fail() {
+    echo "ERROR: stand-in creator: $*" >&2
+    exit 3
+}
+probe() {
+    echo "[probe] $*"
+}
+
+# The one place that maps an image reference to its directory in the layout dir,
+# as the lifecycle does (layout.ParseRefToPath over go-containerregistry's name
+# package): <registry>/<repository>/<tag>, or .../<algorithm>/<hex> for a digest.
+# Docker Hub is index.docker.io, its one-word repositories are under library/; the
+# first component is a registry only when it holds a '.' or a ':'; the tag defaults
+# to latest.
+layout_path() {
+    lp_ref=$1
+    case $lp_ref in
+    *@*)
+        lp_name=${lp_ref%%@*}
+        lp_id=${lp_ref#*@}
+        lp_id=${lp_id%%:*}/${lp_id#*:}
+        case ${lp_name##*/} in
+        *:*) lp_name=${lp_name%:*} ;;
+        esac
+        ;;
+    *)
+        case ${lp_ref##*/} in
+        *:*)
+            lp_name=${lp_ref%:*}
+            lp_id=${lp_ref##*:}
+            ;;
+        *)
+            lp_name=$lp_ref
+            lp_id=latest
+            ;;
+        esac
+        ;;
+    esac
+    lp_reg=index.docker.io
+    lp_repo=$lp_name
+    case $lp_name in
+    */*)
+        case ${lp_name%%/*} in
+        *.* | *:*)
+            lp_reg=${lp_name%%/*}
+            lp_repo=${lp_name#*/}
+            ;;
+        esac
+        ;;
+    esac
+    if [ "$lp_reg" = docker.io ]; then
+        lp_reg=index.docker.io
+    fi
+    if [ "$lp_reg" = index.docker.io ]; then
+        case $lp_repo in
+        */*) ;;
+        *) lp_repo=library/$lp_repo ;;
+        esac
+    fi
+    echo "$lp_reg/$lp_repo/$lp_id"
+}
+
+# Test hook, never passed by locald (the lifecycle has no double-dash flags).
+if [ "${1:-}" = "--layout-path-of" ]; then
+    layout_path "$2"
+    exit 0
+fi
+
+# ---------------------------------------------------------------------------
+# Flags
+
+app= layers= platform= cache_dir= run_image= layout=false layout_dir= uid= gid=
+log_level= skip_restore=false buildpacks= order= run_toml= image=
+[ $# -gt 0 ] || fail "no arguments: expected the creator's flags and the output image name last"
+while [ $# -gt 0 ]; do
+    flag=$1
+    value=
+    has_value=false
+    case $flag in
+    -*=*)
+        value=${flag#*=}
+        flag=${flag%%=*}
+        has_value=true
+        ;;
+    esac
+    case $flag in
+    -app | -layers | -platform | -cache-dir | -run-image | -layout-dir | -uid | -gid | \
+        -log-level | -buildpacks | -order | -run)
+        if [ "$has_value" = false ]; then
+            [ $# -ge 2 ] || fail "flag $flag needs a value"
+            value=$2
+            shift
+        fi
+        shift
+        [ -n "$value" ] || fail "flag $flag has an empty value"
+        case $flag in
+        -app) app=$value ;;
+        -layers) layers=$value ;;
+        -platform) platform=$value ;;
+        -cache-dir) cache_dir=$value ;;
+        -run-image) run_image=$value ;;
+        -layout-dir) layout_dir=$value ;;
+        -uid) uid=$value ;;
+        -gid) gid=$value ;;
+        -log-level) log_level=$value ;;
+        -buildpacks) buildpacks=$value ;;
+        -order) order=$value ;;
+        -run) run_toml=$value ;;
+        esac
+        ;;
+    -layout | -skip-restore)
+        [ "$has_value" = false ] || fail "flag $flag takes no value (got $1)"
+        case $flag in
+        -layout) layout=true ;;
+        -skip-restore) skip_restore=true ;;
+        esac
+        shift
+        ;;
+    -*)
+        fail "unknown flag $flag (the stand-in accepts -app -layers -platform -cache-dir -run-image -layout -layout-dir -uid -gid -log-level -skip-restore -buildpacks -order -run)"
+        ;;
+    *)
+        [ $# -eq 1 ] || fail "unexpected argument '$1' before the end: the output image name must be the last argument"
+        image=$1
+        shift
+        ;;
+    esac
+done
+
+[ -n "$image" ] || fail "missing the output image name (the last argument)"
+for required in app:-app layers:-layers platform:-platform cache_dir:-cache-dir \
+    run_image:-run-image layout_dir:-layout-dir uid:-uid gid:-gid; do
+    eval "v=\${${required%%:*}}"
+    [ -n "$v" ] || fail "missing flag ${required#*:}"
+done
+[ "$layout" = true ] || fail "missing flag -layout: locald exports into an OCI layout (with -layout-dir)"
+case $uid in '' | *[!0-9]*) fail "-uid '$uid' is not a number" ;; esac
+case $gid in '' | *[!0-9]*) fail "-gid '$gid' is not a number" ;; esac
+case $log_level in
+'' | debug | info | warn | error) ;;
+*) fail "-log-level '$log_level' is not one of debug, info, warn, error" ;;
+esac
+
+# ---------------------------------------------------------------------------
+# Environment
+
+lifecycle_dir=$(cd "$(dirname "$0")" && pwd) || fail "cannot find the directory of $0"
+lifecycle_toml=$lifecycle_dir/lifecycle.toml
+[ -r "$lifecycle_toml" ] || fail "cannot read $lifecycle_toml next to the creator"
+supported=$(sed -n '/^\[apis\.platform\]/,/^\[/p' "$lifecycle_toml" |
+    sed -n 's/^[[:space:]]*supported[[:space:]]*=[[:space:]]*\[\(.*\)\].*/\1/p' |
+    tr -d '" ' | tr ',' ' ')
+[ -n "$supported" ] || fail "$lifecycle_toml lists no supported Platform API"
+[ -n "${CNB_PLATFORM_API:-}" ] || fail "CNB_PLATFORM_API is not set (supported: $supported)"
+api_ok=false
+for v in $supported; do
+    [ "$v" = "$CNB_PLATFORM_API" ] && api_ok=true
+done
+[ "$api_ok" = true ] || fail "CNB_PLATFORM_API=$CNB_PLATFORM_API is not supported by this lifecycle (supported: $supported)"
+case $CNB_PLATFORM_API in
+0.[0-9] | 0.1[01]) fail "CNB_PLATFORM_API=$CNB_PLATFORM_API cannot export to an OCI layout: that needs 0.12 or later" ;;
+esac
+[ "${CNB_EXPERIMENTAL_MODE:-}" = warn ] ||
+    fail "CNB_EXPERIMENTAL_MODE must be 'warn' for -layout (got '${CNB_EXPERIMENTAL_MODE:-<unset>}')"
+[ "${LOCALD_TEST_BUILDER_ENV:-}" = from-builder-config ] ||
+    fail "LOCALD_TEST_BUILDER_ENV must be 'from-builder-config' (the builder image's config Env did not reach the lifecycle; got '${LOCALD_TEST_BUILDER_ENV:-<unset>}')"
+[ -n "${CNB_USER_ID:-}" ] || fail "CNB_USER_ID is not set (the builder image's config Env did not reach the lifecycle)"
+[ -n "${CNB_GROUP_ID:-}" ] || fail "CNB_GROUP_ID is not set (the builder image's config Env did not reach the lifecycle)"
+
+# ---------------------------------------------------------------------------
+# User
+
+cur_uid=$(id -u) || fail "id -u failed"
+cur_gid=$(id -g) || fail "id -g failed"
+if [ "$cur_uid" = 0 ]; then
+    probe "running as root: the real lifecycle would drop to $uid:$gid itself"
+else
+    [ "$cur_uid" = "$uid" ] || fail "running as uid $cur_uid but -uid is $uid"
+    [ "$cur_gid" = "$gid" ] || fail "running as gid $cur_gid but -gid is $gid"
+fi
+
+# ---------------------------------------------------------------------------
+# Directories
+
+must_write() { # DIR WHAT
+    [ -d "$1" ] || fail "$2 directory $1 does not exist"
+    mw_probe=$1/.locald-standin-probe.$$
+    (: >"$mw_probe") 2>/dev/null || fail "$2 directory $1 is not writable by uid $cur_uid"
+    rm -f "$mw_probe" || fail "cannot remove $mw_probe"
+}
+[ -d "$app" ] && [ -r "$app" ] && [ -x "$app" ] || fail "app directory $app is not a readable directory"
+ls "$app" >/dev/null 2>&1 || fail "cannot list the app directory $app"
+must_write "$app" app
+must_write "$layers" layers
+must_write "$cache_dir" cache
+must_write "$layout_dir" layout
+[ -d "$platform" ] && [ -r "$platform" ] && [ -x "$platform" ] ||
+    fail "platform directory $platform is not a readable directory"
+
+order_file=${order:-/cnb/order.toml}
+[ -r "$order_file" ] || fail "order file $order_file is not readable (pass -order FILE when /cnb is not at the root)"
+buildpacks_dir=${buildpacks:-/cnb/buildpacks}
+[ -d "$buildpacks_dir" ] || fail "buildpacks directory $buildpacks_dir does not exist (pass -buildpacks DIR when /cnb is not at the root)"
+if [ -n "$run_toml" ]; then
+    [ -r "$run_toml" ] || fail "run file $run_toml is not readable"
+fi
+bp_id=$(sed -n 's/^[[:space:]]*id[[:space:]]*=[[:space:]]*"\([^"]*\)".*/\1/p' "$order_file" | sed -n 1p)
+bp_version=$(sed -n 's/^[[:space:]]*version[[:space:]]*=[[:space:]]*"\([^"]*\)".*/\1/p' "$order_file" | sed -n 1p)
+[ -n "$bp_id" ] && [ -n "$bp_version" ] || fail "$order_file names no buildpack"
+bp_dir=$buildpacks_dir/$(echo "$bp_id" | tr / _)/$bp_version
+[ -r "$bp_dir/buildpack.toml" ] || fail "buildpack $bp_id@$bp_version is not at $bp_dir"
+
+# ---------------------------------------------------------------------------
+# The run image: a single-manifest OCI layout at its layout path
+
+flat() { # FILE: the JSON on one line
+    tr -d '\n\r\t' <"$1"
+}
+blob_path() { # LAYOUT DIGEST
+    echo "$1/blobs/${2%%:*}/${2#*:}"
+}
+check_blob() { # LAYOUT DIGEST WHAT
+    cb_path=$(blob_path "$1" "$2")
+    [ -f "$cb_path" ] || fail "$3 blob $2 is missing from $1"
+    cb_sum=$(sha256sum <"$cb_path" | cut -d' ' -f1)
+    [ "sha256:$cb_sum" = "$2" ] || fail "$3 blob $cb_path does not hash to $2 (sha256:$cb_sum)"
+}
+
+run_rel=$(layout_path "$run_image")
+run_dir=$layout_dir/$run_rel
+[ -d "$run_dir" ] || fail "run image $run_image is not in the layout dir at $run_rel ($run_dir does not exist)"
+[ -f "$run_dir/oci-layout" ] || fail "run image layout $run_dir has no oci-layout file"
+grep -q imageLayoutVersion "$run_dir/oci-layout" || fail "$run_dir/oci-layout has no imageLayoutVersion"
+[ -f "$run_dir/index.json" ] || fail "run image layout $run_dir has no index.json"
+run_index=$(flat "$run_dir/index.json")
+n=$(printf "%s\n" "$run_index" | grep -o 'sha256:[0-9a-f]\{64\}' | wc -l | tr -d ' ')
+[ "$n" = 1 ] || fail "run image layout $run_dir/index.json must list exactly one manifest (found $n digests)"
+run_manifest_digest=$(printf "%s\n" "$run_index" | grep -o 'sha256:[0-9a-f]\{64\}')
+check_blob "$run_dir" "$run_manifest_digest" "run image manifest"
+run_manifest=$(flat "$(blob_path "$run_dir" "$run_manifest_digest")")
+case $run_manifest in
+*'"layers"'*) ;;
+*) fail "run image manifest $run_manifest_digest is not an image manifest (no layers)" ;;
+esac
+run_config_digest=$(printf "%s\n" "$run_manifest" |
+    sed -n 's/.*"config"[[:space:]]*:[[:space:]]*{[^}]*"digest"[[:space:]]*:[[:space:]]*"\(sha256:[0-9a-f]*\)".*/\1/p')
+[ -n "$run_config_digest" ] || fail "run image manifest $run_manifest_digest has no config digest"
+check_blob "$run_dir" "$run_config_digest" "run image config"
+run_layers=$(printf "%s\n" "$run_manifest" | sed -n 's/.*"layers"[[:space:]]*:[[:space:]]*\[\([^]]*\)\].*/\1/p')
+run_layer_digests=$(printf "%s\n" "$run_layers" | grep -o 'sha256:[0-9a-f]\{64\}')
+for d in $run_layer_digests; do
+    check_blob "$run_dir" "$d" "run image layer"
+done
+run_config=$(flat "$(blob_path "$run_dir" "$run_config_digest")")
+run_diff_ids=$(printf "%s\n" "$run_config" | sed -n 's/.*"diff_ids"[[:space:]]*:[[:space:]]*\[\([^]]*\)\].*/\1/p')
+run_arch=$(printf "%s\n" "$run_config" | sed -n 's/.*"architecture"[[:space:]]*:[[:space:]]*"\([^"]*\)".*/\1/p')
+run_os=$(printf "%s\n" "$run_config" | sed -n 's/.*"os"[[:space:]]*:[[:space:]]*"\([^"]*\)".*/\1/p')
+run_stack=$(printf "%s\n" "$run_config" | sed -n 's/.*"io\.buildpacks\.stack\.id"[[:space:]]*:[[:space:]]*"\([^"]*\)".*/\1/p')
+
+probe "contract ok platform-api=$CNB_PLATFORM_API uid=$cur_uid gid=$cur_gid run-image=$run_image"
+if [ "$log_level" = debug ]; then
+    echo "Debug: app=$app layers=$layers platform=$platform cache=$cache_dir layout=$layout_dir"
+fi
+
+# ---------------------------------------------------------------------------
+# Detect
+
+echo "===> ANALYZING"
+echo "Image with name \"$image\" not found"
+echo "===> DETECTING"
+if [ -e "$app/fail-detect" ]; then
+    echo "======== Results ========"
+    echo "ERROR: No buildpack groups passed detection." >&2
+    echo "ERROR: failed to detect: no buildpacks participating" >&2
+    exit 20
+fi
+echo "1 of 1 buildpacks participating"
+echo "$bp_id $bp_version"
+if [ "$skip_restore" = true ]; then
+    probe "skip-restore"
+else
+    echo "===> RESTORING"
+fi
+
+# ---------------------------------------------------------------------------
+# Build
+
+echo "===> BUILDING"
+if [ -e "$app/fail-build" ]; then
+    # The file may name the buildpack that fails (as if its group passed
+    # detection); else the first of the order fails.
+    failing=$(tr -d ' \n' <"$app/fail-build")
+    if [ -n "$failing" ]; then
+        bp_version=$(awk -v id="$failing" '
+            $1 == "id" { gsub(/"/, "", $3); current = $3 }
+            $1 == "version" && current == id { gsub(/"/, "", $3); print $3; exit }
+        ' "$order_file")
+        [ -n "$bp_version" ] || fail "fail-build names $failing, which is not in $order_file"
+        bp_id=$failing
+    fi
+    echo "Running build for buildpack $bp_id@$bp_version"
+    echo "ERROR: failed to build: exit status 1" >&2
+    exit 51
+fi
+echo "Running build for buildpack $bp_id@$bp_version"
+if [ -x "$bp_dir/bin/build" ]; then
+    "$bp_dir/bin/build" || {
+        echo "ERROR: failed to build: $bp_dir/bin/build failed" >&2
+        exit 51
+    }
+fi
+
+if [ -d "$platform/env" ]; then
+    for f in "$platform/env"/*; do
+        [ -f "$f" ] || continue
+        probe "env $(basename "$f")=$(cat "$f")"
+    done
+fi
+
+counter=$cache_dir/locald-standin-builds
+builds=0
+if [ -f "$counter" ]; then
+    builds=$(cat "$counter")
+    case $builds in '' | *[!0-9]*) fail "cache counter $counter is damaged: '$builds'" ;; esac
+fi
+builds=$((builds + 1))
+echo "$builds" >"$counter" || fail "cannot write $counter"
+probe "cache builds=$builds"
+
+platform_value() { # NAME: the environment's value, else the platform env file's
+    eval "pv=\${$1:-}"
+    if [ -z "$pv" ] && [ -r "$platform/env/$1" ]; then
+        pv=$(cat "$platform/env/$1")
+    fi
+    echo "$pv"
+}
+
+if [ -e "$app/probe-sandbox" ]; then
+    host_path=$(platform_value PROBE_HOST_PATH)
+    if [ -z "$host_path" ]; then
+        probe "host-path unset"
+    elif [ -e "$host_path" ]; then
+        if cat "$host_path" >/dev/null 2>&1; then
+            probe "host-path readable $host_path"
+        else
+            probe "host-path visible $host_path"
+        fi
+    else
+        probe "host-path hidden $host_path"
+    fi
+    for d in /cnb /usr; do
+        if (: >"$d/probe") 2>/dev/null; then
+            rm -f "$d/probe"
+            probe "write $d allowed"
+        else
+            probe "write $d denied"
+        fi
+    done
+    probe "id uid=$cur_uid gid=$cur_gid"
+    probe "pid $$"
+    if [ -r /proc/1/cmdline ]; then
+        probe "pid1 $(tr '\000' ' ' </proc/1/cmdline)"
+    else
+        probe "pid1 unreadable"
+    fi
+    host_pid=$(platform_value PROBE_HOST_PID)
+    if [ -n "$host_pid" ]; then
+        if [ -d "/proc/$host_pid" ]; then
+            probe "host-pid visible $host_pid"
+        else
+            probe "host-pid hidden $host_pid"
+        fi
+    fi
+    if [ -c /dev/null ] && echo x >/dev/null 2>&1 && [ -z "$(cat /dev/null)" ]; then
+        probe "dev-null ok"
+    else
+        probe "dev-null broken"
+    fi
+fi
+
+if [ -e "$app/wait-for-signal" ]; then
+    sleeper=
+    on_signal() {
+        probe "got signal"
+        [ -z "$sleeper" ] || kill "$sleeper" 2>/dev/null
+        exit 130
+    }
+    trap on_signal INT TERM
+    probe "waiting"
+    while :; do
+        sleep 1 &
+        sleeper=$!
+        wait "$sleeper"
+        sleeper=
+    done
+fi
+
+# ---------------------------------------------------------------------------
+# Export: the run image's layers plus the app under workspace/
+
+export_fail() {
+    echo "ERROR: failed to export: $*" >&2
+    exit 62
+}
+
+echo "===> EXPORTING"
+out_rel=$(layout_path "$image")
+out=$layout_dir/$out_rel
+scratch=$layers/.locald-standin-export
+rm -rf "$scratch" "$out" || export_fail "cannot clear $out"
+mkdir -p "$scratch/root/workspace" "$out/blobs/sha256" || export_fail "cannot create $out"
+cp -R "$app/." "$scratch/root/workspace/" || export_fail "cannot copy the app"
+(cd "$scratch/root" && tar -cf ../layer.tar workspace) || export_fail "cannot tar the app"
+layer_hex=$(sha256sum <"$scratch/layer.tar" | cut -d' ' -f1)
+layer_size=$(wc -c <"$scratch/layer.tar" | tr -d ' ')
+mv "$scratch/layer.tar" "$out/blobs/sha256/$layer_hex" || export_fail "cannot store the app layer"
+for d in $run_layer_digests; do
+    cp "$(blob_path "$run_dir" "$d")" "$out/blobs/sha256/${d#*:}" || export_fail "cannot copy layer $d"
+done
+echo "Adding layer 'workspace'"
+
+sep=
+[ -z "$run_diff_ids" ] || sep=,
+build_md="{\\\"buildpacks\\\":[{\\\"id\\\":\\\"$bp_id\\\",\\\"version\\\":\\\"$bp_version\\\"}],\\\"locald-standin\\\":true}"
+labels="\"io.buildpacks.build.metadata\":\"$build_md\""
+[ -z "$run_stack" ] || labels="$labels,\"io.buildpacks.stack.id\":\"$run_stack\""
+printf '%s' "{\"architecture\":\"${run_arch:-amd64}\",\"os\":\"${run_os:-linux}\",\"config\":{\"Env\":[\"PATH=/cnb/process:/usr/local/bin:/usr/bin:/bin\",\"CNB_APP_DIR=/workspace\"],\"WorkingDir\":\"/workspace\",\"User\":\"$uid:$gid\",\"Labels\":{$labels}},\"rootfs\":{\"type\":\"layers\",\"diff_ids\":[$run_diff_ids$sep\"sha256:$layer_hex\"]}}" \
+    >"$scratch/config.json" || export_fail "cannot write the config"
+config_hex=$(sha256sum <"$scratch/config.json" | cut -d' ' -f1)
+config_size=$(wc -c <"$scratch/config.json" | tr -d ' ')
+mv "$scratch/config.json" "$out/blobs/sha256/$config_hex" || export_fail "cannot store the config"
+
+oci_layers=$(printf "%s\n" "$run_layers" |
+    sed -e 's#application/vnd\.docker\.image\.rootfs\.diff\.tar\.gzip#application/vnd.oci.image.layer.v1.tar+gzip#g' \
+        -e 's#application/vnd\.docker\.image\.rootfs\.diff\.tar#application/vnd.oci.image.layer.v1.tar#g')
+sep=
+[ -z "$(printf "%s\n" "$oci_layers" | tr -d ' ')" ] || sep=,
+printf '%s' "{\"schemaVersion\":2,\"mediaType\":\"application/vnd.oci.image.manifest.v1+json\",\"config\":{\"mediaType\":\"application/vnd.oci.image.config.v1+json\",\"digest\":\"sha256:$config_hex\",\"size\":$config_size},\"layers\":[$oci_layers$sep{\"mediaType\":\"application/vnd.oci.image.layer.v1.tar\",\"digest\":\"sha256:$layer_hex\",\"size\":$layer_size}]}" \
+    >"$scratch/manifest.json" || export_fail "cannot write the manifest"
+manifest_hex=$(sha256sum <"$scratch/manifest.json" | cut -d' ' -f1)
+manifest_size=$(wc -c <"$scratch/manifest.json" | tr -d ' ')
+mv "$scratch/manifest.json" "$out/blobs/sha256/$manifest_hex" || export_fail "cannot store the manifest"
+printf '%s' '{"imageLayoutVersion":"1.0.0"}' >"$out/oci-layout" || export_fail "cannot write oci-layout"
+printf '%s' "{\"schemaVersion\":2,\"mediaType\":\"application/vnd.oci.image.index.v1+json\",\"manifests\":[{\"mediaType\":\"application/vnd.oci.image.manifest.v1+json\",\"digest\":\"sha256:$manifest_hex\",\"size\":$manifest_size,\"annotations\":{\"org.opencontainers.image.ref.name\":\"$image\"}}]}" \
+    >"$out/index.json" || export_fail "cannot write index.json"
+rm -rf "$scratch"
+echo "Saving $image..."
+echo "*** Images (sha256:$manifest_hex):"
+echo "      $image"
+probe "exported $out_rel sha256:$manifest_hex"
+exit 0
+"##;
+
+/// The lifecycle's exit code for invalid arguments: every contract violation.
+pub const EXIT_INVALID_ARGS: i32 = 3;
+/// No buildpack group passed detection.
+pub const EXIT_FAILED_DETECT: i32 = 20;
+/// A buildpack's build failed.
+pub const EXIT_FAILED_BUILD: i32 = 51;
+/// Exporting the image failed.
+pub const EXIT_FAILED_EXPORT: i32 = 62;
+/// Stopped by SIGINT or SIGTERM during [`WAIT_FOR_SIGNAL`].
+pub const EXIT_INTERRUPTED: i32 = 130;
+
+/// App file: detection fails (`ERROR: No buildpack groups passed detection.`),
+/// exit [`EXIT_FAILED_DETECT`].
+pub const FAIL_DETECT: &str = "fail-detect";
+/// App file: `Running build for buildpack <id>@<version>`, then exit
+/// [`EXIT_FAILED_BUILD`]. The buildpack is the one whose id the file holds (it
+/// must be in the order), else the first of the order.
+pub const FAIL_BUILD: &str = "fail-build";
+/// App file: `[probe] waiting`, then wait until SIGINT/SIGTERM, which print
+/// `[probe] got signal` and exit [`EXIT_INTERRUPTED`].
+pub const WAIT_FOR_SIGNAL: &str = "wait-for-signal";
+/// App file: report what the process sees, as probes:
+/// `host-path hidden|visible|readable PATH` (or `host-path unset`) for
+/// `PROBE_HOST_PATH` (environment, else `<platform>/env/PROBE_HOST_PATH`),
+/// `host-pid hidden|visible PID` likewise for `PROBE_HOST_PID`,
+/// `write /cnb allowed|denied`, `write /usr allowed|denied`,
+/// `id uid=N gid=N`, `pid N`, `pid1 <cmdline of pid 1, NULs as spaces>`,
+/// `dev-null ok|broken`.
+pub const PROBE_SANDBOX: &str = "probe-sandbox";
+/// The counter file in the cache dir.
+pub const CACHE_COUNTER: &str = "locald-standin-builds";
+/// What starts a probe line (possibly after a runner's `[creator] ` prefix).
+pub const PROBE_PREFIX: &str = "[probe] ";
+
+/// The directory of an image in a lifecycle layout dir, relative to it, as the
+/// lifecycle computes it (`layout.ParseRefToPath` over go-containerregistry's
+/// `name` package) and as [`CREATOR`] does:
+/// `<registry>/<repository>/<tag>`, or `<registry>/<repository>/<alg>/<hex>` for a
+/// digest reference. Docker Hub is `index.docker.io` (`docker.io` too) and its
+/// one-component repositories are under `library/`; the first component is a
+/// registry only when it holds a `.` or a `:` (so `localhost/x` is Docker
+/// Hub's, as in go-containerregistry); the tag defaults to `latest`.
+///
+/// ```
+/// use locald_tests::standin::layout_path_for;
+/// assert_eq!(layout_path_for("foo:1"), "index.docker.io/library/foo/1");
+/// assert_eq!(layout_path_for("127.0.0.1:5000/a/b"), "127.0.0.1:5000/a/b/latest");
+/// ```
+pub fn layout_path_for(reference: &str) -> String {
+    // `name:tag` -> (name, Some(tag)); a ':' before the last '/' is a port.
+    fn split_tag(s: &str) -> (&str, Option<&str>) {
+        let last = s.rsplit('/').next().unwrap_or(s);
+        match last.rsplit_once(':') {
+            Some((_, tag)) => (&s[..s.len() - tag.len() - 1], Some(tag)),
+            None => (s, None),
+        }
+    }
+    let (name, id) = match reference.split_once('@') {
+        Some((name, digest)) => (split_tag(name).0, digest.replacen(':', "/", 1)),
+        None => {
+            let (name, tag) = split_tag(reference);
+            (name, tag.unwrap_or("latest").to_owned())
+        }
+    };
+    let (mut registry, mut repo) = match name.split_once('/') {
+        Some((first, rest)) if first.contains('.') || first.contains(':') => {
+            (first.to_owned(), rest.to_owned())
+        }
+        _ => ("index.docker.io".to_owned(), name.to_owned()),
+    };
+    if registry == "docker.io" {
+        registry = "index.docker.io".to_owned();
+    }
+    if registry == "index.docker.io" && !repo.contains('/') {
+        repo = format!("library/{repo}");
+    }
+    format!("{registry}/{repo}/{id}")
+}
+
+/// The probes in `output`: for each line holding [`PROBE_PREFIX`], what follows
+/// it (`cache builds=2`, `env FOO=bar`, ...).
+pub fn probes(output: &str) -> Vec<String> {
+    output
+        .lines()
+        .filter_map(|l| {
+            l.find(PROBE_PREFIX)
+                .map(|i| l[i + PROBE_PREFIX.len()..].to_owned())
+        })
+        .collect()
+}
+
+/// The rest of the first probe that starts with `key` followed by a space or
+/// `=`: `probe_value(out, "cache builds")` is `Some("2")` for
+/// `[probe] cache builds=2`, `probe_value(out, "pid1")` the cmdline.
+pub fn probe_value(output: &str, key: &str) -> Option<String> {
+    probes(output).into_iter().find_map(|p| {
+        let rest = p.strip_prefix(key)?;
+        rest.strip_prefix(' ')
+            .or_else(|| rest.strip_prefix('='))
+            .map(str::to_owned)
+    })
+}
+
+/// The unprivileged user tests run locald as when they run as root.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TestUser {
+    /// The login name ([`TEST_USER`]).
+    pub name: String,
+    /// Its uid.
+    pub uid: u32,
+    /// Its primary gid.
+    pub gid: u32,
+}
+
+/// The name of the user [`test_user`] makes.
+pub const TEST_USER: &str = "locald-test";
+
+static USERADD: Mutex<()> = Mutex::new(());
+
+/// An unprivileged user to run things as: [`TEST_USER`], made with `useradd`
+/// when absent. Only root can switch users: Err says why there is none (the
+/// caller prints it and skips).
+pub fn test_user() -> Result<TestUser, String> {
+    if !crate::peers::is_root() {
+        return Err("not running as root: cannot run anything as another user".into());
+    }
+    let _serial = USERADD.lock().unwrap_or_else(|e| e.into_inner());
+    if let Ok(user) = lookup_user(TEST_USER) {
+        return Ok(user);
+    }
+    let made = crate::peers::run(
+        "useradd",
+        [
+            "--no-create-home",
+            "--user-group",
+            "--shell",
+            "/bin/sh",
+            TEST_USER,
+        ],
+    );
+    // Another test binary may have made it meanwhile.
+    lookup_user(TEST_USER).map_err(|e| match made {
+        Err(useradd) => format!("cannot make the user {TEST_USER}: {useradd}"),
+        Ok(_) => e,
+    })
+}
+
+fn lookup_user(name: &str) -> Result<TestUser, String> {
+    let id = |flag: &str| -> Result<u32, String> {
+        let out = crate::peers::run("id", [flag, name])?;
+        out.trim()
+            .parse()
+            .map_err(|e| format!("id {flag} {name}: {e}: {out:?}"))
+    };
+    Ok(TestUser {
+        name: name.to_owned(),
+        uid: id("-u")?,
+        gid: id("-g")?,
+    })
+}
+
+/// `chown -R uid:gid path` without following symlinks.
+pub fn chown_tree(path: &Path, uid: u32, gid: u32) -> io::Result<()> {
+    std::os::unix::fs::lchown(path, Some(uid), Some(gid))?;
+    let meta = std::fs::symlink_metadata(path)?;
+    if meta.is_dir() {
+        for entry in std::fs::read_dir(path)? {
+            chown_tree(&entry?.path(), uid, gid)?;
+        }
+    }
+    Ok(())
+}
+
+/// Runs [`CREATOR`]'s own mapping (`creator --layout-path-of REF`) with `sh`:
+/// what the script will look for, to compare with [`layout_path_for`].
+pub fn script_layout_path(script: &Path, reference: &str) -> Result<String, String> {
+    let out = Command::new("sh")
+        .arg(script)
+        .arg("--layout-path-of")
+        .arg(reference)
+        .output()
+        .map_err(|e| format!("sh {}: {e}", script.display()))?;
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim_end().to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::builder::{buildpack_dir, BuilderSpec, BUSYBOX_APPLETS, BUSYBOX_BUILDPACKS};
+    use crate::fixture::{sha256_digest, Compression, LayoutBuilder, REF_NAME};
+    use serde_json::Value;
+    use std::collections::BTreeMap;
+    use std::io::{BufRead, Read};
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    use std::path::PathBuf;
+    use std::time::{Duration, Instant};
+
+    const RUN: &str = "registry.example:5000/locald/run:7";
+    const IMAGE: &str = "locald-test/app:1";
+
+    struct Out {
+        code: i32,
+        stdout: String,
+        stderr: String,
+    }
+
+    impl std::fmt::Display for Out {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(
+                f,
+                "exit {}\n--- stdout\n{}--- stderr\n{}",
+                self.code, self.stdout, self.stderr
+            )
+        }
+    }
+
+    fn output(c: &mut Command) -> Out {
+        let o = c.output().unwrap();
+        Out {
+            code: o.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+
+    fn write(path: &Path, content: impl AsRef<[u8]>, mode: u32) {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, content).unwrap();
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+
+    /// A builder's `/cnb` and a build's directories on the host, as the native
+    /// runner lays them out, with the run image in the layout dir.
+    struct Rig {
+        _tmp: tempfile::TempDir,
+        root: PathBuf,
+        spec: BuilderSpec,
+        uid: u32,
+        gid: u32,
+    }
+
+    impl Rig {
+        fn new() -> Rig {
+            let tmp = tempfile::tempdir().unwrap();
+            let root = tmp.path().to_path_buf();
+            let spec = BuilderSpec::busybox_with(b"unused", RUN);
+            let cnb = root.join("cnb");
+            write(&cnb.join("lifecycle/creator"), CREATOR, 0o755);
+            write(
+                &cnb.join("lifecycle/lifecycle.toml"),
+                spec.lifecycle_toml(),
+                0o644,
+            );
+            write(&cnb.join("order.toml"), spec.order_toml(), 0o644);
+            write(&cnb.join("run.toml"), spec.run_toml(), 0o644);
+            for (id, v) in &spec.buildpacks {
+                let dir = root.join(buildpack_dir(id, v));
+                write(
+                    &dir.join("buildpack.toml"),
+                    spec.buildpack_toml(id, v),
+                    0o644,
+                );
+                write(
+                    &dir.join("bin/build"),
+                    format!("#!/bin/sh\necho 'stand-in build: {id}@{v}'\n"),
+                    0o755,
+                );
+            }
+            write(&root.join("app/hello.txt"), "hello from the app\n", 0o644);
+            write(&root.join("app/sub/deep.txt"), "deep\n", 0o644);
+            for d in ["layers", "platform/env", "cache", "layout"] {
+                std::fs::create_dir_all(root.join(d)).unwrap();
+            }
+            let mut b = LayoutBuilder::new(root.join("layout").join(layout_path_for(RUN)));
+            b.add_image(spec.run_image_spec().ref_name(RUN));
+            b.write().unwrap();
+            let (uid, gid) = if crate::peers::is_root() {
+                (spec.uid, spec.gid)
+            } else {
+                (
+                    rustix::process::geteuid().as_raw(),
+                    rustix::process::getegid().as_raw(),
+                )
+            };
+            Rig {
+                _tmp: tmp,
+                root,
+                spec,
+                uid,
+                gid,
+            }
+        }
+
+        fn p(&self, rel: &str) -> String {
+            self.root.join(rel).to_str().unwrap().to_owned()
+        }
+
+        fn creator(&self) -> PathBuf {
+            self.root.join("cnb/lifecycle/creator")
+        }
+
+        /// What the native runner passes.
+        fn args(&self) -> Vec<String> {
+            let mut a: Vec<String> = Vec::new();
+            for (flag, value) in [
+                ("-app", self.p("app")),
+                ("-layers", self.p("layers")),
+                ("-platform", self.p("platform")),
+                ("-cache-dir", self.p("cache")),
+                ("-run-image", RUN.to_owned()),
+                ("-layout-dir", self.p("layout")),
+                ("-uid", self.uid.to_string()),
+                ("-gid", self.gid.to_string()),
+                ("-buildpacks", self.p("cnb/buildpacks")),
+                ("-order", self.p("cnb/order.toml")),
+                ("-run", self.p("cnb/run.toml")),
+            ] {
+                a.push(flag.to_owned());
+                a.push(value);
+            }
+            a.push("-layout".into());
+            a.push("-log-level".into());
+            a.push("debug".into());
+            a.push(IMAGE.into());
+            a
+        }
+
+        fn env(&self) -> Vec<(String, String)> {
+            vec![
+                ("PATH".into(), std::env::var("PATH").unwrap_or_default()),
+                ("CNB_PLATFORM_API".into(), "0.13".into()),
+                ("CNB_EXPERIMENTAL_MODE".into(), "warn".into()),
+                (
+                    "LOCALD_TEST_BUILDER_ENV".into(),
+                    "from-builder-config".into(),
+                ),
+                ("CNB_USER_ID".into(), self.spec.uid.to_string()),
+                ("CNB_GROUP_ID".into(), self.spec.gid.to_string()),
+            ]
+        }
+
+        fn command(&self, args: &[String], env: &[(String, String)]) -> Command {
+            let mut c = Command::new(self.creator());
+            c.args(args)
+                .env_clear()
+                .envs(env.iter().map(|(k, v)| (k, v)))
+                .current_dir(self.root.join("app"));
+            c
+        }
+
+        fn run(&self, args: &[String], env: &[(String, String)]) -> Out {
+            output(&mut self.command(args, env))
+        }
+
+        fn run_ok(&self) -> Out {
+            let out = self.run(&self.args(), &self.env());
+            assert_eq!(out.code, 0, "{out}");
+            out
+        }
+
+        fn touch_app(&self, name: &str) {
+            std::fs::write(self.root.join("app").join(name), "").unwrap();
+        }
+
+        fn output_dir(&self) -> PathBuf {
+            self.root.join("layout").join(layout_path_for(IMAGE))
+        }
+    }
+
+    fn read_json(path: &Path) -> Value {
+        serde_json::from_slice(&std::fs::read(path).unwrap())
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    }
+
+    fn blob(dir: &Path, digest: &str) -> Vec<u8> {
+        let hex = digest.strip_prefix("sha256:").unwrap();
+        let bytes = std::fs::read(dir.join("blobs/sha256").join(hex))
+            .unwrap_or_else(|e| panic!("blob {digest}: {e}"));
+        assert_eq!(sha256_digest(&bytes), digest, "blob content");
+        bytes
+    }
+
+    /// The exported image, checked from disk: one manifest named IMAGE, every
+    /// blob hashing to its digest, the run image's layers then the app layer,
+    /// diff ids matching. Returns the app layer's files.
+    fn check_export(rig: &Rig) -> BTreeMap<String, Vec<u8>> {
+        let dir = rig.output_dir();
+        assert!(dir.join("oci-layout").is_file());
+        let index = read_json(&dir.join("index.json"));
+        let manifests = index["manifests"].as_array().unwrap();
+        assert_eq!(manifests.len(), 1, "{index}");
+        assert_eq!(manifests[0]["annotations"][REF_NAME], IMAGE);
+        let mbytes = blob(&dir, manifests[0]["digest"].as_str().unwrap());
+        assert_eq!(manifests[0]["size"], mbytes.len());
+        let manifest: Value = serde_json::from_slice(&mbytes).unwrap();
+        let config: Value =
+            serde_json::from_slice(&blob(&dir, manifest["config"]["digest"].as_str().unwrap()))
+                .unwrap();
+        let run = rig.spec.run_image_spec();
+        let layers = manifest["layers"].as_array().unwrap();
+        assert_eq!(layers.len(), run.layers.len() + 1, "{manifest}");
+        for (l, want) in layers.iter().zip(&run.layers) {
+            assert_eq!(l["digest"], want.digest());
+        }
+        let mut diff_ids: Vec<String> = run.layers.iter().map(|l| l.diff_id()).collect();
+        let last = layers.last().unwrap();
+        assert_eq!(last["mediaType"], "application/vnd.oci.image.layer.v1.tar");
+        let tar_bytes = blob(&dir, last["digest"].as_str().unwrap());
+        assert_eq!(last["size"], tar_bytes.len());
+        diff_ids.push(sha256_digest(
+            &Compression::None.decompress(&tar_bytes).unwrap(),
+        ));
+        assert_eq!(config["rootfs"]["diff_ids"], serde_json::json!(diff_ids));
+        assert_eq!(config["architecture"], crate::builder::host_arch());
+        let labels = &config["config"]["Labels"];
+        let md: Value =
+            serde_json::from_str(labels["io.buildpacks.build.metadata"].as_str().unwrap()).unwrap();
+        assert_eq!(md["buildpacks"][0]["id"], BUSYBOX_BUILDPACKS[0].0);
+        assert_eq!(labels["io.buildpacks.stack.id"], rig.spec.stack_id.as_str());
+        let mut files = BTreeMap::new();
+        let mut a = tar::Archive::new(&tar_bytes[..]);
+        for e in a.entries().unwrap() {
+            let mut e = e.unwrap();
+            let path = e.path().unwrap().to_string_lossy().into_owned();
+            let mut content = Vec::new();
+            e.read_to_end(&mut content).unwrap();
+            files.insert(path.trim_end_matches('/').to_owned(), content);
+        }
+        files
+    }
+
+    #[test]
+    fn layout_paths_table() {
+        let table = [
+            ("foo", "index.docker.io/library/foo/latest"),
+            ("foo:1", "index.docker.io/library/foo/1"),
+            ("docker.io/foo:1", "index.docker.io/library/foo/1"),
+            ("docker.io/library/foo:1", "index.docker.io/library/foo/1"),
+            ("index.docker.io/acme/foo", "index.docker.io/acme/foo/latest"),
+            ("acme/foo:v2", "index.docker.io/acme/foo/v2"),
+            ("localhost/foo:1", "index.docker.io/localhost/foo/1"),
+            ("localhost:5000/foo", "localhost:5000/foo/latest"),
+            ("127.0.0.1:5000/a/b/c:9", "127.0.0.1:5000/a/b/c/9"),
+            ("ghcr.io/acme/run:22-cnb", "ghcr.io/acme/run/22-cnb"),
+            (
+                "quay.io/a/b@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+                "quay.io/a/b/sha256/0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+            ),
+            (
+                "foo:1@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+                "index.docker.io/library/foo/sha256/0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+            ),
+            (
+                "reg:5000/foo:1@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+                "reg:5000/foo/sha256/0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+            ),
+        ];
+        let tmp = tempfile::tempdir().unwrap();
+        let script = tmp.path().join("creator");
+        std::fs::write(&script, CREATOR).unwrap();
+        for (reference, want) in table {
+            assert_eq!(layout_path_for(reference), want, "{reference}");
+            assert_eq!(
+                script_layout_path(&script, reference).unwrap(),
+                want,
+                "the script's mapping of {reference}"
+            );
+        }
+    }
+
+    #[test]
+    fn probe_parsing() {
+        let out = "[creator] [probe] cache builds=2\n[probe] env FOO=a=b\nno probe\n[creator] [probe] pid1 /sbin/init splash \n";
+        assert_eq!(probes(out).len(), 3);
+        assert_eq!(probe_value(out, "cache builds").as_deref(), Some("2"));
+        assert_eq!(probe_value(out, "env FOO").as_deref(), Some("a=b"));
+        assert_eq!(
+            probe_value(out, "pid1").as_deref(),
+            Some("/sbin/init splash ")
+        );
+        assert_eq!(probe_value(out, "pid"), None);
+        assert_eq!(probe_value(out, "cache"), Some("builds=2".into()));
+    }
+
+    #[test]
+    fn builds_exports_and_counts() {
+        let rig = Rig::new();
+        write(&rig.root.join("platform/env/FOO"), "bar", 0o644);
+        let out = rig.run_ok();
+        for want in [
+            "===> DETECTING",
+            "===> BUILDING",
+            "Running build for buildpack locald-test/first@1.0.0",
+            "stand-in build: locald-test/first@1.0.0",
+            "===> EXPORTING",
+            "Saving locald-test/app:1...",
+            "[probe] contract ok platform-api=0.13",
+            "[probe] env FOO=bar",
+            "[probe] cache builds=1",
+        ] {
+            assert!(out.stdout.contains(want), "{want:?} missing:\n{out}");
+        }
+        let files = check_export(&rig);
+        assert_eq!(files["workspace/hello.txt"], b"hello from the app\n");
+        assert_eq!(files["workspace/sub/deep.txt"], b"deep\n");
+        assert!(!files.keys().any(|k| k.contains("standin")), "{files:?}");
+        let leftovers: Vec<_> = std::fs::read_dir(rig.root.join("layers"))
+            .unwrap()
+            .collect();
+        assert!(
+            leftovers.is_empty(),
+            "scratch left in layers: {leftovers:?}"
+        );
+
+        // Again: the cache counter goes on, the export is replaced.
+        std::fs::write(rig.root.join("app/hello.txt"), "changed\n").unwrap();
+        let out = rig.run_ok();
+        assert_eq!(
+            probe_value(&out.stdout, "cache builds").as_deref(),
+            Some("2")
+        );
+        assert_eq!(check_export(&rig)["workspace/hello.txt"], b"changed\n");
+
+        // Real peers agree it is an image.
+        let dir = rig.output_dir();
+        if crate::peers::have("skopeo") {
+            let inspect =
+                crate::peers::skopeo(&["inspect", &format!("oci:{}", dir.display())]).unwrap();
+            let v: Value = serde_json::from_str(&inspect).unwrap();
+            assert_eq!(v["Layers"].as_array().unwrap().len(), 3, "{v}");
+            assert_eq!(v["Architecture"], crate::builder::host_arch());
+        } else {
+            eprintln!("skopeo not installed: skipping its check");
+        }
+        if crate::peers::have("umoci") && crate::peers::have("skopeo") {
+            let copy = rig.root.join("copy");
+            crate::peers::skopeo_copy(
+                &format!("oci:{}:{IMAGE}", dir.display()),
+                &format!("oci:{}:app", copy.display()),
+                &[],
+            )
+            .unwrap();
+            let rootfs =
+                crate::peers::umoci_unpack(&copy, "app", &rig.root.join("bundle")).unwrap();
+            assert_eq!(
+                std::fs::read_to_string(rootfs.join("workspace/hello.txt")).unwrap(),
+                "changed\n"
+            );
+            assert!(rootfs.join("etc/locald-run-image").is_file());
+        } else {
+            eprintln!("umoci or skopeo not installed: skipping the unpack check");
+        }
+    }
+
+    /// Under busybox sh with only busybox applets on PATH (as in the sandbox).
+    #[test]
+    fn runs_under_busybox() {
+        let busybox = match crate::builder::find_busybox() {
+            Ok(b) => b,
+            Err(e) => {
+                eprintln!("skipping: {e}");
+                return;
+            }
+        };
+        let rig = Rig::new();
+        let bin = rig.root.join("bb");
+        std::fs::create_dir(&bin).unwrap();
+        for a in BUSYBOX_APPLETS {
+            std::os::unix::fs::symlink(&busybox, bin.join(a)).unwrap();
+        }
+        let mut env = rig.env();
+        env[0].1 = bin.to_str().unwrap().to_owned();
+        write(&rig.root.join("platform/env/FOO"), "bar", 0o644);
+        rig.touch_app(PROBE_SANDBOX);
+        let out = output(
+            Command::new(&busybox)
+                .arg("sh")
+                .arg(rig.creator())
+                .args(rig.args())
+                .env_clear()
+                .envs(env.iter().map(|(k, v)| (k, v))),
+        );
+        assert_eq!(out.code, 0, "{out}");
+        assert!(!out.stderr.contains("not found"), "{out}");
+        assert_eq!(probe_value(&out.stdout, "env FOO").as_deref(), Some("bar"));
+        assert_eq!(
+            probe_value(&out.stdout, "dev-null").as_deref(),
+            Some("ok"),
+            "{out}"
+        );
+        assert_eq!(
+            probe_value(&out.stdout, "host-path").as_deref(),
+            Some("unset"),
+            "{out}"
+        );
+        assert!(probe_value(&out.stdout, "pid1").is_some(), "{out}");
+        let files = check_export(&rig);
+        assert_eq!(files["workspace/hello.txt"], b"hello from the app\n");
+    }
+
+    #[test]
+    fn contract_violations_exit_3_naming_the_problem() {
+        let rig = Rig::new();
+        let base = rig.args();
+        let env = rig.env();
+        let set = |k: &str, v: Option<&str>| -> Vec<(String, String)> {
+            let mut e: Vec<(String, String)> =
+                env.iter().filter(|(n, _)| n != k).cloned().collect();
+            if let Some(v) = v {
+                e.push((k.to_owned(), v.to_owned()));
+            }
+            e
+        };
+        let with = |flag: &str, value: &str| -> Vec<String> {
+            let mut a = base.clone();
+            let i = a.iter().position(|x| x == flag).unwrap();
+            a[i + 1] = value.to_owned();
+            a
+        };
+        let without = |flag: &str, takes_value: bool| -> Vec<String> {
+            let mut a = base.clone();
+            let i = a.iter().position(|x| x == flag).unwrap();
+            a.drain(i..i + 1 + usize::from(takes_value));
+            a
+        };
+        // A second run image manifest, and a corrupt blob, in copies of the layout.
+        let two = "registry.example:5000/locald/two:1";
+        let mut b = LayoutBuilder::new(rig.root.join("layout").join(layout_path_for(two)));
+        b.add_image(rig.spec.run_image_spec().ref_name("a"));
+        b.add_image(BuilderSpec::default().image().ref_name("b"));
+        b.write().unwrap();
+        let bad = "registry.example:5000/locald/bad:1";
+        let mut b = LayoutBuilder::new(rig.root.join("layout").join(layout_path_for(bad)));
+        let mut spec = rig.spec.run_image_spec();
+        spec.layers[1] = spec.layers[1].clone().corrupted();
+        b.add_image(spec);
+        b.write().unwrap();
+
+        let mut unknown = base.clone();
+        unknown.insert(0, "-bogus".into());
+        unknown.insert(1, "1".into());
+        let mut name_first = base.clone();
+        let name = name_first.pop().unwrap();
+        name_first.insert(0, name);
+        let mut no_name = base.clone();
+        no_name.pop();
+        let (other_uid, other_gid) = (rig.uid + 1, rig.gid + 1);
+
+        type Case<'a> = (&'a str, Vec<String>, Vec<(String, String)>, &'a str);
+        let cases: Vec<Case<'_>> = vec![
+            ("unknown flag", unknown, env.clone(), "unknown flag -bogus"),
+            (
+                "name not last",
+                name_first,
+                env.clone(),
+                "must be the last argument",
+            ),
+            (
+                "no name",
+                no_name,
+                env.clone(),
+                "missing the output image name",
+            ),
+            (
+                "no -layout",
+                without("-layout", false),
+                env.clone(),
+                "missing flag -layout",
+            ),
+            (
+                "no -cache-dir",
+                without("-cache-dir", true),
+                env.clone(),
+                "missing flag -cache-dir",
+            ),
+            (
+                "no -run-image",
+                without("-run-image", true),
+                env.clone(),
+                "missing flag -run-image",
+            ),
+            (
+                "bad -uid",
+                with("-uid", "cnb"),
+                env.clone(),
+                "-uid 'cnb' is not a number",
+            ),
+            (
+                "no api",
+                base.clone(),
+                set("CNB_PLATFORM_API", None),
+                "CNB_PLATFORM_API is not set",
+            ),
+            (
+                "unsupported api",
+                base.clone(),
+                set("CNB_PLATFORM_API", Some("0.14")),
+                "CNB_PLATFORM_API=0.14 is not supported",
+            ),
+            (
+                "api too old for layout",
+                base.clone(),
+                set("CNB_PLATFORM_API", Some("0.11")),
+                "needs 0.12",
+            ),
+            (
+                "experimental mode",
+                base.clone(),
+                set("CNB_EXPERIMENTAL_MODE", Some("error")),
+                "CNB_EXPERIMENTAL_MODE must be 'warn'",
+            ),
+            (
+                "builder env lost",
+                base.clone(),
+                set("LOCALD_TEST_BUILDER_ENV", None),
+                "LOCALD_TEST_BUILDER_ENV must be",
+            ),
+            (
+                "no CNB_USER_ID",
+                base.clone(),
+                set("CNB_USER_ID", None),
+                "CNB_USER_ID is not set",
+            ),
+            (
+                "no CNB_GROUP_ID",
+                base.clone(),
+                set("CNB_GROUP_ID", None),
+                "CNB_GROUP_ID is not set",
+            ),
+            (
+                "no app",
+                with("-app", &rig.p("nope")),
+                env.clone(),
+                "app directory",
+            ),
+            (
+                "no layers",
+                with("-layers", &rig.p("nope")),
+                env.clone(),
+                "layers directory",
+            ),
+            (
+                "platform is a file",
+                with("-platform", &rig.p("app/hello.txt")),
+                env.clone(),
+                "platform directory",
+            ),
+            (
+                "no order",
+                with("-order", &rig.p("nope.toml")),
+                env.clone(),
+                "order file",
+            ),
+            (
+                "buildpack missing",
+                with("-buildpacks", &rig.p("layers")),
+                env.clone(),
+                "buildpack locald-test/first@1.0.0 is not at",
+            ),
+            (
+                "run image absent",
+                with("-run-image", "registry.example:5000/locald/absent:1"),
+                env.clone(),
+                "is not in the layout dir at registry.example:5000/locald/absent/1",
+            ),
+            (
+                "run image two manifests",
+                with("-run-image", two),
+                env.clone(),
+                "exactly one manifest",
+            ),
+            (
+                "run image corrupt",
+                with("-run-image", bad),
+                env.clone(),
+                "does not hash to",
+            ),
+        ];
+        let mut cases = cases;
+        if !crate::peers::is_root() {
+            cases.push((
+                "wrong uid",
+                with("-uid", &other_uid.to_string()),
+                env.clone(),
+                "but -uid is",
+            ));
+            cases.push((
+                "wrong gid",
+                with("-gid", &other_gid.to_string()),
+                env.clone(),
+                "but -gid is",
+            ));
+        }
+        if !Path::new("/cnb").exists() {
+            cases.push((
+                "no -order off /cnb",
+                without("-order", true),
+                env.clone(),
+                "order file /cnb/order.toml is not readable",
+            ));
+        }
+        let mut failed = Vec::new();
+        for (what, args, env, want) in cases {
+            let out = rig.run(&args, &env);
+            if out.code != EXIT_INVALID_ARGS
+                || !out.stderr.contains("ERROR: stand-in creator: ")
+                || !out.stderr.contains(want)
+                || out.stdout.contains("===> DETECTING")
+            {
+                failed.push(format!("{what}: wanted exit 3 and {want:?}\n{out}"));
+            }
+        }
+        assert!(failed.is_empty(), "{}", failed.join("\n\n"));
+        // None of it touched the cache.
+        assert!(!rig.root.join("cache").join(CACHE_COUNTER).exists());
+        // And the rig itself passes.
+        rig.run_ok();
+        // `-flag=value` is Go's flag syntax, which the lifecycle accepts.
+        let mut eq = base.clone();
+        let i = eq.iter().position(|x| x == "-app").unwrap();
+        let v = eq.remove(i + 1);
+        eq[i] = format!("-app={v}");
+        let out = rig.run(&eq, &rig.env());
+        assert_eq!(out.code, 0, "{out}");
+    }
+
+    /// As root, the uid check is exercised as an unprivileged user.
+    #[test]
+    fn uid_must_match_when_not_root() {
+        let user = match test_user() {
+            Ok(u) => u,
+            Err(e) => {
+                eprintln!("skipping the run as another user: {e}");
+                return;
+            }
+        };
+        let rig = Rig::new();
+        chown_tree(&rig.root, user.uid, user.gid).unwrap();
+        let run_as = |uid: u32, gid: u32| {
+            let mut a = rig.args();
+            let i = a.iter().position(|x| x == "-uid").unwrap();
+            a[i + 1] = uid.to_string();
+            let i = a.iter().position(|x| x == "-gid").unwrap();
+            a[i + 1] = gid.to_string();
+            let mut c = rig.command(&a, &rig.env());
+            c.uid(user.uid).gid(user.gid);
+            output(&mut c)
+        };
+        let out = run_as(user.uid + 1, user.gid);
+        assert_eq!(out.code, EXIT_INVALID_ARGS, "{out}");
+        assert!(
+            out.stderr
+                .contains(&format!("running as uid {} but -uid is", user.uid)),
+            "{out}"
+        );
+        let out = run_as(user.uid, user.gid + 1);
+        assert_eq!(out.code, EXIT_INVALID_ARGS, "{out}");
+        assert!(out.stderr.contains("but -gid is"), "{out}");
+        let out = run_as(user.uid, user.gid);
+        assert_eq!(out.code, 0, "{out}");
+        assert_eq!(
+            probe_value(&out.stdout, "contract ok")
+                .map(|v| v.contains(&format!("uid={}", user.uid))),
+            Some(true),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn detect_and_build_failures() {
+        let rig = Rig::new();
+        rig.touch_app(FAIL_DETECT);
+        let out = rig.run(&rig.args(), &rig.env());
+        assert_eq!(out.code, EXIT_FAILED_DETECT, "{out}");
+        assert!(
+            out.stderr
+                .contains("ERROR: No buildpack groups passed detection."),
+            "{out}"
+        );
+        assert!(!rig.output_dir().exists());
+
+        std::fs::remove_file(rig.root.join("app").join(FAIL_DETECT)).unwrap();
+        rig.touch_app(FAIL_BUILD);
+        let out = rig.run(&rig.args(), &rig.env());
+        assert_eq!(out.code, EXIT_FAILED_BUILD, "{out}");
+        assert!(
+            out.stdout
+                .contains("Running build for buildpack locald-test/first@1.0.0"),
+            "{out}"
+        );
+        assert!(!rig.output_dir().exists());
+
+        std::fs::write(
+            rig.root.join("app").join(FAIL_BUILD),
+            "locald-test/second\n",
+        )
+        .unwrap();
+        let out = rig.run(&rig.args(), &rig.env());
+        assert_eq!(out.code, EXIT_FAILED_BUILD, "{out}");
+        assert!(
+            out.stdout
+                .contains("Running build for buildpack locald-test/second@2.0.0"),
+            "{out}"
+        );
+        assert!(!out.stdout.contains("locald-test/first@"), "{out}");
+
+        std::fs::write(rig.root.join("app").join(FAIL_BUILD), "nobody/else").unwrap();
+        let out = rig.run(&rig.args(), &rig.env());
+        assert_eq!(out.code, EXIT_INVALID_ARGS, "{out}");
+        assert!(out.stderr.contains("fail-build names nobody/else"), "{out}");
+    }
+
+    /// Children of `pid` (from /proc/*/stat).
+    fn children(pid: u32) -> Vec<u32> {
+        let mut v = Vec::new();
+        for e in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(n) = e.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+                continue;
+            };
+            // pid (comm) state ppid ...
+            let after = stat.rsplit_once(')').map_or("", |(_, r)| r);
+            let ppid = after.split_whitespace().nth(1).and_then(|p| p.parse().ok());
+            if ppid == Some(pid) {
+                v.push(n);
+            }
+        }
+        v
+    }
+
+    /// Whether `pid` runs (exists and is not a zombie).
+    fn alive(pid: u32) -> bool {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+            let state = s.rsplit_once(')').map_or("", |(_, r)| r).trim_start();
+            !state.starts_with('Z') && !state.starts_with('X')
+        })
+    }
+
+    #[test]
+    fn waits_for_a_signal_and_leaves_nothing_behind() {
+        let rig = Rig::new();
+        rig.touch_app(WAIT_FOR_SIGNAL);
+        let mut child = rig
+            .command(&rig.args(), &rig.env())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel::<String>();
+        let reader = std::thread::spawn(move || {
+            for line in io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut seen = Vec::new();
+        loop {
+            let line = rx
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                .unwrap_or_else(|_| panic!("no '[probe] waiting' in:\n{}", seen.join("\n")));
+            let done = line == "[probe] waiting";
+            seen.push(line);
+            if done {
+                break;
+            }
+        }
+        let pid = child.id();
+        // Let the loop start its sleep, then interrupt.
+        std::thread::sleep(Duration::from_millis(200));
+        let kids = children(pid);
+        let sent = Instant::now();
+        rustix::process::kill_process(
+            rustix::process::Pid::from_child(&child),
+            rustix::process::Signal::INT,
+        )
+        .unwrap();
+        let status = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break s;
+            }
+            if sent.elapsed() > Duration::from_secs(5) {
+                child.kill().ok();
+                panic!("still running 5 s after SIGINT");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        reader.join().unwrap();
+        seen.extend(rx.try_iter());
+        assert_eq!(status.code(), Some(EXIT_INTERRUPTED), "{}", seen.join("\n"));
+        assert!(seen.iter().any(|l| l == "[probe] got signal"), "{seen:?}");
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while kids.iter().any(|k| alive(*k)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let left: Vec<_> = kids.iter().filter(|k| alive(**k)).collect();
+        assert!(left.is_empty(), "children left running: {left:?}");
+        assert!(!rig.output_dir().exists());
+    }
+
+    #[test]
+    fn sandbox_probes_report_natively() {
+        let rig = Rig::new();
+        rig.touch_app(PROBE_SANDBOX);
+        let secret = rig.root.join("secret");
+        std::fs::write(&secret, "s").unwrap();
+        write(
+            &rig.root.join("platform/env/PROBE_HOST_PATH"),
+            secret.to_str().unwrap(),
+            0o644,
+        );
+        let mut env = rig.env();
+        env.push(("PROBE_HOST_PID".into(), std::process::id().to_string()));
+        env.push(("PROBE_HOST_PATH".into(), rig.p("nothing-here")));
+        let out = rig.run(&rig.args(), &env);
+        assert_eq!(out.code, 0, "{out}");
+        let p = |k: &str| probe_value(&out.stdout, k).unwrap_or_else(|| panic!("{k}: {out}"));
+        // The environment wins over the platform env file.
+        assert_eq!(p("host-path"), format!("hidden {}", rig.p("nothing-here")));
+        assert_eq!(p("host-pid"), format!("visible {}", std::process::id()));
+        assert_eq!(p("dev-null"), "ok");
+        assert_eq!(p("write /cnb"), "denied");
+        assert!(p("pid").parse::<u32>().is_ok());
+        let id = rustix::process::geteuid().as_raw();
+        assert!(p("id").starts_with(&format!("uid={id} ")), "{out}");
+        let host_pid1 = std::fs::read("/proc/1/cmdline").unwrap_or_default();
+        let host_pid1: String = String::from_utf8_lossy(&host_pid1).replace('\0', " ");
+        assert_eq!(p("pid1"), host_pid1);
+        // Without the environment variable, the platform env file is used.
+        env.pop();
+        let out = rig.run(&rig.args(), &env);
+        assert_eq!(
+            probe_value(&out.stdout, "host-path"),
+            Some(format!("readable {}", secret.display())),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn docker_media_types_become_oci() {
+        let rig = Rig::new();
+        let dir = rig.root.join("layout").join(layout_path_for(RUN));
+        std::fs::remove_dir_all(&dir).unwrap();
+        let mut b = LayoutBuilder::new(&dir);
+        b.add_image(rig.spec.run_image_spec().docker());
+        b.write().unwrap();
+        rig.run_ok();
+        let index = read_json(&rig.output_dir().join("index.json"));
+        let manifest: Value = serde_json::from_slice(&blob(
+            &rig.output_dir(),
+            index["manifests"][0]["digest"].as_str().unwrap(),
+        ))
+        .unwrap();
+        let types: Vec<&str> = manifest["layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["mediaType"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            types,
+            [
+                "application/vnd.oci.image.layer.v1.tar+gzip",
+                "application/vnd.oci.image.layer.v1.tar",
+                "application/vnd.oci.image.layer.v1.tar"
+            ]
+        );
+    }
+}
