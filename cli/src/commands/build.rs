@@ -265,8 +265,12 @@ pub async fn build(
             .context("the project lock thread failed")??
     };
     let as_root = rustix::process::geteuid().is_root();
+    // Run natively by root, the lifecycle drops to the build user, who must own
+    // the build's directories; the sandbox maps us to that user instead, so there
+    // they stay (or become again, after a native build) ours.
     let owner = match (kind, as_root, info.user_id, info.group_id) {
         (RunnerKind::Native, true, Some(u), Some(g)) => Some((u, g)),
+        (RunnerKind::Container, true, _, _) => Some((0, 0)),
         _ => None,
     };
     let dirs = project.prepare(args.clear_cache, owner)?;

@@ -293,6 +293,18 @@ fn sandbox_possible(user: Option<&TestUser>) -> Result<(), String> {
 }
 
 /// The container runner where it can work, else the native one (said on stderr).
+/// Every runner that works here: native always, the sandbox where user
+/// namespaces do.
+fn all_runners() -> Vec<Runner> {
+    match sandbox_possible(None) {
+        Ok(()) => vec![Runner::Native, Runner::Container],
+        Err(e) => {
+            eprintln!("only the native runner: {e}");
+            vec![Runner::Native]
+        }
+    }
+}
+
 fn any_runner() -> Runner {
     match sandbox_possible(None) {
         Ok(()) => Runner::Container,
@@ -535,21 +547,22 @@ fn builds_from_docker_archives() {
         )
         .unwrap_or_else(|e| panic!("{e}"));
     }
-    let runner = any_runner();
-    let out = w.path("out");
-    let r = w.build(
-        &app,
-        runner,
-        &out,
-        &[
-            "--source",
-            &format!("docker-archive:{}", builder_tar.display()),
-            "--run-image-source",
-            &format!("docker-archive:{}", run_tar.display()),
-        ],
-    );
-    let v = check_build(&w, &r, runner, &out);
-    check_layout_output(&w, &out, v["digest"].as_str(), &files);
+    for runner in all_runners() {
+        let out = w.path(&format!("out-{runner:?}"));
+        let r = w.build(
+            &app,
+            runner,
+            &out,
+            &[
+                "--source",
+                &format!("docker-archive:{}", builder_tar.display()),
+                "--run-image-source",
+                &format!("docker-archive:{}", run_tar.display()),
+            ],
+        );
+        let v = check_build(&w, &r, runner, &out);
+        check_layout_output(&w, &out, v["digest"].as_str(), &files);
+    }
 }
 
 /// Builder and run image pushed to a real registry; the builder's run.toml
@@ -578,16 +591,39 @@ fn builds_from_a_registry() {
         .unwrap_or_else(|e| panic!("{e}"));
     let files = [("hello.txt", "from a registry\n")];
     let app = w.app("app", &files);
+    for runner in all_runners() {
+        let out = w.path(&format!("out-{runner:?}"));
+        let r = w.build(&app, runner, &out, &["--builder", &builder]);
+        let v = check_build(&w, &r, runner, &out);
+        assert!(
+            r.probe("contract ok")
+                .is_some_and(|c| c.contains(&format!("run-image={run}"))),
+            "{r}"
+        );
+        check_layout_output(&w, &out, v["digest"].as_str(), &files);
+    }
+}
+
+/// `-v` passes `-log-level debug` to the lifecycle; without it the lifecycle
+/// logs at its default level.
+#[test]
+fn verbose_asks_the_lifecycle_for_debug_logs() {
+    let w = World::new();
+    let Some((_, src, app)) = setup(&w, &[("hello.txt", "hi\n")]) else {
+        return;
+    };
     let runner = any_runner();
-    let out = w.path("out");
-    let r = w.build(&app, runner, &out, &["--builder", &builder]);
-    let v = check_build(&w, &r, runner, &out);
-    assert!(
-        r.probe("contract ok")
-            .is_some_and(|c| c.contains(&format!("run-image={run}"))),
-        "{r}"
+    let r = w.build(&app, runner, &w.path("out-quiet"), &["--source", &src]);
+    assert_eq!(r.code, 0, "{r}");
+    assert!(!r.stderr.contains("[creator] Debug: app="), "{r}");
+    let r = w.build(
+        &app,
+        runner,
+        &w.path("out-verbose"),
+        &["--source", &src, "-v"],
     );
-    check_layout_output(&w, &out, v["digest"].as_str(), &files);
+    assert_eq!(r.code, 0, "{r}");
+    assert!(r.stderr.contains("[creator] Debug: app="), "{r}");
 }
 
 /// `--output docker-archive:FILE`: a tarball skopeo reads, holding the app.
@@ -1093,4 +1129,156 @@ fn old_platform_api_is_refused() {
     );
     assert!(!r.all().contains("[creator]"), "the lifecycle ran:\n{r}");
     assert!(!out.exists());
+}
+
+/// A running build holds its builder's tree: `builder prune --all` (and so `rm`)
+/// removes the references but keeps the tree until the build ends; the next
+/// prune removes it.
+#[test]
+fn prune_keeps_the_tree_of_a_running_build() {
+    let w = World::new();
+    let Some((_, src, app)) = setup(&w, &[(WAIT_FOR_SIGNAL, "")]) else {
+        return;
+    };
+    let trees = || -> Vec<String> {
+        std::fs::read_dir(w.path("data/locald/trees"))
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| !n.starts_with('.'))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let args = w.build_args(&app, Runner::Native, &w.path("out"), &["--source", &src]);
+    let (mut child, rx, readers) =
+        spawn_lines(w.command(&args.iter().map(String::as_str).collect::<Vec<_>>()));
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !seen.iter().any(|l: &String| l.contains("[probe] waiting")) {
+        if let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) {
+            seen.push(line);
+        }
+        if Instant::now() > deadline || child.try_wait().unwrap().is_some() {
+            child.kill().ok();
+            panic!("the lifecycle never said it waits:\n{}", seen.join("\n"));
+        }
+    }
+    let before = trees();
+    assert_eq!(before.len(), 1, "{before:?}");
+    let r = w.run(&["builder", "prune", "--all"]);
+    assert_eq!(r.code, 0, "{r}");
+    assert!(r.stdout.contains("kept 1 unreferenced trees"), "{r}");
+    assert_eq!(trees(), before, "prune removed the tree of a running build");
+
+    rustix::process::kill_process(
+        rustix::process::Pid::from_child(&child),
+        rustix::process::Signal::INT,
+    )
+    .unwrap();
+    let status = child.wait().unwrap();
+    for r in readers {
+        r.join().unwrap();
+    }
+    assert_eq!(status.code(), Some(130));
+    let r = w.run(&["builder", "prune", "--all"]);
+    assert_eq!(r.code, 0, "{r}");
+    assert!(
+        trees().is_empty(),
+        "the tree outlived the build: {:?}",
+        trees()
+    );
+}
+
+/// Bad input: a sentence naming the problem, exit 1 (2 for usage errors),
+/// nothing built and no build state made.
+#[test]
+fn bad_input_is_refused_with_a_sentence() {
+    let w = World::new();
+    let Some((_, src, app)) = setup(&w, &[("hello.txt", "hi\n")]) else {
+        return;
+    };
+    let app_s = app.to_str().unwrap().to_owned();
+    let missing = w.path("no-such-app");
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (
+            vec![
+                missing.to_str().unwrap().into(),
+                "--source".into(),
+                src.clone(),
+            ],
+            "does not exist or is not a directory",
+        ),
+        (
+            vec![
+                app_s.clone(),
+                "--source".into(),
+                src.clone(),
+                "--output".into(),
+                "registry:foo".into(),
+            ],
+            "is not an output locald can write",
+        ),
+        (
+            vec![
+                app_s.clone(),
+                "--source".into(),
+                src.clone(),
+                "--output".into(),
+                "docker-archive:-".into(),
+            ],
+            "docker-archive:- is not supported",
+        ),
+        (
+            vec![
+                app_s.clone(),
+                "--source".into(),
+                src.clone(),
+                "--image".into(),
+                "Bad Name!".into(),
+            ],
+            "is not a valid image name",
+        ),
+        (
+            vec![
+                app_s.clone(),
+                "--source".into(),
+                src.clone(),
+                "--env".into(),
+                "A/B=1".into(),
+            ],
+            "A/B",
+        ),
+        (
+            vec![
+                app_s.clone(),
+                "--source".into(),
+                src.clone(),
+                "--env".into(),
+                "LOCALD_SURELY_UNSET_VAR".into(),
+            ],
+            "LOCALD_SURELY_UNSET_VAR",
+        ),
+        (
+            vec![app_s.clone(), "--source".into(), format!("{src}-missing")],
+            "could not",
+        ),
+    ];
+    for (args, want) in cases {
+        let mut full = vec!["build".to_owned(), "--runner".into(), "native".into()];
+        full.extend(args);
+        let r = w.run(&full.iter().map(String::as_str).collect::<Vec<_>>());
+        assert_eq!(r.code, 1, "{full:?}: {r}");
+        assert!(r.stderr.contains(want), "{full:?}: wanted {want:?} in\n{r}");
+        assert!(!r.stderr.contains("panicked"), "{r}");
+    }
+    assert!(
+        !w.path("data/locald/projects").exists()
+            || std::fs::read_dir(w.path("data/locald/projects"))
+                .unwrap()
+                .count()
+                == 0,
+        "bad input left build state behind"
+    );
 }

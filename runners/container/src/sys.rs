@@ -187,13 +187,11 @@ pub(crate) fn probe_userns(uid: u32, gid: u32) -> io::Result<Option<(ProbeStep, 
     // Everything the child touches is prepared here, before the fork.
     let uid_map = format!("0 {uid} 1\n");
     let gid_map = format!("0 {gid} 1\n");
-    let files: [(&[u8], &[u8]); 3] = [
-        (b"/proc/self/setgroups\0", b"deny"),
-        (b"/proc/self/uid_map\0", uid_map.as_bytes()),
-        (b"/proc/self/gid_map\0", gid_map.as_bytes()),
+    let files: [(&std::ffi::CStr, &[u8]); 3] = [
+        (c"/proc/self/setgroups", b"deny"),
+        (c"/proc/self/uid_map", uid_map.as_bytes()),
+        (c"/proc/self/gid_map", gid_map.as_bytes()),
     ];
-    let root = b"/\0";
-    let proc_ = b"/proc\0";
     let mut fds = [0i32; 2];
     // SAFETY: `fds` is a valid array of two ints for `pipe2` to fill.
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
@@ -226,7 +224,7 @@ pub(crate) fn probe_userns(uid: u32, gid: u32) -> io::Result<Option<(ProbeStep, 
             // SAFETY: `path` is NUL-terminated, `content` a live buffer of the
             // given length, and `fd` is only used while open.
             let ok = unsafe {
-                let fd = libc::open(path.as_ptr().cast(), libc::O_WRONLY | libc::O_CLOEXEC);
+                let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
                 if fd < 0 {
                     false
                 } else {
@@ -240,12 +238,12 @@ pub(crate) fn probe_userns(uid: u32, gid: u32) -> io::Result<Option<(ProbeStep, 
                 fail(2, errno());
             }
         }
-        // SAFETY: `root` is NUL-terminated; the other pointers may be null for a
+        // SAFETY: the target is a C string literal; the other pointers may be null for a
         // propagation change.
         let rc = unsafe {
             libc::mount(
                 std::ptr::null(),
-                root.as_ptr().cast(),
+                c"/".as_ptr(),
                 std::ptr::null(),
                 libc::MS_REC | libc::MS_PRIVATE,
                 std::ptr::null(),
@@ -265,9 +263,9 @@ pub(crate) fn probe_userns(uid: u32, gid: u32) -> io::Result<Option<(ProbeStep, 
             // SAFETY: NUL-terminated strings; null data is allowed for proc.
             let rc = unsafe {
                 libc::mount(
-                    b"proc\0".as_ptr().cast(),
-                    proc_.as_ptr().cast(),
-                    b"proc\0".as_ptr().cast(),
+                    c"proc".as_ptr(),
+                    c"/proc".as_ptr(),
+                    c"proc".as_ptr(),
                     libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
                     std::ptr::null(),
                 )
