@@ -1282,3 +1282,56 @@ fn bad_input_is_refused_with_a_sentence() {
         "bad input left build state behind"
     );
 }
+
+/// Where user namespaces are disabled (here: inside a user namespace whose
+/// `user.max_user_namespaces` is 0; the host is not touched), `--runner
+/// container` is refused naming the setting, and the default runner falls back
+/// to native with a warning saying why.
+#[test]
+fn disabled_user_namespaces_are_named() {
+    if let Err(e) = sandbox_possible(None) {
+        eprintln!("skipping: {e}");
+        return;
+    }
+    let w = World::new();
+    let Some((_, src, app)) = setup(&w, &[("hello.txt", "hi\n")]) else {
+        return;
+    };
+    let in_disabled_userns = |args: &[String]| -> Out {
+        // The same program and environment as any test run, behind `unshare`.
+        let locald = w.command(&[]);
+        let mut wrapped = Command::new("unshare");
+        wrapped
+            .args(["--user", "--map-root-user", "--", "sh", "-c"])
+            .arg("echo 0 > /proc/sys/user/max_user_namespaces && exec \"$@\"")
+            .arg("sh")
+            .arg(locald.get_program())
+            .args(args)
+            .current_dir(&w.root)
+            .stdin(Stdio::null());
+        for (k, v) in locald.get_envs() {
+            match v {
+                Some(v) => wrapped.env(k, v),
+                None => wrapped.env_remove(k),
+            };
+        }
+        output(&mut wrapped)
+    };
+    let mut args = w.build_args(&app, Runner::Container, &w.path("out"), &["--source", &src]);
+    let r = in_disabled_userns(&args);
+    assert_eq!(r.code, 1, "{r}");
+    assert!(r.stderr.contains("user.max_user_namespaces"), "{r}");
+    assert!(r.stderr.contains("--runner native"), "{r}");
+    assert!(!w.path("out").exists());
+
+    // No --runner: the sandbox is not possible, so native, said once.
+    let i = args.iter().position(|a| a == "--runner").unwrap();
+    args.drain(i..i + 2);
+    let r = in_disabled_userns(&args);
+    assert!(
+        r.stderr.contains(
+            "running the lifecycle natively on the host, because the sandbox cannot start here"
+        ) && r.stderr.contains("user.max_user_namespaces"),
+        "{r}"
+    );
+}
