@@ -31,6 +31,9 @@ enum Exit {
 pub struct UserError {
     message: String,
     hint: String,
+    /// The exit code, when not [`Exit::Failure`]: the lifecycle's own, passed
+    /// through.
+    code: Option<u8>,
 }
 
 impl UserError {
@@ -39,7 +42,14 @@ impl UserError {
         UserError {
             message: message.into(),
             hint: hint.into(),
+            code: None,
         }
+    }
+
+    /// The same error, exiting with `code` (the lifecycle's own exit code).
+    pub fn with_exit_code(mut self, code: u8) -> Self {
+        self.code = Some(code);
+        self
     }
 }
 
@@ -118,7 +128,10 @@ fn main() -> ExitCode {
             if let Some(hint) = hint(&e) {
                 eprintln!("hint: {hint}");
             }
-            ExitCode::from(Exit::Failure as u8)
+            let passed_through = e
+                .chain()
+                .find_map(|c| c.downcast_ref::<UserError>().and_then(|u| u.code));
+            ExitCode::from(passed_through.unwrap_or(Exit::Failure as u8))
         }
     }
 }
@@ -160,14 +173,25 @@ async fn run(cli: Cli, cancel: locald_core::cancel::Cancel) -> anyhow::Result<()
         }
     };
     tokio::pin!(work);
+    // SIGTERM (CI cancelling a job) and SIGHUP (a closed terminal) stop the work as
+    // Ctrl-C does, so a build never leaves its lifecycle running behind us.
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut hup)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::hangup()),
+    ) else {
+        // No signal handling here: just do the work.
+        return work.await;
+    };
     tokio::select! {
         r = &mut work => return r,
         r = tokio::signal::ctrl_c() => {
             if r.is_err() {
-                // No signal handling here: just do the work.
                 return work.await;
             }
         }
+        _ = term.recv() => {}
+        _ = hup.recv() => {}
     }
     cancel.cancel();
     match tokio::time::timeout(grace, &mut work).await {

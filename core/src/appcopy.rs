@@ -177,6 +177,19 @@ fn compile(root: &Path, patterns: &[String]) -> Result<Gitignore> {
 /// `src` is never modified. With `owner` (only when running as root), everything
 /// copied is chowned to that uid and gid, so the build user can write it.
 pub fn copy_app(src: &Path, dest: &Path, owner: Option<(u32, u32)>) -> Result<CopyStats> {
+    copy_app_excluding(src, dest, owner, &[])
+}
+
+/// [`copy_app`], leaving out `skip` (absolute paths, e.g. the build's own output
+/// when it lands inside the app) and the temporaries written beside them
+/// (`.NAME.locald-tmp-*`), so one build's output never becomes the next build's
+/// input.
+pub fn copy_app_excluding(
+    src: &Path,
+    dest: &Path,
+    owner: Option<(u32, u32)>,
+    skip: &[PathBuf],
+) -> Result<CopyStats> {
     let src = app_root(src)?;
     let filter = read_file_filter(&src)?;
     let dest = absolute_dest(dest)?;
@@ -212,6 +225,17 @@ pub fn copy_app(src: &Path, dest: &Path, owner: Option<(u32, u32)>) -> Result<Co
     let walk = {
         let dest = dest.clone();
         let descriptor = descriptor.clone();
+        let skip = skip.to_vec();
+        let skipped = move |path: &Path| {
+            skip.iter().any(|s| {
+                path == s
+                    || (path.parent() == s.parent()
+                        && s.file_name().zip(path.file_name()).is_some_and(|(s, p)| {
+                            p.to_string_lossy()
+                                .starts_with(&format!(".{}.locald-tmp", s.to_string_lossy()))
+                        }))
+            })
+        };
         ignore::WalkBuilder::new(&src)
             .standard_filters(false)
             .git_ignore(true)
@@ -229,6 +253,7 @@ pub fn copy_app(src: &Path, dest: &Path, owner: Option<(u32, u32)>) -> Result<Co
                 !(ent.file_name() == ".git"
                     || descriptor
                     || path == dest
+                    || skipped(path)
                     || exclude
                         .as_ref()
                         .is_some_and(|g| g.matched(path, is_dir).is_ignore()))
@@ -551,6 +576,39 @@ mod tests {
         copy_app(&src, &dest, None).unwrap();
         let l = listing(&dest);
         (t, l)
+    }
+
+    #[test]
+    fn skips_the_build_output_and_its_temporaries() {
+        let t = tempfile::tempdir().unwrap();
+        let src = t.path().join("src").canonicalize().unwrap_or_else(|_| {
+            std::fs::create_dir(t.path().join("src")).unwrap();
+            t.path().join("src").canonicalize().unwrap()
+        });
+        write(
+            &src,
+            &[
+                ("app.oci/index.json", "{}"),
+                (".app.oci.locald-tmp-12/blob", ""),
+                ("sub/app.oci/kept", ""),
+                ("app.oci.txt", ""),
+                ("main.sh", ""),
+            ],
+        );
+        let dest = t.path().join("state/workspace");
+        copy_app_excluding(&src, &dest, None, &[src.join("app.oci")]).unwrap();
+        assert_eq!(
+            listing(&dest),
+            [
+                "app.oci.txt",
+                "main.sh",
+                "sub/",
+                "sub/app.oci/",
+                "sub/app.oci/kept"
+            ]
+        );
+        copy_app(&src, &dest, None).unwrap();
+        assert!(listing(&dest).contains(&"app.oci/index.json".to_owned()));
     }
 
     #[test]

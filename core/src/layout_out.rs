@@ -758,10 +758,23 @@ fn copy_blob(from: &Path, to: &Path, digest: &Digest, size: u64) -> Result<()> {
         Err(e) => return Err(Error::io("inspect", &src)(e)),
     }
     let tmp = dir.join(temp_name(digest.hex()));
-    let result = match std::fs::hard_link(&src, &tmp) {
+    // A hard link shares the inode: only for blobs we own, so that whoever owns
+    // the source (the build user, for a native build run by root) cannot change
+    // the published output afterwards.
+    let ours = {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::symlink_metadata(&src)
+            .is_ok_and(|m| m.uid() == rustix::process::geteuid().as_raw())
+    };
+    let linked = if ours {
+        std::fs::hard_link(&src, &tmp)
+    } else {
+        Err(std::io::Error::other("the blob belongs to another user"))
+    };
+    let result = match linked {
         Ok(()) => verify_file(&tmp, digest, size, &what),
         Err(e) => {
-            tracing::debug!("cannot hard-link {} ({e}); copying", src.display());
+            tracing::debug!("not hard-linking {} ({e}); copying", src.display());
             copy_verified(&src, &tmp, digest, size, &what)
         }
     };
@@ -1330,6 +1343,69 @@ async fn lock_dir_async(dir: &Path) -> Result<DirLock> {
     tokio::task::spawn_blocking(move || lock_dir(&dir))
         .await
         .map_err(|e| Error::Join(e.to_string()))?
+}
+
+/// Removes the blobs of the OCI layout at `layout` that nothing its `index.json`
+/// names reaches (manifests, nested indexes, configs, layers): what an exporter
+/// that rewrites `index.json` on every build (the lifecycle's does) leaves
+/// behind. Returns the bytes freed. Only files named like a sha256 digest are
+/// considered; a layout whose documents cannot be read is left alone.
+pub fn prune_layout_blobs(layout: &Path) -> Result<u64> {
+    let index_path = layout.join("index.json");
+    let read_json = |path: &Path| -> Option<serde_json::Value> {
+        let meta = std::fs::symlink_metadata(path).ok()?;
+        if !meta.is_file() || meta.len() > MAX_JSON_BYTES {
+            return None;
+        }
+        serde_json::from_slice(&std::fs::read(path).ok()?).ok()
+    };
+    let Some(index) = read_json(&index_path) else {
+        return Ok(0);
+    };
+    let mut live: std::collections::HashSet<String> = std::collections::HashSet::new();
+    let mut documents = vec![index];
+    while let Some(doc) = documents.pop() {
+        let descriptors = ["manifests", "layers"]
+            .iter()
+            .filter_map(|k| doc.get(*k).and_then(|v| v.as_array()))
+            .flatten()
+            .chain(doc.get("config"));
+        for d in descriptors {
+            let Some(digest) = d.get("digest").and_then(|v| v.as_str()) else {
+                continue;
+            };
+            let Ok(parsed) = digest.parse::<Digest>() else {
+                continue;
+            };
+            if !live.insert(parsed.hex().to_owned()) {
+                continue;
+            }
+            let media = d.get("mediaType").and_then(|v| v.as_str()).unwrap_or("");
+            if media.contains("manifest") || media.contains("index") {
+                match read_json(&layout.join(parsed.blob_path())) {
+                    Some(child) => documents.push(child),
+                    // Unreadable: do not guess what it references.
+                    None => return Ok(0),
+                }
+            }
+        }
+    }
+    let dir = layout.join("blobs/sha256");
+    let mut freed = 0;
+    for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let is_digest = name.len() == 64 && name.bytes().all(|b| b.is_ascii_hexdigit());
+        if !is_digest || live.contains(&name) {
+            continue;
+        }
+        if let Ok(meta) = entry.metadata() {
+            if meta.is_file() {
+                freed += meta.len();
+                std::fs::remove_file(entry.path()).map_err(Error::io("remove", &entry.path()))?;
+            }
+        }
+    }
+    Ok(freed)
 }
 
 #[cfg(test)]

@@ -910,3 +910,69 @@ fn ref_names_are_what_skopeo_and_umoci_accept() {
         );
     }
 }
+
+/// Blobs we own are hard-linked into the output; blobs of another user (the
+/// build user, after a native build run by root) are copied, so their owner
+/// cannot change the published image afterwards.
+#[test]
+fn oci_layout_output_links_only_our_own_blobs() {
+    use std::os::unix::fs::MetadataExt;
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipping: needs root to chown a blob to another user");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let app = tmp.path().join("app");
+    let info = app_layout(&app);
+    let theirs = blob_path(&app, &info.layers[0].digest);
+    let ours = blob_path(&app, &info.layers[1].digest);
+    std::os::unix::fs::lchown(&theirs, Some(4321), Some(4321)).unwrap();
+    let out = tmp.path().join("out");
+    write_oci_layout(&app, &out, APP_REF).unwrap();
+    let out_theirs = fs::metadata(blob_path(&out, &info.layers[0].digest)).unwrap();
+    let out_ours = fs::metadata(blob_path(&out, &info.layers[1].digest)).unwrap();
+    assert_ne!(
+        out_theirs.ino(),
+        fs::metadata(&theirs).unwrap().ino(),
+        "linked another user's blob"
+    );
+    assert_eq!(out_theirs.uid(), 0);
+    assert_eq!(
+        out_ours.ino(),
+        fs::metadata(&ours).unwrap().ino(),
+        "our own blob was copied, not linked"
+    );
+}
+
+/// What the exporter left behind (blobs `index.json` no longer reaches) goes;
+/// everything an image needs stays.
+#[test]
+fn pruning_a_layout_keeps_what_its_index_reaches() {
+    let tmp = tempfile::tempdir().unwrap();
+    let app = tmp.path().join("app");
+    let info = app_layout(&app);
+    let stray = app.join("blobs/sha256").join("ab".repeat(32));
+    fs::write(&stray, vec![7u8; 1000]).unwrap();
+    let not_a_blob = app.join("blobs/sha256/notes.txt");
+    fs::write(&not_a_blob, "kept").unwrap();
+    let freed = locald_core::layout_out::prune_layout_blobs(&app).unwrap();
+    assert_eq!(freed, 1000);
+    assert!(!stray.exists());
+    assert!(not_a_blob.exists());
+    fs::remove_file(&not_a_blob).unwrap();
+    assert_blobs_verified(&app);
+    for layer in &info.layers {
+        assert!(blob_path(&app, &layer.digest).exists());
+    }
+    // The layout still reads, as a whole.
+    let out = tmp.path().join("out");
+    write_oci_layout(&app, &out, APP_REF).unwrap();
+    // A damaged index: nothing is removed.
+    fs::write(&stray, b"x").unwrap();
+    fs::write(app.join("index.json"), "{not json").unwrap();
+    assert_eq!(
+        locald_core::layout_out::prune_layout_blobs(&app).unwrap(),
+        0
+    );
+    assert!(stray.exists());
+}

@@ -11,9 +11,10 @@
 //!
 //! - flags: `-app -layers -platform -cache-dir -run-image -layout -layout-dir
 //!   -uid -gid` required; `-log-level`, `-skip-restore`, `-buildpacks`, `-order`,
-//!   `-run` optional (the last three default to `/cnb/...`, so the native
-//!   runner must pass them); `-flag=value` is accepted as Go's flag package does;
-//!   any other flag fails; the output image name must be the last argument;
+//!   `-run`, `-launcher` optional (the last four default to `/cnb/...`, so the
+//!   native runner must pass them); `-flag=value` is accepted as Go's flag
+//!   package does; any other flag fails; the output image name must be the last
+//!   argument;
 //! - environment: `CNB_PLATFORM_API` one of the `[apis.platform] supported` of
 //!   the `lifecycle.toml` next to the script (and 0.12 or later),
 //!   `CNB_EXPERIMENTAL_MODE=warn`, `LOCALD_TEST_BUILDER_ENV=from-builder-config`
@@ -22,22 +23,33 @@
 //!   as a probe: the real lifecycle drops privileges itself);
 //! - directories: app readable and writable, layers, cache and layout dir
 //!   writable (a file is created and removed), platform readable; the order
-//!   file and the first buildpack of the order under the buildpacks dir;
+//!   file, and every buildpack of the group that will pass detection under the
+//!   buildpacks dir (with an `api` in its `buildpack.toml`); the launcher
+//!   (`-launcher`, else `/cnb/lifecycle/launcher`) an executable file;
 //! - run image: a single-manifest OCI layout at
 //!   `<layout-dir>/<layout path of -run-image>` ([`layout_path_for`]), every
 //!   blob present and hashing to its digest.
 //!
+//! It reports `[probe] launcher PATH` and `[probe] build-config-dir DIR` (the
+//! value of `CNB_BUILD_CONFIG_DIR`, `unset` without it: never required).
+//!
 //! Then it plays a build (`===> DETECTING`, `===> BUILDING`, `===> EXPORTING`,
-//! `Saving <image>...`): runs the first buildpack's `bin/build`, prints each
-//! `<platform>/env/NAME` as `[probe] env NAME=VALUE`, bumps a counter in the
-//! cache dir (`[probe] cache builds=N`), and writes the output image as a
-//! single-manifest OCI layout at `<layout-dir>/<layout path of the image name>`:
-//! the run image's layers (blobs copied, Docker layer media types rewritten to
-//! OCI) plus an uncompressed layer holding the app under `workspace/`, a config
-//! whose `rootfs.diff_ids` are the run image's plus the new layer's and whose
-//! labels hold `io.buildpacks.build.metadata` (and the run image's stack id),
-//! and an `index.json` naming it (`org.opencontainers.image.ref.name` = the
-//! image name as given).
+//! `Saving <image>...`). "Detection" passes the first `[[order]]` group (or the
+//! one holding the buildpack [`FAIL_BUILD`] names) and writes it to
+//! `<layers>/group.toml` as the lifecycle does (`[[group]]` with `id`, `version`,
+//! `api`); nothing is written when detection fails. The build runs each
+//! buildpack's `bin/build` in turn, logging `Running build for buildpack
+//! ID@VERSION` first at `-log-level debug` only (the lifecycle logs it with
+//! Debugf). Then it prints each `<platform>/env/NAME` as `[probe] env
+//! NAME=VALUE`, bumps a counter in the cache dir (`[probe] cache builds=N`), and
+//! writes the output image as a single-manifest OCI layout at
+//! `<layout-dir>/<layout path of the image name>`: the run image's layers (blobs
+//! copied, Docker layer media types rewritten to OCI) plus an uncompressed layer
+//! holding the app under `workspace/`, a config whose `rootfs.diff_ids` are the
+//! run image's plus the new layer's and whose labels hold
+//! `io.buildpacks.build.metadata` (the group's buildpacks) and the run image's
+//! stack id, and an `index.json` naming it (`org.opencontainers.image.ref.name`
+//! = the image name as given).
 //!
 //! Files in the app select behaviours: [`FAIL_DETECT`], [`FAIL_BUILD`],
 //! [`WAIT_FOR_SIGNAL`], [`PROBE_SANDBOX`]. Lines starting with `[probe] ` are
@@ -54,13 +66,16 @@ pub const CREATOR: &str = r##"#!/bin/sh
 #
 # The real lifecycle cannot be installed where locald's tests run, so this script
 # checks the contract locald gives it (flags, environment, user, directories, the
-# run image in the layout dir) and fails loudly, exit 3 (the lifecycle's
-# invalid-arguments code), naming what is wrong. Then it does what a build does in
-# miniature: "detect", "build", bump a counter in the cache dir, and export an OCI
-# image (the run image's layers plus a layer holding the app under workspace/) into
-# the layout dir where the real lifecycle would put it.
+# launcher, the run image in the layout dir) and fails loudly, exit 3 (the
+# lifecycle's invalid-arguments code), naming what is wrong. Then it does what a
+# build does in miniature: "detect" (the first order group passes; written to
+# <layers>/group.toml), "build" (each buildpack's bin/build; "Running build for
+# buildpack" at debug level only), bump a counter in the cache dir, and export an
+# OCI image (the run image's layers plus a layer holding the app under workspace/)
+# into the layout dir where the real lifecycle would put it.
 #
-# Files in the app select behaviours: fail-detect (exit 20), fail-build (exit 51),
+# Files in the app select behaviours: fail-detect (exit 20), fail-build (exit 51;
+# the file may name the failing buildpack, whose group then passes detection),
 # wait-for-signal (until SIGINT/SIGTERM, then exit 130), probe-sandbox (report what
 # the process can see). Lines starting with `[probe] ` are for the tests.
 #
@@ -140,7 +155,7 @@ fi
 # Flags
 
 app= layers= platform= cache_dir= run_image= layout=false layout_dir= uid= gid=
-log_level= skip_restore=false buildpacks= order= run_toml= image=
+log_level= skip_restore=false buildpacks= order= run_toml= launcher= image=
 [ $# -gt 0 ] || fail "no arguments: expected the creator's flags and the output image name last"
 while [ $# -gt 0 ]; do
     flag=$1
@@ -155,7 +170,7 @@ while [ $# -gt 0 ]; do
     esac
     case $flag in
     -app | -layers | -platform | -cache-dir | -run-image | -layout-dir | -uid | -gid | \
-        -log-level | -buildpacks | -order | -run)
+        -log-level | -buildpacks | -order | -run | -launcher)
         if [ "$has_value" = false ]; then
             [ $# -ge 2 ] || fail "flag $flag needs a value"
             value=$2
@@ -176,6 +191,7 @@ while [ $# -gt 0 ]; do
         -buildpacks) buildpacks=$value ;;
         -order) order=$value ;;
         -run) run_toml=$value ;;
+        -launcher) launcher=$value ;;
         esac
         ;;
     -layout | -skip-restore)
@@ -187,7 +203,7 @@ while [ $# -gt 0 ]; do
         shift
         ;;
     -*)
-        fail "unknown flag $flag (the stand-in accepts -app -layers -platform -cache-dir -run-image -layout -layout-dir -uid -gid -log-level -skip-restore -buildpacks -order -run)"
+        fail "unknown flag $flag (the stand-in accepts -app -layers -platform -cache-dir -run-image -layout -layout-dir -uid -gid -log-level -skip-restore -buildpacks -order -run -launcher)"
         ;;
     *)
         [ $# -eq 1 ] || fail "unexpected argument '$1' before the end: the output image name must be the last argument"
@@ -274,11 +290,62 @@ buildpacks_dir=${buildpacks:-/cnb/buildpacks}
 if [ -n "$run_toml" ]; then
     [ -r "$run_toml" ] || fail "run file $run_toml is not readable"
 fi
-bp_id=$(sed -n 's/^[[:space:]]*id[[:space:]]*=[[:space:]]*"\([^"]*\)".*/\1/p' "$order_file" | sed -n 1p)
-bp_version=$(sed -n 's/^[[:space:]]*version[[:space:]]*=[[:space:]]*"\([^"]*\)".*/\1/p' "$order_file" | sed -n 1p)
-[ -n "$bp_id" ] && [ -n "$bp_version" ] || fail "$order_file names no buildpack"
-bp_dir=$buildpacks_dir/$(echo "$bp_id" | tr / _)/$bp_version
-[ -r "$bp_dir/buildpack.toml" ] || fail "buildpack $bp_id@$bp_version is not at $bp_dir"
+launcher_path=${launcher:-/cnb/lifecycle/launcher}
+[ -f "$launcher_path" ] && [ -x "$launcher_path" ] ||
+    fail "launcher $launcher_path is not an executable file (pass -launcher PATH when /cnb is not at the root)"
+
+# The order: one line "N ID VERSION" per buildpack, N the number of its [[order]]
+# group (id before version in each [[order.group]], as pack writes them).
+order_lines=$(awk '
+    /^[[:space:]]*\[\[order\]\]/ { n++; next }
+    /^[[:space:]]*id[[:space:]]*=/ { id = $0; sub(/^[^"]*"/, "", id); sub(/".*/, "", id); next }
+    /^[[:space:]]*version[[:space:]]*=/ {
+        v = $0; sub(/^[^"]*"/, "", v); sub(/".*/, "", v)
+        if (id != "" && v != "") print n + 0, id, v
+        id = ""
+    }
+' "$order_file") || fail "cannot read $order_file"
+[ -n "$order_lines" ] || fail "$order_file names no buildpack"
+
+# "Detection": the first group passes, or the one holding the buildpack that
+# fail-build names (as if the groups before it had not passed).
+failing=
+if [ -e "$app/fail-build" ]; then
+    failing=$(tr -d ' \n' <"$app/fail-build")
+fi
+group_no=$(printf '%s\n' "$order_lines" | sed -n '1s/ .*//p')
+if [ -n "$failing" ]; then
+    group_no=$(printf '%s\n' "$order_lines" | awk -v id="$failing" '$2 == id { print $1; exit }')
+    [ -n "$group_no" ] || fail "fail-build names $failing, which is not in $order_file"
+fi
+group=$(printf '%s\n' "$order_lines" | awk -v n="$group_no" '$1 == n { print $2, $3 }')
+if [ -e "$app/fail-build" ] && [ -z "$failing" ]; then
+    failing=${group%% *}
+fi
+bp_dir_of() { # ID VERSION
+    echo "$buildpacks_dir/$(echo "$1" | tr / _)/$2"
+}
+# group.toml (written when detection passes) and the build metadata's buildpacks.
+group_toml=
+md_buildpacks=
+group_size=0
+while read -r g_id g_version; do
+    g_dir=$(bp_dir_of "$g_id" "$g_version")
+    [ -r "$g_dir/buildpack.toml" ] || fail "buildpack $g_id@$g_version is not at $g_dir"
+    g_api=$(sed -n 's/^api[[:space:]]*=[[:space:]]*"\([^"]*\)".*/\1/p' "$g_dir/buildpack.toml" | sed -n 1p)
+    [ -n "$g_api" ] || fail "$g_dir/buildpack.toml has no api"
+    group_toml="$group_toml[[group]]
+  id = \"$g_id\"
+  version = \"$g_version\"
+  api = \"$g_api\"
+
+"
+    [ -z "$md_buildpacks" ] || md_buildpacks="$md_buildpacks,"
+    md_buildpacks="$md_buildpacks{\\\"id\\\":\\\"$g_id\\\",\\\"version\\\":\\\"$g_version\\\"}"
+    group_size=$((group_size + 1))
+done <<EOF
+$group
+EOF
 
 # ---------------------------------------------------------------------------
 # The run image: a single-manifest OCI layout at its layout path
@@ -328,6 +395,8 @@ run_os=$(printf "%s\n" "$run_config" | sed -n 's/.*"os"[[:space:]]*:[[:space:]]*
 run_stack=$(printf "%s\n" "$run_config" | sed -n 's/.*"io\.buildpacks\.stack\.id"[[:space:]]*:[[:space:]]*"\([^"]*\)".*/\1/p')
 
 probe "contract ok platform-api=$CNB_PLATFORM_API uid=$cur_uid gid=$cur_gid run-image=$run_image"
+probe "launcher $launcher_path"
+probe "build-config-dir ${CNB_BUILD_CONFIG_DIR:-unset}"
 if [ "$log_level" = debug ]; then
     echo "Debug: app=$app layers=$layers platform=$platform cache=$cache_dir layout=$layout_dir"
 fi
@@ -344,8 +413,13 @@ if [ -e "$app/fail-detect" ]; then
     echo "ERROR: failed to detect: no buildpacks participating" >&2
     exit 20
 fi
-echo "1 of 1 buildpacks participating"
-echo "$bp_id $bp_version"
+echo "$group_size of $group_size buildpacks participating"
+while read -r g_id g_version; do
+    echo "$g_id $g_version"
+done <<EOF
+$group
+EOF
+printf '%s' "$group_toml" >"$layers/group.toml" || fail "cannot write $layers/group.toml"
 if [ "$skip_restore" = true ]; then
     probe "skip-restore"
 else
@@ -353,32 +427,29 @@ else
 fi
 
 # ---------------------------------------------------------------------------
-# Build
+# Build: each buildpack of the group in turn; fail-build stops at the one it
+# names (else the group's first). The real lifecycle logs "Running build for
+# buildpack" at debug level only.
 
 echo "===> BUILDING"
-if [ -e "$app/fail-build" ]; then
-    # The file may name the buildpack that fails (as if its group passed
-    # detection); else the first of the order fails.
-    failing=$(tr -d ' \n' <"$app/fail-build")
-    if [ -n "$failing" ]; then
-        bp_version=$(awk -v id="$failing" '
-            $1 == "id" { gsub(/"/, "", $3); current = $3 }
-            $1 == "version" && current == id { gsub(/"/, "", $3); print $3; exit }
-        ' "$order_file")
-        [ -n "$bp_version" ] || fail "fail-build names $failing, which is not in $order_file"
-        bp_id=$failing
+while read -r g_id g_version; do
+    if [ "$log_level" = debug ]; then
+        echo "Running build for buildpack $g_id@$g_version"
     fi
-    echo "Running build for buildpack $bp_id@$bp_version"
-    echo "ERROR: failed to build: exit status 1" >&2
-    exit 51
-fi
-echo "Running build for buildpack $bp_id@$bp_version"
-if [ -x "$bp_dir/bin/build" ]; then
-    "$bp_dir/bin/build" || {
-        echo "ERROR: failed to build: $bp_dir/bin/build failed" >&2
+    if [ "$g_id" = "$failing" ]; then
+        echo "ERROR: failed to build: exit status 1" >&2
         exit 51
-    }
-fi
+    fi
+    g_dir=$(bp_dir_of "$g_id" "$g_version")
+    if [ -x "$g_dir/bin/build" ]; then
+        "$g_dir/bin/build" </dev/null || {
+            echo "ERROR: failed to build: $g_dir/bin/build failed" >&2
+            exit 51
+        }
+    fi
+done <<EOF
+$group
+EOF
 
 if [ -d "$platform/env" ]; then
     for f in "$platform/env"/*; do
@@ -491,7 +562,7 @@ echo "Adding layer 'workspace'"
 
 sep=
 [ -z "$run_diff_ids" ] || sep=,
-build_md="{\\\"buildpacks\\\":[{\\\"id\\\":\\\"$bp_id\\\",\\\"version\\\":\\\"$bp_version\\\"}],\\\"locald-standin\\\":true}"
+build_md="{\\\"buildpacks\\\":[$md_buildpacks],\\\"locald-standin\\\":true}"
 labels="\"io.buildpacks.build.metadata\":\"$build_md\""
 [ -z "$run_stack" ] || labels="$labels,\"io.buildpacks.stack.id\":\"$run_stack\""
 printf '%s' "{\"architecture\":\"${run_arch:-amd64}\",\"os\":\"${run_os:-linux}\",\"config\":{\"Env\":[\"PATH=/cnb/process:/usr/local/bin:/usr/bin:/bin\",\"CNB_APP_DIR=/workspace\"],\"WorkingDir\":\"/workspace\",\"User\":\"$uid:$gid\",\"Labels\":{$labels}},\"rootfs\":{\"type\":\"layers\",\"diff_ids\":[$run_diff_ids$sep\"sha256:$layer_hex\"]}}" \
@@ -535,9 +606,12 @@ pub const EXIT_INTERRUPTED: i32 = 130;
 /// App file: detection fails (`ERROR: No buildpack groups passed detection.`),
 /// exit [`EXIT_FAILED_DETECT`].
 pub const FAIL_DETECT: &str = "fail-detect";
-/// App file: `Running build for buildpack <id>@<version>`, then exit
-/// [`EXIT_FAILED_BUILD`]. The buildpack is the one whose id the file holds (it
-/// must be in the order), else the first of the order.
+/// App file: a buildpack's build fails, exit [`EXIT_FAILED_BUILD`]. The
+/// buildpack is the one whose id the file holds (it must be in the order; the
+/// first group holding it is the one that passes detection, in
+/// `<layers>/group.toml`), else the first of the first group. The buildpacks
+/// before it in its group build; `Running build for buildpack <id>@<version>`
+/// is logged for each at `-log-level debug` only, as the lifecycle does.
 pub const FAIL_BUILD: &str = "fail-build";
 /// App file: `[probe] waiting`, then wait until SIGINT/SIGTERM, which print
 /// `[probe] got signal` and exit [`EXIT_INTERRUPTED`].
@@ -709,6 +783,54 @@ pub fn script_layout_path(script: &Path, reference: &str) -> Result<String, Stri
     Ok(String::from_utf8_lossy(&out.stdout).trim_end().to_owned())
 }
 
+/// The entry paths (without a trailing `/`) of the last layer of the one image
+/// in the OCI layout at `dir`, decompressed as its bytes say: in a build's
+/// output, the layer holding the app (`workspace`, `workspace/hello.txt`, ...).
+pub fn app_layer_paths(dir: &Path) -> Result<Vec<String>, String> {
+    let blob = |digest: &str| -> Result<Vec<u8>, String> {
+        let (alg, hex) = digest
+            .split_once(':')
+            .ok_or_else(|| format!("{}: bad digest {digest:?}", dir.display()))?;
+        let p = dir.join("blobs").join(alg).join(hex);
+        std::fs::read(&p).map_err(|e| format!("{}: {e}", p.display()))
+    };
+    let json = |bytes: &[u8], what: &str| -> Result<serde_json::Value, String> {
+        serde_json::from_slice(bytes).map_err(|e| format!("{}: {what}: {e}", dir.display()))
+    };
+    let index_path = dir.join("index.json");
+    let index = json(
+        &std::fs::read(&index_path).map_err(|e| format!("{}: {e}", index_path.display()))?,
+        "index.json",
+    )?;
+    let digest = match index["manifests"].as_array().map(Vec::as_slice) {
+        Some([one]) => one["digest"].as_str().unwrap_or_default().to_owned(),
+        _ => return Err(format!("{}: not one manifest: {index}", dir.display())),
+    };
+    let manifest = json(&blob(&digest)?, "manifest")?;
+    let layer = manifest["layers"]
+        .as_array()
+        .and_then(|l| l.last())
+        .and_then(|l| l["digest"].as_str())
+        .ok_or_else(|| format!("{}: no layers: {manifest}", dir.display()))?;
+    let bytes = blob(layer)?;
+    let tar_bytes = crate::fixture::Compression::detect(&bytes)
+        .decompress(&bytes)
+        .map_err(|e| format!("{}: layer {layer}: {e}", dir.display()))?;
+    let mut archive = tar::Archive::new(&tar_bytes[..]);
+    let mut paths = Vec::new();
+    for entry in archive
+        .entries()
+        .map_err(|e| format!("{}: layer {layer}: {e}", dir.display()))?
+    {
+        let entry = entry.map_err(|e| format!("{}: layer {layer}: {e}", dir.display()))?;
+        let path = entry
+            .path()
+            .map_err(|e| format!("{}: layer {layer}: {e}", dir.display()))?;
+        paths.push(path.to_string_lossy().trim_end_matches('/').to_owned());
+    }
+    Ok(paths)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -773,6 +895,8 @@ mod tests {
             let spec = BuilderSpec::busybox_with(b"unused", RUN);
             let cnb = root.join("cnb");
             write(&cnb.join("lifecycle/creator"), CREATOR, 0o755);
+            // As in the builder: the other phases are links to the creator.
+            std::os::unix::fs::symlink("creator", cnb.join("lifecycle/launcher")).unwrap();
             write(
                 &cnb.join("lifecycle/lifecycle.toml"),
                 spec.lifecycle_toml(),
@@ -841,6 +965,7 @@ mod tests {
                 ("-buildpacks", self.p("cnb/buildpacks")),
                 ("-order", self.p("cnb/order.toml")),
                 ("-run", self.p("cnb/run.toml")),
+                ("-launcher", self.p("cnb/lifecycle/launcher")),
             ] {
                 a.push(flag.to_owned());
                 a.push(value);
@@ -891,6 +1016,41 @@ mod tests {
 
         fn output_dir(&self) -> PathBuf {
             self.root.join("layout").join(layout_path_for(IMAGE))
+        }
+
+        /// `<layers>/group.toml` as `(id, version, api)` per `[[group]]`;
+        /// None when absent.
+        fn group(&self) -> Option<Vec<(String, String, String)>> {
+            let text = std::fs::read_to_string(self.root.join("layers/group.toml")).ok()?;
+            let v: toml::Value = toml::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+            let s = |t: &toml::Value, k: &str| t[k].as_str().unwrap_or_default().to_owned();
+            Some(
+                v["group"]
+                    .as_array()
+                    .unwrap_or_else(|| panic!("no [[group]]: {text}"))
+                    .iter()
+                    .map(|t| (s(t, "id"), s(t, "version"), s(t, "api")))
+                    .collect(),
+            )
+        }
+
+        /// One group of every buildpack, in order, as the only order group.
+        fn one_group_of_all(&self) {
+            let mut spec = self.spec.clone();
+            spec.order = vec![spec
+                .buildpacks
+                .iter()
+                .map(|(id, v)| (id.clone(), v.clone(), false))
+                .collect()];
+            write(&self.root.join("cnb/order.toml"), spec.order_toml(), 0o644);
+        }
+
+        /// The args with `-log-level` set to `level`.
+        fn args_at(&self, level: &str) -> Vec<String> {
+            let mut a = self.args();
+            let i = a.iter().position(|x| x == "-log-level").unwrap();
+            a[i + 1] = level.to_owned();
+            a
         }
     }
 
@@ -1027,17 +1187,53 @@ mod tests {
         ] {
             assert!(out.stdout.contains(want), "{want:?} missing:\n{out}");
         }
+        assert_eq!(
+            probe_value(&out.stdout, "launcher"),
+            Some(rig.p("cnb/lifecycle/launcher")),
+            "{out}"
+        );
+        assert_eq!(
+            probe_value(&out.stdout, "build-config-dir").as_deref(),
+            Some("unset"),
+            "{out}"
+        );
         let files = check_export(&rig);
         assert_eq!(files["workspace/hello.txt"], b"hello from the app\n");
         assert_eq!(files["workspace/sub/deep.txt"], b"deep\n");
         assert!(!files.keys().any(|k| k.contains("standin")), "{files:?}");
+        // The app layer as app_layer_paths reads it.
+        let paths = app_layer_paths(&rig.output_dir()).unwrap();
+        assert!(
+            paths.iter().any(|p| p == "workspace/sub/deep.txt"),
+            "{paths:?}"
+        );
+        assert_eq!(paths.len(), files.len(), "{paths:?}");
+        // The group that passed detection, as the lifecycle writes it.
+        let api = rig.spec.buildpack_apis.last().unwrap().clone();
+        let (id, v) = BUSYBOX_BUILDPACKS[0];
+        assert_eq!(rig.group(), Some(vec![(id.into(), v.into(), api)]));
         let leftovers: Vec<_> = std::fs::read_dir(rig.root.join("layers"))
             .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .filter(|n| n != "group.toml")
             .collect();
         assert!(
             leftovers.is_empty(),
             "scratch left in layers: {leftovers:?}"
         );
+
+        // CNB_BUILD_CONFIG_DIR is reported, not required.
+        let mut env = rig.env();
+        env.push(("CNB_BUILD_CONFIG_DIR".into(), rig.p("cnb/build-config")));
+        let out = rig.run(&rig.args(), &env);
+        assert_eq!(out.code, 0, "{out}");
+        assert_eq!(
+            probe_value(&out.stdout, "build-config-dir"),
+            Some(rig.p("cnb/build-config")),
+            "{out}"
+        );
+        // (That run counted a build: back to one.)
+        std::fs::write(rig.root.join("cache").join(CACHE_COUNTER), "1\n").unwrap();
 
         // Again: the cache counter goes on, the export is replaced.
         std::fs::write(rig.root.join("app/hello.txt"), "changed\n").unwrap();
@@ -1285,6 +1481,24 @@ mod tests {
                 "buildpack locald-test/first@1.0.0 is not at",
             ),
             (
+                "launcher absent",
+                with("-launcher", &rig.p("cnb/lifecycle/nope")),
+                env.clone(),
+                "is not an executable file",
+            ),
+            (
+                "launcher not executable",
+                with("-launcher", &rig.p("cnb/order.toml")),
+                env.clone(),
+                "cnb/order.toml is not an executable file",
+            ),
+            (
+                "launcher is a directory",
+                with("-launcher", &rig.p("cnb/lifecycle")),
+                env.clone(),
+                "is not an executable file",
+            ),
+            (
                 "run image absent",
                 with("-run-image", "registry.example:5000/locald/absent:1"),
                 env.clone(),
@@ -1324,6 +1538,12 @@ mod tests {
                 without("-order", true),
                 env.clone(),
                 "order file /cnb/order.toml is not readable",
+            ));
+            cases.push((
+                "no -launcher off /cnb",
+                without("-launcher", true),
+                env.clone(),
+                "launcher /cnb/lifecycle/launcher is not an executable file",
             ));
         }
         let mut failed = Vec::new();
@@ -1396,6 +1616,11 @@ mod tests {
     #[test]
     fn detect_and_build_failures() {
         let rig = Rig::new();
+        let api = rig.spec.buildpack_apis.last().unwrap().clone();
+        let bp = |i: usize| {
+            let (id, v) = BUSYBOX_BUILDPACKS[i];
+            (id.to_owned(), v.to_owned(), api.clone())
+        };
         rig.touch_app(FAIL_DETECT);
         let out = rig.run(&rig.args(), &rig.env());
         assert_eq!(out.code, EXIT_FAILED_DETECT, "{out}");
@@ -1405,6 +1630,7 @@ mod tests {
             "{out}"
         );
         assert!(!rig.output_dir().exists());
+        assert_eq!(rig.group(), None, "group.toml after a failed detection");
 
         std::fs::remove_file(rig.root.join("app").join(FAIL_DETECT)).unwrap();
         rig.touch_app(FAIL_BUILD);
@@ -1415,7 +1641,9 @@ mod tests {
                 .contains("Running build for buildpack locald-test/first@1.0.0"),
             "{out}"
         );
+        assert!(!out.stdout.contains("stand-in build:"), "{out}");
         assert!(!rig.output_dir().exists());
+        assert_eq!(rig.group(), Some(vec![bp(0)]));
 
         std::fs::write(
             rig.root.join("app").join(FAIL_BUILD),
@@ -1430,11 +1658,126 @@ mod tests {
             "{out}"
         );
         assert!(!out.stdout.contains("locald-test/first@"), "{out}");
+        // Its group passed detection (the first did not).
+        assert_eq!(rig.group(), Some(vec![bp(1)]));
+        assert!(
+            out.stdout
+                .contains("1 of 1 buildpacks participating\nlocald-test/second 2.0.0\n"),
+            "{out}"
+        );
+
+        // At the default log level (and at info) the lifecycle does not say
+        // which buildpack it runs: group.toml is what names it.
+        for level in [None, Some("info")] {
+            let args = match level {
+                Some(l) => rig.args_at(l),
+                None => {
+                    let mut a = rig.args();
+                    let i = a.iter().position(|x| x == "-log-level").unwrap();
+                    a.drain(i..i + 2);
+                    a
+                }
+            };
+            std::fs::remove_file(rig.root.join("layers/group.toml")).unwrap();
+            let out = rig.run(&args, &rig.env());
+            assert_eq!(out.code, EXIT_FAILED_BUILD, "{level:?}: {out}");
+            assert!(
+                !out.stdout.contains("Running build for"),
+                "{level:?}: {out}"
+            );
+            assert!(!out.stdout.contains("Debug:"), "{level:?}: {out}");
+            assert_eq!(rig.group(), Some(vec![bp(1)]), "{level:?}");
+        }
 
         std::fs::write(rig.root.join("app").join(FAIL_BUILD), "nobody/else").unwrap();
         let out = rig.run(&rig.args(), &rig.env());
         assert_eq!(out.code, EXIT_INVALID_ARGS, "{out}");
         assert!(out.stderr.contains("fail-build names nobody/else"), "{out}");
+    }
+
+    /// An order group of two buildpacks: both build, both are in group.toml and
+    /// the build metadata; a failure of the second comes after the first built.
+    #[test]
+    fn a_group_of_two() {
+        let rig = Rig::new();
+        rig.one_group_of_all();
+        let api = rig.spec.buildpack_apis.last().unwrap().clone();
+        let group: Vec<_> = BUSYBOX_BUILDPACKS
+            .iter()
+            .map(|(id, v)| ((*id).to_owned(), (*v).to_owned(), api.clone()))
+            .collect();
+        let out = rig.run_ok();
+        assert!(
+            out.stdout.contains(
+                "2 of 2 buildpacks participating\nlocald-test/first 1.0.0\nlocald-test/second 2.0.0\n"
+            ),
+            "{out}"
+        );
+        let mut at = 0;
+        for want in [
+            "Running build for buildpack locald-test/first@1.0.0",
+            "stand-in build: locald-test/first@1.0.0",
+            "Running build for buildpack locald-test/second@2.0.0",
+            "stand-in build: locald-test/second@2.0.0",
+        ] {
+            let i = out.stdout[at..]
+                .find(want)
+                .unwrap_or_else(|| panic!("{want:?} missing or out of order:\n{out}"));
+            at += i + want.len();
+        }
+        assert_eq!(rig.group(), Some(group.clone()));
+        let index = read_json(&rig.output_dir().join("index.json"));
+        let manifest: Value = serde_json::from_slice(&blob(
+            &rig.output_dir(),
+            index["manifests"][0]["digest"].as_str().unwrap(),
+        ))
+        .unwrap();
+        let config: Value = serde_json::from_slice(&blob(
+            &rig.output_dir(),
+            manifest["config"]["digest"].as_str().unwrap(),
+        ))
+        .unwrap();
+        let md: Value = serde_json::from_str(
+            config["config"]["Labels"]["io.buildpacks.build.metadata"]
+                .as_str()
+                .unwrap(),
+        )
+        .unwrap();
+        let ids: Vec<_> = md["buildpacks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| {
+                format!(
+                    "{}@{}",
+                    b["id"].as_str().unwrap(),
+                    b["version"].as_str().unwrap()
+                )
+            })
+            .collect();
+        assert_eq!(ids, ["locald-test/first@1.0.0", "locald-test/second@2.0.0"]);
+
+        std::fs::remove_dir_all(rig.output_dir()).unwrap();
+        std::fs::write(rig.root.join("app").join(FAIL_BUILD), "locald-test/second").unwrap();
+        let out = rig.run(&rig.args(), &rig.env());
+        assert_eq!(out.code, EXIT_FAILED_BUILD, "{out}");
+        assert!(
+            out.stdout
+                .contains("stand-in build: locald-test/first@1.0.0"),
+            "{out}"
+        );
+        assert!(
+            !out.stdout.contains("stand-in build: locald-test/second"),
+            "{out}"
+        );
+        assert!(
+            out.stdout
+                .trim_end()
+                .ends_with("Running build for buildpack locald-test/second@2.0.0"),
+            "{out}"
+        );
+        assert_eq!(rig.group(), Some(group));
+        assert!(!rig.output_dir().exists());
     }
 
     /// Children of `pid` (from /proc/*/stat).

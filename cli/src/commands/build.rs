@@ -46,6 +46,12 @@ impl Output {
         }
     }
 
+    fn path(&self) -> &Path {
+        match self {
+            Output::Layout(p) | Output::Archive(p) => p,
+        }
+    }
+
     fn describe(&self) -> String {
         match self {
             Output::Layout(p) => format!("oci-layout:{}", p.display()),
@@ -78,7 +84,16 @@ fn default_image_name(app: &Path) -> String {
             }
         })
         .collect();
-    name = name
+    // Separators may not repeat or mix (`a..b`, `a.-b`): keep the first of a run.
+    let mut collapsed = String::with_capacity(name.len());
+    for c in name.chars() {
+        let sep = |c: char| !c.is_ascii_alphanumeric();
+        if sep(c) && collapsed.chars().last().is_some_and(sep) {
+            continue;
+        }
+        collapsed.push(c);
+    }
+    name = collapsed
         .trim_matches(|c: char| !c.is_ascii_alphanumeric())
         .to_owned();
     if name.is_empty() {
@@ -157,16 +172,26 @@ pub async fn build(
     }
     let app = std::fs::canonicalize(&args.app)
         .with_context(|| format!("cannot resolve the app directory {}", args.app.display()))?;
-    let image_name = args
-        .image
-        .clone()
-        .unwrap_or_else(|| default_image_name(&app));
+    let (image_name, what) = match &args.image {
+        Some(name) => (name.clone(), "--image".to_owned()),
+        None => (
+            default_image_name(&app),
+            format!("the name made from the app directory {}", app.display()),
+        ),
+    };
     let image_ref = ImageReference::parse(&image_name).map_err(|e| {
         UserError::with_hint(
-            format!("--image {image_name:?} is not a valid image name: {e}"),
-            "e.g. --image myapp:1.0",
+            format!("{what} {image_name:?} is not a valid image name: {e}"),
+            "name the image with --image, e.g. --image myapp:1.0",
         )
     })?;
+    if image_ref.digest().is_some() {
+        return Err(UserError::with_hint(
+            format!("{what} {image_name:?} has a digest: the image being built has none yet"),
+            "name it by tag, e.g. --image myapp:1.0",
+        )
+        .into());
+    }
     let output = match &args.output {
         Some(spec) => Output::parse(spec)?,
         None => Output::Layout(PathBuf::from(format!(
@@ -198,20 +223,33 @@ pub async fn build(
         platform: args.platform.clone(),
         registry: args.registry.clone(),
     };
-    let pulled = pull_into_cache(
-        &cache,
-        &builder_args,
-        &args.policy,
-        filter,
-        quiet,
-        true,
-        cancel.clone(),
-    )
-    .await?;
+    // The build reads the tree until the lifecycle ends: hold it so that prune, rm
+    // and builder updates keep it. A prune between the pull and the hold may have
+    // removed it: then pull again (once; it is rare).
+    let mut attempt = 0;
+    let (pulled, _held) = loop {
+        attempt += 1;
+        let pulled = pull_into_cache(
+            &cache,
+            &builder_args,
+            &args.policy,
+            filter.clone(),
+            quiet,
+            true,
+            cancel.clone(),
+        )
+        .await?;
+        let held = {
+            let (cache, digest) = (cache.clone(), pulled.image.manifest_digest.clone());
+            tokio::task::spawn_blocking(move || cache.hold_image(&digest))
+                .await
+                .context("the cache lock thread failed")??
+        };
+        if pulled.tree.is_dir() || attempt > 1 {
+            break (pulled, held);
+        }
+    };
     let builder = &pulled.image;
-    // The build reads the tree until the lifecycle ends: keep prune, rm and
-    // builder updates from removing it meanwhile.
-    let _held = cache.hold_image(&builder.manifest_digest)?;
     if !pulled.tree.join("cnb/lifecycle").is_dir() {
         return Err(UserError::with_hint(
             format!(
@@ -224,6 +262,20 @@ pub async fn build(
     }
     let info = read_builder(&pulled.tree, &builder.config)
         .with_context(|| format!("could not read the builder metadata of {}", builder.name))?;
+    // Refuse an unusable builder before anything of the app's state changes.
+    locald_core::lifecycle::negotiate_platform_api(&info).map_err(|e| {
+        UserError::with_hint(
+            e.to_string(),
+            "`locald builder inspect` shows the builder's lifecycle and APIs",
+        )
+    })?;
+    if info.user_id.is_none() || info.group_id.is_none() {
+        return Err(UserError::with_hint(
+            locald_core::lifecycle::PlanError::NoBuildUser.to_string(),
+            "builders made by `pack builder create` declare them; is this a CNB builder?",
+        )
+        .into());
+    }
     if kind == RunnerKind::Native {
         for warning in locald_runner_native::host_mismatches(&info) {
             tracing::warn!("{warning}");
@@ -260,9 +312,12 @@ pub async fn build(
     // 3. Per-project state, the app copy, the platform env.
     let project = {
         let (root, app) = (cache.root().to_path_buf(), app.clone());
-        tokio::task::spawn_blocking(move || locald_core::project::Project::open(&root, &app))
-            .await
-            .context("the project lock thread failed")??
+        let notes = crate::progress::notes_only();
+        tokio::task::spawn_blocking(move || {
+            locald_core::project::Project::open_reporting(&root, &app, notes.as_ref())
+        })
+        .await
+        .context("the project lock thread failed")??
     };
     let as_root = rustix::process::geteuid().is_root();
     // Run natively by root, the lifecycle drops to the build user, who must own
@@ -297,9 +352,18 @@ pub async fn build(
             "`locald builder inspect` shows the builder's lifecycle and APIs",
         )
     })?;
-    let copied = locald_core::appcopy::copy_app(&app, &dirs.app, owner)?;
+    let skip = vec![canonical_output(output.path())];
+    let copied = {
+        let (app, dest, platform) = (app.clone(), dirs.app.clone(), dirs.platform.clone());
+        tokio::task::spawn_blocking(move || -> locald_core::Result<_> {
+            let copied = locald_core::appcopy::copy_app_excluding(&app, &dest, owner, &skip)?;
+            locald_core::project::write_platform_env(&platform, &env)?;
+            Ok(copied)
+        })
+        .await
+        .context("the app copy thread failed")??
+    };
     tracing::debug!(?copied, "app copied");
-    locald_core::project::write_platform_env(&dirs.platform, &env)?;
     cancel.check()?;
 
     // 4. The run image, in the layout dir where the lifecycle looks for it.
@@ -318,8 +382,22 @@ pub async fn build(
         .layout
         .join(locald_core::layout_out::layout_path_for(&run_ref));
     let offline = args.policy.policy == PullPolicy::Never && run_source.is_remote();
+    // With --pull missing, a run image from a registry placed less than
+    // --pull-interval ago is used as it is (as builders are); local sources are
+    // re-read, they are cheap.
+    let fresh = args.policy.policy == PullPolicy::Missing
+        && run_source.is_remote()
+        && written_at(&placed_path.join("index.json"))
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age < args.policy.pull_interval);
     let placed = match already_placed(&placed_path) {
-        // Offline, the run image placed by an earlier build is the one to use.
+        // Offline (or recently checked), the run image placed by an earlier build
+        // is the one to use.
+        Some(digest) if offline || fresh => locald_core::layout_out::Placed {
+            path: placed_path,
+            manifest_digest: digest,
+            reused: true,
+        },
         Some(digest) if offline => locald_core::layout_out::Placed {
             path: placed_path,
             manifest_digest: digest,
@@ -345,7 +423,14 @@ pub async fn build(
             },
         )
         .await
-        .with_context(|| format!("could not place the run image {run_image} from {}", run_source.describe()))?,
+        .with_context(|| format!("could not place the run image {run_image} from {}", run_source.describe()))
+        .inspect(|placed| {
+            // Checked now: the interval of --pull missing starts again.
+            let _ = std::fs::File::options()
+                .append(true)
+                .open(placed.path.join("index.json"))
+                .and_then(|f| f.set_modified(std::time::SystemTime::now()));
+        })?,
     };
     if let Some((uid, gid)) = owner {
         // The exporter, running as the build user, adds the app image beside it.
@@ -362,7 +447,12 @@ pub async fn build(
     ));
     cancel.check()?;
 
-    // 5. The lifecycle.
+    // 5. The lifecycle (it rewrites the image's index.json when it exports).
+    let image_layout = dirs
+        .layout
+        .join(locald_core::layout_out::layout_path_for(&image_ref));
+    let image_index = image_layout.join("index.json");
+    let index_before = written_at(&image_index);
     say(format!(
         "Building {} with the {} runner",
         image_ref,
@@ -386,29 +476,49 @@ pub async fn build(
         if status == RunStatus::Interrupted {
             return Err(anyhow::Error::new(locald_core::Error::Cancelled).context(sentence));
         }
-        return Err(UserError::with_hint(sentence, hint_for(status, &info)).into());
+        let code = match status {
+            RunStatus::Exited(code) => u8::try_from(code).ok().filter(|c| *c != 0),
+            RunStatus::Signaled(sig) => u8::try_from(128 + sig).ok(),
+            RunStatus::Interrupted => None,
+        };
+        let mut error = UserError::with_hint(sentence, hint_for(status, &info));
+        if let Some(code) = code {
+            error = error.with_exit_code(code);
+        }
+        return Err(error.into());
     }
 
     // 6. The output.
-    let image_layout = dirs
-        .layout
-        .join(locald_core::layout_out::layout_path_for(&image_ref));
-    if !image_layout.join("index.json").is_file() {
+    if written_at(&image_index) == index_before {
         return Err(anyhow::anyhow!(
             "the lifecycle succeeded but wrote no image at {} (where Platform API {} puts -layout exports)",
             image_layout.display(),
             plan.env_var("CNB_PLATFORM_API").unwrap_or("?")
         ));
     }
-    let written = match &output {
-        Output::Layout(dir) => {
-            locald_core::layout_out::write_oci_layout(&image_layout, dir, &image_ref.to_string())?
-        }
-        Output::Archive(file) => locald_core::layout_out::write_docker_archive(
-            &image_layout,
-            file,
-            &image_ref.to_string(),
-        )?,
+    let written = {
+        let (output, name) = (output.clone(), image_ref.to_string());
+        tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+            if let Some(parent) = output.path().parent() {
+                std::fs::create_dir_all(parent)
+                    .with_context(|| format!("cannot create {}", parent.display()))?;
+            }
+            let written = match &output {
+                Output::Layout(dir) => {
+                    locald_core::layout_out::write_oci_layout(&image_layout, dir, &name)?
+                }
+                Output::Archive(file) => {
+                    locald_core::layout_out::write_docker_archive(&image_layout, file, &name)?
+                }
+            };
+            // The lifecycle keeps the previous image's blobs beside the new one
+            // (to reuse its layers); what neither needs any more goes.
+            let freed = locald_core::layout_out::prune_layout_blobs(&image_layout)?;
+            tracing::debug!(freed, "pruned the app's build layout");
+            Ok(written)
+        })
+        .await
+        .context("the output thread failed")??
     };
     let elapsed = started.elapsed().as_secs_f64();
     if args.json {
@@ -436,15 +546,14 @@ pub async fn build(
         let short = short_name(&image_ref);
         match &output {
             Output::Layout(dir) => {
+                // The layout names the image by its full reference.
                 eprintln!(
-                    "Run it with podman:  podman run --rm oci:{}:{}",
-                    dir.display(),
-                    short
+                    "Run it with podman:  podman run --rm oci:{}:{image_ref}",
+                    dir.display()
                 );
                 eprintln!(
-                    "or with Docker:      skopeo copy oci:{}:{} docker-daemon:{short} && docker run --rm {short}",
-                    dir.display(),
-                    short
+                    "or with Docker:      skopeo copy oci:{}:{image_ref} docker-daemon:{short} && docker run --rm {short}",
+                    dir.display()
                 );
             }
             Output::Archive(file) => {
@@ -457,6 +566,22 @@ pub async fn build(
     }
     println!("{}", written.manifest_digest);
     Ok(())
+}
+
+/// When a file was last written (None when absent).
+fn written_at(path: &Path) -> Option<std::time::SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
+/// `path` with its parent's symlinks resolved where it exists, as the app
+/// copy's walk sees paths.
+fn canonical_output(path: &Path) -> PathBuf {
+    match (path.parent(), path.file_name()) {
+        (Some(parent), Some(name)) => std::fs::canonicalize(parent)
+            .map(|p| p.join(name))
+            .unwrap_or_else(|_| path.to_path_buf()),
+        _ => path.to_path_buf(),
+    }
 }
 
 /// The manifest digest of a single-manifest layout placed earlier.
@@ -553,5 +678,10 @@ mod tests {
         );
         assert_eq!(default_image_name(Path::new("/")), "app:latest");
         assert_eq!(default_image_name(Path::new("/x/__")), "app:latest");
+        assert_eq!(default_image_name(Path::new("/x/a..b.-c")), "a.b.c:latest");
+        for dir in ["x..y", "x.-y", "--x--", "Ünï cödé", "a__b"] {
+            let name = default_image_name(&Path::new("/src").join(dir));
+            assert!(ImageReference::parse(&name).is_ok(), "{dir} -> {name}");
+        }
     }
 }

@@ -24,8 +24,8 @@ use locald_tests::fixture::{LayoutBuilder, REF_NAME};
 use locald_tests::peers;
 use locald_tests::registry::{Auth, Registry};
 use locald_tests::standin::{
-    self, chown_tree, probe_value, TestUser, FAIL_BUILD, FAIL_DETECT, PROBE_SANDBOX,
-    WAIT_FOR_SIGNAL,
+    self, app_layer_paths, chown_tree, probe_value, TestUser, FAIL_BUILD, FAIL_DETECT,
+    PROBE_SANDBOX, WAIT_FOR_SIGNAL,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_locald");
@@ -464,7 +464,32 @@ fn check_build(w: &World, r: &Out, runner: Runner, out: &Path) -> Value {
             .is_some_and(|c| c.contains(&format!("platform-api={API} "))),
         "the lifecycle did not get Platform API {API}:\n{r}"
     );
+    check_launcher(r, runner);
     v
+}
+
+/// `-launcher` names the builder's launcher (which the stand-in found
+/// executable): `/cnb/lifecycle/launcher` in the sandbox, the builder tree's
+/// natively, where `CNB_BUILD_CONFIG_DIR` names the same tree's
+/// `cnb/build-config`.
+fn check_launcher(r: &Out, runner: Runner) {
+    let launcher = r
+        .probe("launcher")
+        .unwrap_or_else(|| panic!("no launcher probe:\n{r}"));
+    match runner {
+        Runner::Container => assert_eq!(launcher, "/cnb/lifecycle/launcher", "{r}"),
+        Runner::Native => {
+            let tree = launcher
+                .strip_suffix("/cnb/lifecycle/launcher")
+                .filter(|t| t.starts_with('/') && !t.is_empty())
+                .unwrap_or_else(|| panic!("-launcher {launcher} is not in a builder tree:\n{r}"));
+            assert_eq!(
+                r.probe("build-config-dir"),
+                Some(format!("{tree}/cnb/build-config")),
+                "CNB_BUILD_CONFIG_DIR is not the builder tree's build-config:\n{r}"
+            );
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -616,6 +641,7 @@ fn verbose_asks_the_lifecycle_for_debug_logs() {
     let r = w.build(&app, runner, &w.path("out-quiet"), &["--source", &src]);
     assert_eq!(r.code, 0, "{r}");
     assert!(!r.stderr.contains("[creator] Debug: app="), "{r}");
+    assert!(!r.stderr.contains("Running build for buildpack"), "{r}");
     let r = w.build(
         &app,
         runner,
@@ -624,6 +650,13 @@ fn verbose_asks_the_lifecycle_for_debug_logs() {
     );
     assert_eq!(r.code, 0, "{r}");
     assert!(r.stderr.contains("[creator] Debug: app="), "{r}");
+    assert!(
+        r.stderr.contains(&format!(
+            "[creator] Running build for buildpack {}@{}",
+            BUSYBOX_BUILDPACKS[0].0, BUSYBOX_BUILDPACKS[0].1
+        )),
+        "{r}"
+    );
 }
 
 /// `--output docker-archive:FILE`: a tarball skopeo reads, holding the app.
@@ -664,6 +697,100 @@ fn writes_a_docker_archive() {
             .unwrap_or_else(|e| panic!("{e}"));
         check_rootfs(&rootfs, &files);
     }
+}
+
+/// The `oci:DIR:REF` of the `podman run --rm oci:DIR:REF` hint on stderr.
+fn podman_hint(r: &Out) -> String {
+    let line = r
+        .stderr
+        .lines()
+        .find(|l| l.contains("podman run --rm "))
+        .unwrap_or_else(|| panic!("no podman hint:\n{r}"));
+    line.split_whitespace()
+        .find(|t| t.starts_with("oci:"))
+        .unwrap_or_else(|| panic!("no oci: in the hint {line:?}"))
+        .to_owned()
+}
+
+/// The app directory is the current directory and there is no `--output`: the
+/// image lands in the app (`./<name>.oci`), and the next build of the app must
+/// not put the previous image into the new one. The printed hint's
+/// `oci:DIR:REF` is one skopeo reads.
+#[test]
+fn default_output_inside_the_app_is_not_built_into_the_next_image() {
+    let w = World::new();
+    let Some((_, src, app)) = setup(&w, &[("hello.txt", "hi\n")]) else {
+        return;
+    };
+    let runner = any_runner();
+    let image = w.image();
+    let build = || {
+        let mut c = w.command(&[
+            "build",
+            ".",
+            "--runner",
+            runner.name(),
+            "--builder",
+            BUILDER,
+            "--source",
+            &src,
+            "--image",
+            &image,
+        ]);
+        c.current_dir(&app);
+        let r = output(&mut c);
+        assert_eq!(r.code, 0, "the build failed:\n{r}");
+        check_launcher(&r, runner);
+        r
+    };
+    let out = app.join(format!("app-{}.oci", w.id));
+
+    let r = build();
+    assert!(
+        r.stdout
+            .lines()
+            .last()
+            .is_some_and(|l| l.starts_with("sha256:") && l.len() == 71),
+        "stdout does not end with the digest:\n{r}"
+    );
+    assert!(
+        out.join("index.json").is_file(),
+        "no image at {}:\n{r}",
+        out.display()
+    );
+    let first = app_layer_paths(&out).unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        first.iter().any(|p| p == "workspace/hello.txt"),
+        "{first:?}"
+    );
+    // The hint: the output directory and the full reference, which work.
+    let hint = podman_hint(&r);
+    let (dir, reference) = hint
+        .strip_prefix("oci:")
+        .and_then(|h| h.split_once(':'))
+        .unwrap_or_else(|| panic!("the hint {hint:?} is not oci:DIR:REF"));
+    assert_eq!(Path::new(dir), out, "{r}");
+    assert_eq!(reference, format!("docker.io/{image}"), "{r}");
+    assert!(
+        r.stderr.contains(&format!("skopeo copy {hint} ")),
+        "the Docker hint names another image:\n{r}"
+    );
+    if peers::have("skopeo") {
+        inspect(&hint);
+    } else {
+        eprintln!("skopeo not installed: the hint is not tried");
+    }
+
+    std::fs::write(app.join("hello.txt"), "hi again\n").unwrap();
+    let r = build();
+    let second = app_layer_paths(&out).unwrap_or_else(|e| panic!("{e}"));
+    let leaked: Vec<_> = second.iter().filter(|p| p.contains(".oci")).collect();
+    assert!(
+        leaked.is_empty(),
+        "the previous output went into the image: {leaked:?}\n{r}"
+    );
+    assert_eq!(second, first, "the app layer changed its files:\n{r}");
+    check_layout_output(&w, &out, None, &[("hello.txt", "hi again\n")]);
 }
 
 // ---------------------------------------------------------------------------
@@ -823,7 +950,8 @@ fn detection_failure_is_a_sentence_naming_the_groups() {
     let runner = any_runner();
     let out = w.path("out");
     let r = w.build(&app, runner, &out, &["--source", &src]);
-    assert_eq!(r.code, 1, "{r}");
+    // The lifecycle's own code, passed through.
+    assert_eq!(r.code, standin::EXIT_FAILED_DETECT, "{r}");
     let own = r.own_stderr();
     assert!(own.contains("No buildpack group passed detection"), "{r}");
     for (id, _) in BUSYBOX_BUILDPACKS {
@@ -844,36 +972,99 @@ fn detection_failure_is_a_sentence_naming_the_groups() {
     );
 }
 
+/// A buildpack fails (exit 51, passed through): the sentence names it. At the
+/// lifecycle's default log level it does not say which buildpack it runs, so
+/// locald names the group that passed detection (`<layers>/group.toml`); with
+/// `-v` the last `Running build for buildpack` line.
 #[test]
 fn build_failure_is_a_sentence_naming_the_buildpack() {
     let w = World::new();
-    // The second group's buildpack fails: the sentence must name it from the
-    // lifecycle's output, not guess the first of the order.
+    // The second group's buildpack fails: the sentence must name it, not guess
+    // the first of the order.
     let (failing, version) = BUSYBOX_BUILDPACKS[1];
     let Some((_, src, app)) = setup(&w, &[(FAIL_BUILD, failing)]) else {
         return;
     };
     let runner = any_runner();
-    let out = w.path("out");
-    let r = w.build(&app, runner, &out, &["--source", &src]);
-    assert_eq!(r.code, 1, "{r}");
-    let own = r.own_stderr();
-    assert!(own.contains("failed"), "{r}");
+    for verbose in [false, true] {
+        let out = w.path(&format!("out-{verbose}"));
+        let mut extra = vec!["--source", src.as_str()];
+        if verbose {
+            extra.push("-v");
+        }
+        let r = w.build(&app, runner, &out, &extra);
+        assert_eq!(r.code, standin::EXIT_FAILED_BUILD, "-v {verbose}: {r}");
+        let own = r.own_stderr();
+        assert!(
+            own.contains(&format!(
+                "buildpack {failing}@{version} failed during build (exit 51)"
+            )),
+            "-v {verbose}: the failing buildpack {failing}@{version} is not named:\n{r}"
+        );
+        assert!(
+            !own.contains(BUSYBOX_BUILDPACKS[0].0),
+            "-v {verbose}: a buildpack that did not fail is blamed:\n{r}"
+        );
+        let running = format!("[creator] Running build for buildpack {failing}@{version}");
+        assert_eq!(
+            r.all().contains(&running),
+            verbose,
+            "-v {verbose}: the lifecycle's debug line {running:?}:\n{r}"
+        );
+        assert!(!out.exists(), "a failed build wrote {}", out.display());
+    }
+}
+
+/// A group of two buildpacks passes detection and its second fails: without
+/// `-v` locald can only name the group; with `-v` the lifecycle's `Running
+/// build` line names the one.
+#[test]
+fn build_failure_in_a_group_of_two() {
+    let w = World::new();
+    let Some(mut spec) = busybox_spec(RUN) else {
+        return;
+    };
+    spec.order = vec![BUSYBOX_BUILDPACKS
+        .iter()
+        .map(|(id, v)| ((*id).to_owned(), (*v).to_owned(), false))
+        .collect()];
+    let src = layout_source(&w, &spec);
+    let (first, v1) = BUSYBOX_BUILDPACKS[0];
+    let (second, v2) = BUSYBOX_BUILDPACKS[1];
+    let app = w.app("app", &[(FAIL_BUILD, second)]);
+    let runner = any_runner();
+
+    let r = w.build(&app, runner, &w.path("out-quiet"), &["--source", &src]);
+    assert_eq!(r.code, standin::EXIT_FAILED_BUILD, "{r}");
     assert!(
-        own.contains(&format!("{failing}@{version}")),
-        "the failing buildpack {failing}@{version} is not named:\n{r}"
-    );
-    assert!(
-        !own.contains(BUSYBOX_BUILDPACKS[0].0),
-        "a buildpack that did not fail is blamed:\n{r}"
-    );
-    assert!(
-        r.all().contains(&format!(
-            "[creator] Running build for buildpack {failing}@{version}"
+        r.own_stderr().contains(&format!(
+            "a buildpack of the group {first}@{v1}, {second}@{v2} failed during build (exit 51)"
         )),
-        "{r}"
+        "the group is not named:\n{r}"
     );
-    assert!(!out.exists(), "a failed build wrote {}", out.display());
+    assert!(
+        r.all().contains(&format!("stand-in build: {first}@{v1}")),
+        "the first buildpack of the group did not build:\n{r}"
+    );
+
+    let r = w.build(
+        &app,
+        runner,
+        &w.path("out-verbose"),
+        &["--source", &src, "-v"],
+    );
+    assert_eq!(r.code, standin::EXIT_FAILED_BUILD, "{r}");
+    let own = r.own_stderr();
+    assert!(
+        own.contains(&format!(
+            "buildpack {second}@{v2} failed during build (exit 51)"
+        )),
+        "-v: the buildpack of the last Running line is not named:\n{r}"
+    );
+    assert!(
+        !own.contains("a buildpack of the group"),
+        "-v: the group is named, not the buildpack:\n{r}"
+    );
 }
 
 /// Processes (other than this one) whose command line holds `marker` or whose
@@ -896,19 +1087,56 @@ fn leftovers(marker: &str, env_marker: &str) -> Vec<String> {
     found
 }
 
+/// A spawned locald that is stopped when dropped, so that a test that panics
+/// leaves nothing running: SIGINT first (locald passes it on and stops its
+/// lifecycle), SIGKILL after 5 s, then reaped.
+struct KillOnDrop(Child);
+
+impl std::ops::Deref for KillOnDrop {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for KillOnDrop {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            rustix::process::kill_process(
+                rustix::process::Pid::from_child(&self.0),
+                rustix::process::Signal::INT,
+            )
+            .ok();
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while matches!(self.0.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            self.0.kill().ok();
+        }
+        self.0.wait().ok();
+    }
+}
+
 /// Spawns locald with both streams read line by line into a channel.
 fn spawn_lines(
     mut c: Command,
 ) -> (
-    Child,
+    KillOnDrop,
     mpsc::Receiver<String>,
     Vec<std::thread::JoinHandle<()>>,
 ) {
-    let mut child = c
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = KillOnDrop(
+        c.stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     let (tx, rx) = mpsc::channel();
     let mut readers = Vec::new();
     let streams: [Box<dyn Read + Send>; 2] = [

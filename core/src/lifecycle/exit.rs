@@ -56,9 +56,10 @@ pub fn explain_exit(
         22..=29 => format!("detection failed (exit {code}){error_line}"),
         30..=39 => format!("analyzing the previous image failed (exit {code}){error_line}"),
         40..=49 => format!("restoring the build cache failed (exit {code}){error_line}; `--clear-cache` builds without it"),
-        51 => match failed_buildpack(&lines, builder) {
-            Some(bp) => format!("buildpack {bp} failed during build (exit 51); its output is above"),
-            None => "a buildpack failed during build (exit 51); its output is above (run with -v to see which buildpack ran last)".to_owned(),
+        51 => match failed_buildpack(&lines, builder, &plan.host.layers) {
+            Failed::One(bp) => format!("buildpack {bp} failed during build (exit 51); its output is above"),
+            Failed::Group(group) => format!("a buildpack of the group {group} failed during build (exit 51); its output is above (-v shows which one ran last)"),
+            Failed::Unknown => "a buildpack failed during build (exit 51); its output is above (run with -v to see which buildpack ran last)".to_owned(),
         },
         50..=59 => format!("the build phase failed (exit {code}){error_line}"),
         62 => format!("exporting the image failed (exit 62){error_line}"),
@@ -101,29 +102,85 @@ fn groups(builder: &BuilderInfo) -> String {
         .join("; ")
 }
 
+/// What is known about the buildpack that failed.
+enum Failed {
+    /// This one.
+    One(String),
+    /// One of these (`a@1, b@2`).
+    Group(String),
+    /// Nothing.
+    Unknown,
+}
+
 /// Which buildpack failed: the last one the lifecycle said it ran (`Running build
-/// for buildpack ID@VERSION`, printed at debug level), else the last of the
-/// builder's buildpack ids mentioned after `===> BUILDING`.
-fn failed_buildpack(lines: &[String], builder: &BuilderInfo) -> Option<String> {
+/// for buildpack ID@VERSION`, printed at debug level), else the group that passed
+/// detection (`<layers>/group.toml`, written by the detector), else the last of
+/// the builder's buildpack ids mentioned after `===> BUILDING`.
+fn failed_buildpack(lines: &[String], builder: &BuilderInfo, layers: &std::path::Path) -> Failed {
     const RUNNING: &str = "Running build for buildpack ";
     if let Some(bp) = lines.iter().rev().find_map(|l| {
         l.find(RUNNING)
             .map(|at| l[at + RUNNING.len()..].trim().to_owned())
     }) {
-        return Some(bp);
+        return Failed::One(bp);
+    }
+    let group = read_group(&layers.join("group.toml"));
+    match group.as_slice() {
+        [one] => return Failed::One(one.clone()),
+        [] => {}
+        many => return Failed::Group(many.join(", ")),
     }
     let building = lines
         .iter()
         .rposition(|l| l.contains("===> BUILDING"))
         .map_or(0, |i| i + 1);
-    lines[building..].iter().rev().find_map(|line| {
-        builder
-            .buildpacks
-            .iter()
-            .filter(|bp| !bp.id.is_empty() && line.contains(&bp.id))
-            .max_by_key(|bp| bp.id.len())
-            .map(|bp| format!("{}@{}", bp.id, bp.version))
-    })
+    lines[building..]
+        .iter()
+        .rev()
+        .find_map(|line| {
+            builder
+                .buildpacks
+                .iter()
+                .filter(|bp| !bp.id.is_empty() && line.contains(&bp.id))
+                .max_by_key(|bp| bp.id.len())
+                .map(|bp| format!("{}@{}", bp.id, bp.version))
+        })
+        .map_or(Failed::Unknown, Failed::One)
+}
+
+/// `id@version` of each buildpack in a `group.toml` (empty when absent or
+/// unreadable: it only improves a message).
+fn read_group(path: &std::path::Path) -> Vec<String> {
+    #[derive(serde::Deserialize)]
+    struct Group {
+        #[serde(default)]
+        group: Vec<Entry>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Entry {
+        id: String,
+        #[serde(default)]
+        version: Option<String>,
+    }
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return Vec::new();
+    };
+    if !meta.is_file() || meta.len() > 1 << 20 {
+        return Vec::new();
+    }
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|text| toml::from_str::<Group>(&text).ok())
+        .map(|g| {
+            g.group
+                .into_iter()
+                .map(|e| match e.version {
+                    Some(v) => format!("{}@{v}", e.id),
+                    None => e.id,
+                })
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -239,6 +296,39 @@ mod tests {
         );
         assert!(s.contains("buildpack acme/node@1.0 failed"), "{s}");
         let s = explain(51, &["===> BUILDING", "boom"]);
+        assert!(s.contains("a buildpack failed"), "{s}");
+    }
+
+    #[test]
+    fn failed_buildpack_from_group_toml() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut p = plan();
+        p.host.layers = dir.path().to_path_buf();
+        let w = LineWatcher::new();
+        w.push("===> BUILDING");
+        let group = dir.path().join("group.toml");
+        let explain = |p: &LifecyclePlan| {
+            explain_exit(RunStatus::Exited(51), p, &builder(), &w).expect("failure")
+        };
+        std::fs::write(
+            &group,
+            "[[group]]\nid = \"acme/node\"\nversion = \"1.0\"\napi = \"0.10\"\n",
+        )
+        .expect("write");
+        let s = explain(&p);
+        assert!(s.contains("buildpack acme/node@1.0 failed"), "{s}");
+        std::fs::write(
+            &group,
+            "[[group]]\nid = \"acme/node\"\nversion = \"1.0\"\n[[group]]\nid = \"acme/go\"\nversion = \"2.0\"\n",
+        )
+        .expect("write");
+        let s = explain(&p);
+        assert!(
+            s.contains("a buildpack of the group acme/node@1.0, acme/go@2.0 failed"),
+            "{s}"
+        );
+        std::fs::write(&group, "not toml [").expect("write");
+        let s = explain(&p);
         assert!(s.contains("a buildpack failed"), "{s}");
     }
 }

@@ -97,7 +97,8 @@ pub fn negotiate_platform_api(info: &BuilderInfo) -> Result<ApiVersion, PlanErro
 /// Arguments by the platform spec: `-app -layers -platform -cache-dir -run-image
 /// -layout -layout-dir -uid -gid`, the builder's own `-buildpacks -order` (and
 /// `-run` when it has a run.toml) given as paths in the builder tree so that a
-/// runner may put that tree anywhere, and the output image name last. Environment:
+/// runner may put that tree anywhere (likewise `-launcher`, which the exporter
+/// copies into the image), and the output image name last. Environment:
 /// the builder's config `Env`, then `CNB_PLATFORM_API` and
 /// `CNB_EXPERIMENTAL_MODE=warn` (layout export is experimental).
 pub fn plan_creator(info: &BuilderInfo, opts: CreatorOptions) -> Result<LifecyclePlan, PlanError> {
@@ -120,6 +121,8 @@ pub fn plan_creator(info: &BuilderInfo, opts: CreatorOptions) -> Result<Lifecycl
         path(Dir::Builder, "cnb/buildpacks"),
         text("-order"),
         path(Dir::Builder, "cnb/order.toml"),
+        text("-launcher"),
+        path(Dir::Builder, "cnb/lifecycle/launcher"),
     ];
     if opts.host.builder.join("cnb/run.toml").is_file() {
         args.extend([text("-run"), path(Dir::Builder, "cnb/run.toml")]);
@@ -226,6 +229,7 @@ mod tests {
             "-cache-dir /cache ",
             "-buildpacks /cnb/buildpacks ",
             "-order /cnb/order.toml ",
+            "-launcher /cnb/lifecycle/launcher ",
             "-run /cnb/run.toml ",
             "-run-image docker.io/heroku/heroku:22 ",
             "-layout -layout-dir /layout-repo ",

@@ -14,7 +14,9 @@ use std::process::{Command, Stdio};
 
 use locald_core::builder::BuilderInfo;
 use locald_core::cancel::Cancel;
-use locald_core::lifecycle::{LifecyclePlan, LifecycleRunner, LineWatcher, RunStatus, RunnerError};
+use locald_core::lifecycle::{
+    Dir, LifecyclePlan, LifecycleRunner, LineWatcher, RunStatus, RunnerError,
+};
 
 /// Runs the lifecycle on the host.
 #[derive(Debug, Default, Clone, Copy)]
@@ -68,6 +70,33 @@ impl LifecycleRunner for NativeRunner {
         let program = plan.host.builder.join(&plan.program);
         check_program(&program, &plan.program)?;
         let uid = rustix::process::geteuid().as_raw();
+        if uid == 0 && plan.uid != 0 {
+            // The lifecycle drops to the build user: it must reach every directory.
+            for dir in [
+                Dir::Builder,
+                Dir::App,
+                Dir::Layers,
+                Dir::Platform,
+                Dir::Cache,
+                Dir::Layout,
+            ] {
+                if let Err(blocked) = reachable_by(plan.host.get(dir), plan.uid, plan.gid) {
+                    return Err(RunnerError::Unavailable {
+                        message: format!(
+                            "the build user (uid {}) cannot reach {}: {} is closed to it",
+                            plan.uid,
+                            plan.host.get(dir).display(),
+                            blocked.display()
+                        ),
+                        hint: "run locald as a normal user, use the container runner, or put the cache where the build user can reach it (XDG_DATA_HOME=/var/tmp/locald-data, say)".to_owned(),
+                    });
+                }
+            }
+            tracing::warn!(
+                "running buildpacks natively as host uid {}: they can read whatever that user can (the container runner isolates them)",
+                plan.uid
+            );
+        }
         if uid != 0 && uid != plan.uid {
             tracing::info!(
                 "running the {} as you (uid {uid}) rather than the builder's user {}: only root can switch users (the container runner maps you to it)",
@@ -90,6 +119,12 @@ impl LifecycleRunner for NativeRunner {
                     .iter()
                     .filter_map(|k| std::env::var_os(k).map(|v| (*k, v))),
             )
+            // The lifecycle reads the builder's build.env from /cnb/build-config by
+            // default; here the builder tree is elsewhere.
+            .env(
+                "CNB_BUILD_CONFIG_DIR",
+                plan.host.builder.join("cnb/build-config"),
+            )
             .current_dir(&plan.host.app)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -97,6 +132,13 @@ impl LifecycleRunner for NativeRunner {
             // Its own process group: Ctrl-C reaches locald alone, which forwards it
             // (and can then kill whatever the lifecycle left behind).
             .process_group(0);
+        if uid != 0 {
+            // As with -uid/-gid (see `command_line`): the build runs as the caller.
+            let gid = rustix::process::getegid().as_raw();
+            command
+                .env("CNB_USER_ID", uid.to_string())
+                .env("CNB_GROUP_ID", gid.to_string());
+        }
         tracing::debug!(?command, "starting the lifecycle natively");
         let child = command.spawn().map_err(|source| RunnerError::Io {
             what: format!("cannot start {}", program.display()),
@@ -104,6 +146,32 @@ impl LifecycleRunner for NativeRunner {
         })?;
         locald_core::lifecycle::supervise(child, &plan.phase, true, watcher, cancel)
     }
+}
+
+/// Whether `uid`/`gid` may search every directory from `/` down to `path`
+/// (ownership and mode bits; ACLs are not read). The first closed directory
+/// otherwise.
+fn reachable_by(path: &Path, uid: u32, gid: u32) -> Result<(), std::path::PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    let mut dirs: Vec<&Path> = path.ancestors().collect();
+    dirs.reverse();
+    for dir in dirs {
+        let Ok(meta) = std::fs::metadata(dir) else {
+            continue;
+        };
+        let mode = meta.mode();
+        let bit = if meta.uid() == uid {
+            0o100
+        } else if meta.gid() == gid {
+            0o010
+        } else {
+            0o001
+        };
+        if meta.is_dir() && mode & bit == 0 {
+            return Err(dir.to_path_buf());
+        }
+    }
+    Ok(())
 }
 
 /// The lifecycle program must be an executable regular file in the builder tree.
@@ -284,6 +352,32 @@ mod tests {
         assert_eq!(host_mismatches_with(&info, "x86_64", &debian).len(), 1);
         info.stack_id = Some("example.custom".into());
         assert!(host_mismatches_with(&info, "x86_64", &debian).is_empty());
+    }
+
+    #[test]
+    fn reachability() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let open = dir.path().join("open/inner");
+        std::fs::create_dir_all(&open).expect("mkdir");
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
+            .expect("chmod");
+        std::fs::set_permissions(
+            dir.path().join("open"),
+            std::fs::Permissions::from_mode(0o755),
+        )
+        .expect("chmod");
+        // Owned by whoever runs the test; a stranger goes by the "other" bits.
+        assert_eq!(reachable_by(&open, 54321, 54321), Ok(()));
+        std::fs::set_permissions(
+            dir.path().join("open"),
+            std::fs::Permissions::from_mode(0o700),
+        )
+        .expect("chmod");
+        assert_eq!(
+            reachable_by(&open, 54321, 54321),
+            Err(dir.path().join("open"))
+        );
     }
 
     #[test]
