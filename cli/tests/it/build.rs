@@ -627,6 +627,30 @@ fn builds_from_a_registry() {
         );
         check_layout_output(&w, &out, v["digest"].as_str(), &files);
     }
+    // The registry gone: within --pull-interval neither the builder nor the run
+    // image is asked for again, and with --pull never nothing is.
+    reg.kill();
+    for policy in ["missing", "never"] {
+        let out = w.path(&format!("out-offline-{policy}"));
+        let runner = any_runner();
+        let r = w.build(
+            &app,
+            runner,
+            &out,
+            &["--builder", &builder, "--pull", policy],
+        );
+        check_build(&w, &r, runner, &out);
+        assert!(r.stderr.contains("already in place"), "{r}");
+    }
+    // --pull always has to ask, and says what failed.
+    let r = w.build(
+        &app,
+        any_runner(),
+        &w.path("out-always"),
+        &["--builder", &builder, "--pull", "always"],
+    );
+    assert_eq!(r.code, 1, "{r}");
+    assert!(r.stderr.contains(&builder), "{r}");
 }
 
 /// `-v` passes `-log-level debug` to the lifecycle; without it the lifecycle
@@ -1562,4 +1586,37 @@ fn disabled_user_namespaces_are_named() {
         ) && r.stderr.contains("user.max_user_namespaces"),
         "{r}"
     );
+}
+
+/// Run natively by root, the lifecycle drops to the build user: when the cache
+/// sits where that user cannot go (root's 0700 home, here a 0700 world), the
+/// build stops before running anything, naming the closed directory.
+#[test]
+fn native_as_root_needs_dirs_the_build_user_can_reach() {
+    use std::os::unix::fs::PermissionsExt;
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipping: only root's native builds switch users");
+        return;
+    }
+    let w = World::new();
+    let Some((_, src, app)) = setup(&w, &[("hello.txt", "hi\n")]) else {
+        return;
+    };
+    std::fs::set_permissions(&w.root, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let out = w.path("out");
+    let r = w.build(&app, Runner::Native, &out, &["--source", &src]);
+    std::fs::set_permissions(&w.root, std::fs::Permissions::from_mode(0o755)).unwrap();
+    assert_eq!(r.code, 1, "{r}");
+    assert!(
+        r.stderr.contains("the build user (uid 1001) cannot reach")
+            && r.stderr
+                .contains(&format!("{} is closed to it", w.root.display())),
+        "{r}"
+    );
+    assert!(r.stderr.contains("hint:"), "{r}");
+    assert!(
+        !r.all().contains("===> DETECTING"),
+        "the lifecycle ran:\n{r}"
+    );
+    assert!(!out.exists());
 }
