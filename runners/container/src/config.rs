@@ -32,6 +32,14 @@ pub(crate) struct Bind {
     pub target: String,
 }
 
+/// The unprivileged host user and group the lifecycle of a sandbox started by root
+/// runs as (see `ids.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct HostIds {
+    pub uid: u32,
+    pub gid: u32,
+}
+
 /// Everything the helper needs, decided by the runner.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct SandboxConfig {
@@ -48,6 +56,9 @@ pub(crate) struct SandboxConfig {
     /// The build user and group inside the sandbox.
     pub uid: u32,
     pub gid: u32,
+    /// Started by root: the host ids the build user is mapped to (else to the
+    /// host user who started it).
+    pub host_ids: Option<HostIds>,
     /// The absolute program path inside the sandbox.
     pub program: String,
     /// Its arguments (without argv[0]).
@@ -340,6 +351,7 @@ mod tests {
             home_mount: Some("/home/cnb".into()),
             uid: 1,
             gid: 1,
+            host_ids: None,
             program: "/cnb/lifecycle/creator".into(),
             args: vec![],
             env: vec![],

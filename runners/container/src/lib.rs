@@ -16,14 +16,22 @@
 //! user namespace, a read-only tmpfs of read-only bind mounts. Either way nothing is
 //! ever created or changed in the cached tree.
 //!
+//! Started by root, the lifecycle does not run as host root: the build user is
+//! mapped to an unprivileged host id (the first of root's subordinate ids, else
+//! 2147000000, see `ids.rs`) and the writable directories are lent to it for the
+//! run, then given back (which clears any setuid bit or file capability).
+//!
 //! The namespace system calls live in `sys.rs`, the only module allowed `unsafe`.
 
 mod config;
+mod ids;
 mod probe;
 mod rootfs;
 mod sandbox;
 mod sys;
 
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -36,6 +44,7 @@ pub use config::RootMode;
 pub use probe::probe;
 
 use config::{Bind, SandboxConfig};
+use ids::Lent;
 use sandbox::{Record, CONFIG_FILE, MARKER, REPORT_FILE, STAGE_DIR};
 
 /// If this process was started as the sandbox helper (its first argument is the
@@ -137,7 +146,7 @@ impl ContainerRunner {
         }
 
         let passwd = rootfs::resolve_in_root(root, Path::new("/etc/passwd"))
-            .and_then(|p| std::fs::read_to_string(p).ok());
+            .and_then(|p| rootfs::read_small_file(&p));
         let passwd_home = passwd
             .as_deref()
             .and_then(|text| config::home_from_passwd(text, plan.uid));
@@ -156,6 +165,11 @@ impl ContainerRunner {
             home_mount,
             uid: plan.uid,
             gid: plan.gid,
+            host_ids: if rustix::process::geteuid().is_root() {
+                ids::for_root()
+            } else {
+                None
+            },
             program: program.to_string_lossy().into_owned(),
             args: plan.render_args(|dir, rel| Path::new(dir.sandbox_path()).join(rel)),
             env: config::sandbox_env(&plan.env, &home),
@@ -220,14 +234,47 @@ impl LifecycleRunner for ContainerRunner {
         cancel: &Cancel,
     ) -> Result<RunStatus, RunnerError> {
         let config = self.configure(plan)?;
+        let Some(host_ids) = config.host_ids else {
+            return self.run_configured(&config, plan, watcher, cancel);
+        };
+        let writable: Vec<PathBuf> = config.binds.iter().map(|b| b.host.clone()).collect();
+        let lent = Lent::lend(&writable, host_ids).map_err(|(dir, source)| RunnerError::Io {
+            what: format!(
+                "lending {} to the build's host user {}:{}",
+                dir.display(),
+                host_ids.uid,
+                host_ids.gid
+            ),
+            source,
+        })?;
+        let result = self.run_configured(&config, plan, watcher, cancel);
+        // Whatever the outcome: nothing the build made may stay its own.
+        lent.give_back().map_err(|(dir, source)| RunnerError::Io {
+            what: format!("giving {} back to its owner after the build", dir.display()),
+            source,
+        })?;
+        result
+    }
+}
+
+impl ContainerRunner {
+    /// Run the helper with `config` and tell how it went.
+    fn run_configured(
+        &self,
+        config: &SandboxConfig,
+        plan: &LifecyclePlan,
+        watcher: &LineWatcher,
+        cancel: &Cancel,
+    ) -> Result<RunStatus, RunnerError> {
         let dir = tempfile::Builder::new()
             .prefix("locald-sandbox-")
+            .permissions(std::fs::Permissions::from_mode(0o700))
             .tempdir()
             .map_err(|source| RunnerError::Io {
                 what: "creating the sandbox's temporary directory".into(),
                 source,
             })?;
-        let json = serde_json::to_vec(&config).map_err(|e| {
+        let json = serde_json::to_vec(config).map_err(|e| {
             RunnerError::Other(format!("the sandbox configuration cannot be written: {e}"))
         })?;
         let io = |what: &str| {
@@ -239,7 +286,6 @@ impl LifecycleRunner for ContainerRunner {
         std::fs::create_dir(dir.path().join(STAGE_DIR))
             .map_err(io("creating the sandbox's staging directory"))?;
 
-        use std::os::unix::process::CommandExt;
         let child = Command::new(&self.helper_exe)
             .arg(MARKER)
             .arg(dir.path())

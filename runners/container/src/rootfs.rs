@@ -2,10 +2,48 @@
 //! resolved inside the tree (absolute symlinks are relative to it, `..` stops at
 //! it), so `/bin -> usr/bin` and `/bin/sh -> /bin/busybox` resolve as in the sandbox.
 
+use std::io::Read;
 use std::path::{Component, Path, PathBuf};
+
+use rustix::fs::{FileType, Mode, OFlags};
 
 /// How many symlinks a resolution follows before giving up (as the kernel does).
 const MAX_LINKS: usize = 40;
+
+/// The largest file of the builder tree read on the host ([`read_small_file`]).
+const MAX_READ: u64 = 1 << 20;
+
+/// The text of a small regular file of the builder tree, `None` (with a debug
+/// line) for anything else. A hostile builder must not hang or exhaust locald: no
+/// symlink is followed, a FIFO is not waited for (`O_NONBLOCK`), only a regular
+/// file is read, and no more than [`MAX_READ`] bytes of it.
+pub(crate) fn read_small_file(path: &Path) -> Option<String> {
+    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
+    let skip = |why: String| {
+        tracing::debug!("ignoring {} of the builder tree: {why}", path.display());
+        None
+    };
+    let fd = match rustix::fs::open(path, flags, Mode::empty()) {
+        Ok(fd) => fd,
+        Err(e) => return skip(format!("cannot open it: {e}")),
+    };
+    let file_type = match rustix::fs::fstat(&fd) {
+        Ok(stat) => FileType::from_raw_mode(stat.st_mode),
+        Err(e) => return skip(format!("cannot inspect it: {e}")),
+    };
+    if file_type != FileType::RegularFile {
+        return skip(format!("it is no regular file ({file_type:?})"));
+    }
+    let mut text = String::new();
+    let read = std::fs::File::from(fd)
+        .take(MAX_READ + 1)
+        .read_to_string(&mut text);
+    match read {
+        Ok(n) if n as u64 > MAX_READ => skip(format!("it is larger than {MAX_READ} bytes")),
+        Ok(_) => Some(text),
+        Err(e) => skip(format!("cannot read it: {e}")),
+    }
+}
 
 /// The host path of `path` (absolute, as seen in the sandbox) inside `root`, with
 /// every symlink resolved inside `root`; `None` if it does not exist or loops.
@@ -63,6 +101,36 @@ fn push_components(pending: &mut Vec<std::ffi::OsString>, path: &Path) {
 mod tests {
     use super::*;
     use std::os::unix::fs::symlink;
+
+    #[test]
+    fn reads_only_small_regular_files() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = dir.path();
+        std::fs::write(d.join("passwd"), "root:x:0:0::/root:/bin/sh\n").expect("write");
+        symlink("passwd", d.join("link")).expect("symlink");
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            d.join("fifo"),
+            FileType::Fifo,
+            Mode::from_raw_mode(0o644),
+            0,
+        )
+        .expect("mkfifo");
+        std::fs::write(d.join("big"), vec![b'x'; MAX_READ as usize + 1]).expect("write");
+        std::fs::write(d.join("limit"), vec![b'x'; MAX_READ as usize]).expect("write");
+        assert_eq!(
+            read_small_file(&d.join("passwd")).as_deref(),
+            Some("root:x:0:0::/root:/bin/sh\n")
+        );
+        for name in ["link", "fifo", "big", "missing"] {
+            assert_eq!(read_small_file(&d.join(name)), None, "{name}");
+        }
+        assert!(read_small_file(d).is_none());
+        assert_eq!(
+            read_small_file(&d.join("limit")).map(|t| t.len()),
+            Some(MAX_READ as usize)
+        );
+    }
 
     #[test]
     fn resolves_inside_the_root() {

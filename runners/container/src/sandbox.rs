@@ -1,37 +1,44 @@
 //! The sandbox itself, run by the helper process (the `locald` binary re-executed
 //! with [`MARKER`]). Three processes, each single-threaded:
 //!
-//! 1. The **helper** (outside): unshares user, mount, pid, ipc and uts namespaces,
-//!    maps the host user to root of the new user namespace, forks the init, then
-//!    forwards SIGINT/SIGTERM to it and exits with its status.
+//! 1. The **helper** (outside): unshares user, mount, pid, ipc, uts and cgroup
+//!    namespaces, maps the host user to root of the new user namespace (started by
+//!    root: root to root, plus the build's unprivileged host ids onto themselves,
+//!    written by a short-lived child left outside), forks the init, then forwards
+//!    SIGINT/SIGTERM to it and exits with its status.
 //! 2. The **init** (pid 1 of the new pid namespace): builds the read-only root,
 //!    mounts the writable directories, /proc, /dev, /tmp, HOME and resolv.conf,
-//!    `pivot_root`s into it, forks the lifecycle, reaps every child, forwards
+//!    makes /proc/sys read-only and masks the dangerous files of /proc (its mounts
+//!    are locked for the lifecycle), `pivot_root`s into it, forks the lifecycle,
+//!    reaps every child, forwards
 //!    SIGINT/SIGTERM to the lifecycle and exits with its status (128 + signal when
 //!    it was killed). Its exit kills whatever is left in the namespace.
 //! 3. The **lifecycle**: enters a nested user namespace that maps the build user
-//!    (`CNB_USER_ID`/`CNB_GROUP_ID`) to the root of the outer one, so it runs as
-//!    the build user without capabilities, then `exec`s the builder's program
-//!    (the host binary cannot be re-executed: its loader is not in the builder root).
+//!    (`CNB_USER_ID`/`CNB_GROUP_ID`) to the root of the outer one (started by root:
+//!    to the build's host ids, which it becomes first), so it runs as the build
+//!    user without capabilities, joins a fresh session keyring, then `exec`s the
+//!    builder's program (the host binary cannot be re-executed: its loader is not
+//!    in the builder root).
 //!
 //! A failure in any of them is one sentence on stderr, a JSON record in the report
 //! file the runner reads, and exit code [`SETUP_FAILED`].
 
 use std::ffi::OsString;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::os::unix::fs::{symlink, PermissionsExt};
+use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use rustix::fs::StatVfsMountFlags;
 use rustix::mount::{MountFlags, MountPropagationFlags, UnmountFlags};
-use rustix::process::{Pid, Signal, WaitOptions, WaitStatus};
+use rustix::process::{DumpableBehavior, Gid, Pid, Signal, Uid, WaitOptions, WaitStatus};
 use rustix::thread::UnshareFlags;
 use serde::{Deserialize, Serialize};
 
-use crate::config::{Kind, MountTree, RootMode, SandboxConfig, RESOLV_CONF};
+use crate::config::{HostIds, Kind, MountTree, RootMode, SandboxConfig, RESOLV_CONF};
 use crate::sys::{self, Forked, ProbeStep};
 
 /// The hidden first argument that makes the `locald` binary the sandbox helper.
@@ -159,7 +166,10 @@ pub(crate) fn main(args: &[OsString]) -> i32 {
         return SETUP_FAILED;
     };
     // Nothing the parent leaked may reach the lifecycle.
-    let _ = sys::cloexec_from(3);
+    if let Err(e) = sys::cloexec_from(3) {
+        eprintln!("locald sandbox: marking the inherited file descriptors close-on-exec: {e}");
+        return SETUP_FAILED;
+    }
     let report = match Report::open(&dir.join(REPORT_FILE)) {
         Ok(report) => report,
         Err(e) => {
@@ -228,28 +238,33 @@ fn helper(dir: &Path, report: &Report) -> Result<i32, Failure> {
     }
     sys::block_signals(&SIGNALS).context(|| "blocking signals".into())?;
 
-    let uid = rustix::process::geteuid().as_raw();
-    let gid = rustix::process::getegid().as_raw();
-    sys::unshare(
-        UnshareFlags::NEWUSER
-            | UnshareFlags::NEWNS
-            | UnshareFlags::NEWPID
-            | UnshareFlags::NEWIPC
-            | UnshareFlags::NEWUTS,
-    )
-    .context(|| "creating the user, mount, pid, ipc and uts namespaces".into())
-    .map_err(|f| userns(UsernsStep::Unshare, f))?;
-    map_ids(0, uid, 0, gid)?;
+    match config.host_ids {
+        None => {
+            let uid = rustix::process::geteuid().as_raw();
+            let gid = rustix::process::getegid().as_raw();
+            unshare_namespaces()?;
+            map_ids(0, uid, 0, gid)?;
+        }
+        Some(ids) => unshare_as_root(ids)?,
+    }
     // Changing credentials may clear the death signal: set it again.
     die_with_parent()?;
 
+    // The init's lifeline: should we die before the init asks for the death
+    // signal, it reads end-of-file here.
+    let (lifeline, init_end) =
+        UnixStream::pair().context(|| "creating the init's lifeline".into())?;
     let init = match sys::fork().context(|| "starting the sandbox's init process".into())? {
-        Forked::Child => std::process::exit(match init(&config, dir, report) {
-            Ok(code) => code,
-            Err(failure) => report.fail(&failure),
-        }),
+        Forked::Child => {
+            drop(lifeline);
+            std::process::exit(match init(&config, dir, report, init_end) {
+                Ok(code) => code,
+                Err(failure) => report.fail(&failure),
+            })
+        }
         Forked::Parent(pid) => pid,
     };
+    drop(init_end);
 
     loop {
         let sig = sys::wait_signal(&SIGNALS).context(|| "waiting for signals".into())?;
@@ -265,9 +280,111 @@ fn helper(dir: &Path, report: &Report) -> Result<i32, Failure> {
     }
 }
 
-/// Pid 1 of the sandbox.
-fn init(config: &SandboxConfig, dir: &Path, report: &Report) -> Result<i32, Failure> {
+/// The namespaces of the sandbox.
+const NAMESPACES: UnshareFlags = UnshareFlags::NEWUSER
+    .union(UnshareFlags::NEWNS)
+    .union(UnshareFlags::NEWPID)
+    .union(UnshareFlags::NEWIPC)
+    .union(UnshareFlags::NEWUTS)
+    .union(UnshareFlags::NEWCGROUP);
+
+fn unshare_namespaces() -> Result<(), Failure> {
+    sys::unshare(NAMESPACES)
+        .context(|| "creating the user, mount, pid, ipc, uts and cgroup namespaces".into())
+        .map_err(|f| userns(UsernsStep::Unshare, f))
+}
+
+/// Started by root: drop root's supplementary groups (every process of the sandbox
+/// would keep them), unshare, and have a child left outside write the id maps: root
+/// to root (the init mounts as host root, so the builder tree stays reachable under
+/// root's private home) and the build's host ids onto themselves. Only a process
+/// with `CAP_SETUID` in the parent namespace may map more than its own id, and we
+/// lose it by unsharing.
+fn unshare_as_root(ids: HostIds) -> Result<(), Failure> {
+    rustix::thread::set_thread_groups(&[])
+        .context(|| "dropping the supplementary groups".into())?;
+    let (mut go, mut wait) =
+        UnixStream::pair().context(|| "creating a socket pair for the id mapper".into())?;
+    let helper = rustix::process::getpid();
+    let mapper = match sys::fork().context(|| "starting the id mapper".into())? {
+        Forked::Child => {
+            drop(go);
+            std::process::exit(match write_maps_from_outside(&mut wait, helper, ids) {
+                Ok(()) => 0,
+                Err(failure) => {
+                    eprintln!("locald sandbox: {failure}");
+                    failure
+                        .source
+                        .raw_os_error()
+                        .unwrap_or(libc::EIO)
+                        .clamp(1, 255)
+                }
+            })
+        }
+        Forked::Parent(pid) => pid,
+    };
+    drop(wait);
+    let unshared = unshare_namespaces();
+    if unshared.is_ok() {
+        // Should this fail, the mapper sees end-of-file, and so do we below.
+        let _ = go.write_all(b"u");
+    }
+    drop(go);
+    let status = rustix::process::waitpid(Some(mapper), WaitOptions::empty())
+        .context(|| "waiting for the id mapper".into())?;
+    unshared?;
+    match status.and_then(|(_, s)| s.exit_status()) {
+        Some(0) => Ok(()),
+        code => Err(userns(
+            UsernsStep::IdMap,
+            Failure {
+                what: "writing the sandbox's id maps".into(),
+                source: io::Error::from_raw_os_error(code.unwrap_or(libc::EIO)),
+                userns: None,
+            },
+        )),
+    }
+}
+
+/// The id mapper of [`unshare_as_root`]: once the helper says it has unshared,
+/// write its `setgroups`, `uid_map` and `gid_map`.
+fn write_maps_from_outside(go: &mut UnixStream, helper: Pid, ids: HostIds) -> Result<(), Failure> {
     die_with_parent()?;
+    let mut byte = [0u8; 1];
+    let n = go
+        .read(&mut byte)
+        .context(|| "waiting for the namespaces".into())?;
+    if n == 0 {
+        // The helper could not unshare (it says why) or is gone.
+        return Ok(());
+    }
+    let proc = format!("/proc/{}", helper.as_raw_nonzero());
+    let write = |file: &str, content: String| {
+        fs::write(format!("{proc}/{file}"), content)
+            .context(|| format!("writing the sandbox's {file}"))
+    };
+    write("setgroups", "deny".into())?;
+    write("uid_map", format!("0 0 1\n{0} {0} 1\n", ids.uid))?;
+    write("gid_map", format!("0 0 1\n{0} {0} 1\n", ids.gid))
+}
+
+/// Pid 1 of the sandbox.
+fn init(
+    config: &SandboxConfig,
+    dir: &Path,
+    report: &Report,
+    lifeline: UnixStream,
+) -> Result<i32, Failure> {
+    die_with_parent()?;
+    // The helper may have died before we asked for the death signal: then its end
+    // of the lifeline is closed.
+    lifeline
+        .set_nonblocking(true)
+        .context(|| "checking the helper is alive".into())?;
+    if matches!((&lifeline).read(&mut [0u8; 1]), Ok(0)) {
+        return Ok(SETUP_FAILED);
+    }
+    drop(lifeline);
     // Our own session and process group: a signal to the helper's group does not
     // reach the lifecycle twice (the helper forwards it through us).
     rustix::process::setsid().context(|| "starting a new session".into())?;
@@ -313,8 +430,17 @@ fn init(config: &SandboxConfig, dir: &Path, report: &Report) -> Result<i32, Fail
 
 /// The lifecycle process: become the build user, then `exec` the program.
 fn lifecycle(config: &SandboxConfig) -> Result<std::convert::Infallible, Failure> {
+    // Started by root we are host root: the build user is mapped onto the build's
+    // host ids instead, which we become first.
+    let (outer_uid, outer_gid) = match config.host_ids {
+        Some(ids) => {
+            become_ids(ids)?;
+            (ids.uid, ids.gid)
+        }
+        None => (0, 0),
+    };
     sys::unshare(UnshareFlags::NEWUSER).context(|| "creating the build user's namespace".into())?;
-    map_ids(config.uid, 0, config.gid, 0).map_err(|mut f| {
+    map_ids(config.uid, outer_uid, config.gid, outer_gid).map_err(|mut f| {
         f.userns = None;
         f.what = format!(
             "mapping the build user {}:{} ({})",
@@ -323,6 +449,7 @@ fn lifecycle(config: &SandboxConfig) -> Result<std::convert::Infallible, Failure
         f
     })?;
     die_with_parent()?;
+    sys::join_new_session_keyring().context(|| "joining a new session keyring".into())?;
     sys::reset_signal_dispositions();
     sys::unblock_all_signals().context(|| "unblocking signals".into())?;
     let error = Command::new(&config.program)
@@ -334,30 +461,47 @@ fn lifecycle(config: &SandboxConfig) -> Result<std::convert::Infallible, Failure
     Err(error).context(|| format!("starting {} in {}", config.program, config.cwd))
 }
 
+/// Become `ids` (mapped onto themselves in the sandbox) for good, and dumpable
+/// again: the change of credentials gives /proc/self to root, and the build user's
+/// id maps are written there.
+fn become_ids(ids: HostIds) -> Result<(), Failure> {
+    let (uid, gid) = (Uid::from_raw(ids.uid), Gid::from_raw(ids.gid));
+    rustix::thread::set_thread_res_gid(gid, gid, gid)
+        .context(|| format!("becoming the group {}", ids.gid))?;
+    rustix::thread::set_thread_res_uid(uid, uid, uid)
+        .context(|| format!("becoming the user {}", ids.uid))?;
+    rustix::process::set_dumpable_behavior(DumpableBehavior::Dumpable)
+        .context(|| "making the process dumpable".into())
+}
+
 /// A path of the new root, relative to the staging directory (our cwd).
 fn in_root(target: &str) -> PathBuf {
     Path::new("root").join(target.trim_start_matches('/'))
 }
 
-/// Make a bind mount read-only, keeping the flags the kernel locks for mounts that
-/// came from a more privileged namespace (nosuid, nodev, noexec; atime flags are
-/// kept by leaving them out).
+/// Make a bind mount read-only, nosuid and nodev (see [`remount_bind`]).
 fn remount_read_only(path: &Path) -> Result<(), Failure> {
-    let flags = rustix::fs::statvfs(path)
-        .context(|| format!("inspecting the mount {}", path.display()))?
-        .f_flag;
-    let mut mount_flags = MountFlags::BIND | MountFlags::RDONLY;
+    remount_bind(path, MountFlags::RDONLY)
+        .context(|| format!("making {} read-only", path.display()))
+}
+
+/// Remount a bind mount nosuid and nodev (no setuid file, no device node of the
+/// builder tree or of a writable directory works) with `extra` flags, keeping the
+/// flags the kernel locks for mounts that came from a more privileged namespace
+/// (read-only, noexec; atime flags are kept by leaving them out).
+fn remount_bind(path: &Path, extra: MountFlags) -> io::Result<()> {
+    let flags = rustix::fs::statvfs(path)?.f_flag;
+    let mut mount_flags = MountFlags::BIND | MountFlags::NOSUID | MountFlags::NODEV | extra;
     for (from, to) in [
-        (StatVfsMountFlags::NOSUID, MountFlags::NOSUID),
-        (StatVfsMountFlags::NODEV, MountFlags::NODEV),
+        (StatVfsMountFlags::RDONLY, MountFlags::RDONLY),
         (StatVfsMountFlags::NOEXEC, MountFlags::NOEXEC),
     ] {
         if flags.contains(from) {
             mount_flags |= to;
         }
     }
-    rustix::mount::mount_remount(path, mount_flags, "")
-        .context(|| format!("making {} read-only", path.display()))
+    rustix::mount::mount_remount(path, mount_flags, "")?;
+    Ok(())
 }
 
 fn tmpfs(target: &Path, flags: MountFlags, options: &str, what: &str) -> Result<(), Failure> {
@@ -429,7 +573,7 @@ fn overlay_root(tree: &MountTree) -> Result<(), Failure> {
         "overlay",
         "root",
         "overlay",
-        MountFlags::RDONLY,
+        MountFlags::RDONLY | MountFlags::NOSUID | MountFlags::NODEV,
         Some(c"lowerdir=skel:lower"),
     )
     .context(|| "mounting the builder root read-only (overlayfs)".into())
@@ -442,8 +586,8 @@ fn bind_root(tree: &MountTree) -> Result<(), Failure> {
     tmpfs(root, MountFlags::empty(), "mode=0755", "the root")?;
     copy_mode(Path::new("lower"), root)?;
     mirror(Some(Path::new("lower")), root, tree, true)?;
-    rustix::mount::mount_remount(root, MountFlags::BIND | MountFlags::RDONLY, "")
-        .context(|| "making the root read-only".into())
+    let flags = MountFlags::BIND | MountFlags::RDONLY | MountFlags::NOSUID | MountFlags::NODEV;
+    rustix::mount::mount_remount(root, flags, "").context(|| "making the root read-only".into())
 }
 
 /// Give `to` the permission bits of `from`.
@@ -526,14 +670,18 @@ fn mirror(
 /// The writable directories, /proc, /dev, /tmp, HOME and resolv.conf.
 fn system_mounts(config: &SandboxConfig) -> Result<(), Failure> {
     for bind in &config.binds {
-        rustix::mount::mount_bind_recursive(&bind.host, in_root(&bind.target)).context(|| {
+        let target = in_root(&bind.target);
+        let what = || {
             format!(
                 "mounting the {} {} at {}",
                 bind.what,
                 bind.host.display(),
                 bind.target
             )
-        })?;
+        };
+        rustix::mount::mount_bind_recursive(&bind.host, &target).context(what)?;
+        remount_bind(&target, MountFlags::empty())
+            .context(|| format!("{} (nosuid, nodev)", what()))?;
     }
     rustix::mount::mount(
         "proc",
@@ -548,6 +696,7 @@ fn system_mounts(config: &SandboxConfig) -> Result<(), Failure> {
         _ => f,
     })?;
     dev(&in_root("/dev"))?;
+    lock_proc()?;
     tmpfs(
         &in_root("/tmp"),
         MountFlags::NOSUID | MountFlags::NODEV,
@@ -555,10 +704,15 @@ fn system_mounts(config: &SandboxConfig) -> Result<(), Failure> {
         "/tmp",
     )?;
     if let Some(home) = &config.home_mount {
+        // The build user's: ours, or, started by root, the build's host ids'.
+        let options = match config.host_ids {
+            Some(ids) => format!("mode=0755,uid={},gid={}", ids.uid, ids.gid),
+            None => "mode=0755".to_owned(),
+        };
         tmpfs(
             &in_root(home),
             MountFlags::NOSUID | MountFlags::NODEV,
-            "mode=0755",
+            &options,
             home,
         )?;
     }
@@ -568,6 +722,47 @@ fn system_mounts(config: &SandboxConfig) -> Result<(), Failure> {
         rustix::mount::mount_bind(resolv, &target)
             .context(|| format!("mounting the host's {RESOLV_CONF}"))?;
         remount_read_only(&target)?;
+    }
+    Ok(())
+}
+
+/// The files of /proc masked (as container runtimes do): they show or change the
+/// host's kernel, not the sandbox's.
+const MASKED_PROC: [&str; 8] = [
+    "/proc/sysrq-trigger",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/timer_list",
+    "/proc/latency_stats",
+    "/proc/sched_debug",
+    "/proc/acpi",
+    "/proc/scsi",
+];
+
+/// Make /proc/sys read-only and mask [`MASKED_PROC`] (files with /dev/null,
+/// directories with an empty read-only tmpfs). Mounted by the init, these are
+/// locked for the lifecycle, which has no capability over this mount namespace.
+fn lock_proc() -> Result<(), Failure> {
+    let sys = in_root("/proc/sys");
+    rustix::mount::mount_bind(&sys, &sys).context(|| "binding /proc/sys".into())?;
+    remount_bind(&sys, MountFlags::RDONLY | MountFlags::NOEXEC)
+        .context(|| "making /proc/sys read-only".into())?;
+    for path in MASKED_PROC {
+        let target = in_root(path);
+        let Ok(meta) = fs::symlink_metadata(&target) else {
+            continue;
+        };
+        if meta.is_dir() {
+            tmpfs(
+                &target,
+                MountFlags::RDONLY | MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC,
+                "mode=0555",
+                path,
+            )?;
+        } else {
+            rustix::mount::mount_bind("/dev/null", &target)
+                .context(|| format!("masking {path}"))?;
+        }
     }
     Ok(())
 }

@@ -1,7 +1,8 @@
 //! The few system calls the sandbox needs that have no safe wrapper: `fork`,
-//! `unshare`, the signal mask and `sigwaitinfo`, `close_range`, and the fork of the
-//! user-namespace probe. Everything here is small and each `unsafe` block says why it
-//! is sound; the rest of the crate is safe code on top of `rustix` and `std`.
+//! `unshare`, the signal mask and `sigwaitinfo`, `close_range` (or `fcntl`),
+//! `keyctl`, and the fork of the user-namespace probe. Everything here is small and
+//! each `unsafe` block says why it is sound; the rest of the crate is safe code on
+//! top of `rustix` and `std`.
 
 #![allow(unsafe_code)]
 
@@ -143,7 +144,8 @@ pub(crate) fn wait_signal(signals: &[i32]) -> io::Result<i32> {
 }
 
 /// Mark every descriptor from `first` on close-on-exec, so nothing the parent
-/// leaked reaches the lifecycle.
+/// leaked reaches the lifecycle: with `close_range` (Linux 5.11), else (an older
+/// kernel, a seccomp filter that refuses it) one by one from /proc/self/fd.
 pub(crate) fn cloexec_from(first: u32) -> io::Result<()> {
     // SAFETY: `close_range` with `CLOSE_RANGE_CLOEXEC` only sets a flag on
     // descriptors; it closes nothing and touches no memory.
@@ -156,6 +158,57 @@ pub(crate) fn cloexec_from(first: u32) -> io::Result<()> {
         )
     };
     if rc == 0 {
+        return Ok(());
+    }
+    cloexec_listed(first)
+}
+
+/// [`cloexec_from`] for each descriptor listed in /proc/self/fd.
+fn cloexec_listed(first: u32) -> io::Result<()> {
+    let mut fds = Vec::new();
+    for entry in std::fs::read_dir("/proc/self/fd")? {
+        let name = entry?.file_name();
+        if let Some(fd) = name.to_str().and_then(|n| n.parse::<i32>().ok()) {
+            if u32::try_from(fd).is_ok_and(|fd| fd >= first) {
+                fds.push(fd);
+            }
+        }
+    }
+    for fd in fds {
+        // SAFETY: `F_GETFD` and `F_SETFD` only read and set the descriptor's flag
+        // word; they touch no memory, and a number no longer open (the directory
+        // listed above) merely fails with EBADF.
+        let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+        if flags < 0 {
+            let err = io::Error::last_os_error();
+            if err.raw_os_error() == Some(libc::EBADF) {
+                continue;
+            }
+            return Err(err);
+        }
+        // SAFETY: as above.
+        if unsafe { libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// `keyctl(KEYCTL_JOIN_SESSION_KEYRING, NULL)`: leave the inherited session
+/// keyring (the host's, with whatever keys locald's session holds) for a fresh
+/// anonymous one.
+pub(crate) fn join_new_session_keyring() -> io::Result<()> {
+    const KEYCTL_JOIN_SESSION_KEYRING: libc::c_long = 1;
+    // SAFETY: with a null name the kernel reads no memory of ours; the call only
+    // replaces this process's session keyring.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_keyctl,
+            KEYCTL_JOIN_SESSION_KEYRING,
+            std::ptr::null::<libc::c_char>(),
+        )
+    };
+    if rc >= 0 {
         Ok(())
     } else {
         Err(io::Error::last_os_error())

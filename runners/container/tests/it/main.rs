@@ -8,6 +8,7 @@
 //! Arguments: an optional name filter (substring); `--list`.
 
 mod fixture;
+mod hardening;
 mod sandbox;
 
 use std::os::unix::fs::PermissionsExt;
@@ -31,6 +32,12 @@ const TESTS: &[Test] = &[
     ("bad_builder", sandbox::bad_builder),
     ("userns_disabled", sandbox::userns_disabled),
     ("masked_proc", sandbox::masked_proc),
+    ("proc_locked", hardening::proc_locked),
+    ("root_build_ids", hardening::root_build_ids),
+    ("device_nodes", hardening::device_nodes),
+    ("leaked_fd", hardening::leaked_fd),
+    ("keyring", hardening::keyring),
+    ("fifo_passwd", hardening::fifo_passwd),
 ];
 
 /// The user the suite is repeated as when it runs as root.
@@ -48,6 +55,8 @@ fn main() {
             Some(name @ "masked-proc") => {
                 sandbox::unavailable_child(name, "/proc is partly masked")
             }
+            Some("leaked-fd") => hardening::leaked_fd_child(),
+            Some("keyring") => hardening::keyring_child(),
             other => Err(format!("unknown child mode {other:?}")),
         };
         if let Err(e) = result {
