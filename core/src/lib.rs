@@ -29,6 +29,7 @@ pub mod cancel;
 pub mod digest;
 pub mod error;
 pub mod extract;
+pub mod fsutil;
 pub mod layout_out;
 pub mod lifecycle;
 pub mod manifest;

@@ -412,20 +412,9 @@ fn chown_one(path: &Path, (uid, gid): (u32, u32)) -> Result<()> {
     Ok(())
 }
 
-/// [`chown_one`] on `dir` and everything under it, never through a symlink.
-fn chown_tree(dir: &Path, owner: (u32, u32)) -> Result<()> {
-    chown_one(dir, owner)?;
-    let entries = std::fs::read_dir(dir).map_err(Error::io("read directory", dir))?;
-    for e in entries {
-        let e = e.map_err(Error::io("read directory", dir))?;
-        let path = e.path();
-        if e.file_type().map_err(Error::io("inspect", &path))?.is_dir() {
-            chown_tree(&path, owner)?;
-        } else {
-            chown_one(&path, owner)?;
-        }
-    }
-    Ok(())
+/// `dir` and everything under it handed to `owner`, never through a symlink.
+fn chown_tree(dir: &Path, (uid, gid): (u32, u32)) -> Result<()> {
+    crate::fsutil::chown_tree(dir, uid, gid).map_err(Error::io("change the owner of", dir))
 }
 
 #[cfg(test)]

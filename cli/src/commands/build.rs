@@ -434,7 +434,8 @@ pub async fn build(
     };
     if let Some((uid, gid)) = owner {
         // The exporter, running as the build user, adds the app image beside it.
-        chown_tree(&dirs.layout, uid, gid)?;
+        locald_core::fsutil::chown_tree(&dirs.layout, uid, gid)
+            .with_context(|| format!("cannot hand {} to the build user", dirs.layout.display()))?;
     }
     say(format!(
         "Run image {run_image} ({}{})",
@@ -593,23 +594,6 @@ fn already_placed(dir: &Path) -> Option<locald_core::Digest> {
         [one] => one.get("digest")?.as_str()?.parse().ok(),
         _ => None,
     }
-}
-
-/// `lchown` everything under `dir` (not following symlinks).
-fn chown_tree(dir: &Path, uid: u32, gid: u32) -> anyhow::Result<()> {
-    std::os::unix::fs::lchown(dir, Some(uid), Some(gid))
-        .with_context(|| format!("cannot hand {} to the build user", dir.display()))?;
-    for entry in std::fs::read_dir(dir).with_context(|| format!("cannot read {}", dir.display()))? {
-        let entry = entry?;
-        let path = entry.path();
-        if entry.file_type()?.is_dir() {
-            chown_tree(&path, uid, gid)?;
-        } else {
-            std::os::unix::fs::lchown(&path, Some(uid), Some(gid))
-                .with_context(|| format!("cannot hand {} to the build user", path.display()))?;
-        }
-    }
-    Ok(())
 }
 
 fn runner_name(kind: RunnerKind) -> &'static str {
