@@ -63,7 +63,9 @@ Runners:
 State kept between builds of the same app (the buildpacks' cache, the previous
 image) lives under $XDG_DATA_HOME/locald/projects; --clear-cache starts over.
 
-Exit status: 0 built, 1 failed (the reason in a sentence), 130 interrupted.";
+Exit status: 0 built; the lifecycle's own code when it failed (20/21 no buildpack
+group passed detection, 51 a buildpack failed, 62 export failed, ...; the reason is
+printed as a sentence); 1 when locald itself failed; 130 interrupted.";
 
 /// `locald build`
 #[derive(Debug, Args)]
