@@ -459,6 +459,15 @@ impl LayoutImage {
     }
 }
 
+/// The manifest digest of the single image placed at `dir` by an earlier
+/// [`place_image`] (or written there by anyone in that shape), `None` when
+/// there is none or it cannot be read.
+pub fn placed_manifest(dir: &Path) -> Option<Digest> {
+    read_layout_image(dir)
+        .ok()
+        .map(|image| image.image.manifest_digest)
+}
+
 /// Reads the only image of the layout at `dir` (its index.json must list one
 /// image manifest).
 fn read_layout_image(dir: &Path) -> Result<LayoutImage> {

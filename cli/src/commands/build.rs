@@ -74,26 +74,22 @@ fn default_image_name(app: &Path) -> String {
         .file_name()
         .map(|n| n.to_string_lossy().to_lowercase())
         .unwrap_or_default();
-    let mut name: String = base
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '.' || c == '-' || c == '_' {
-                c
-            } else {
-                '-'
-            }
-        })
-        .collect();
-    // Separators may not repeat or mix (`a..b`, `a.-b`): keep the first of a run.
-    let mut collapsed = String::with_capacity(name.len());
-    for c in name.chars() {
-        let sep = |c: char| !c.is_ascii_alphanumeric();
-        if sep(c) && collapsed.chars().last().is_some_and(sep) {
+    // Other characters become `-`; separators may not repeat or mix (`a..b`,
+    // `a.-b`): the first of a run is kept.
+    let mut name = String::with_capacity(base.len());
+    for c in base.chars() {
+        let c = if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') {
+            c
+        } else {
+            '-'
+        };
+        let separator = !c.is_ascii_alphanumeric();
+        if separator && name.ends_with(|p: char| !p.is_ascii_alphanumeric()) {
             continue;
         }
-        collapsed.push(c);
+        name.push(c);
     }
-    name = collapsed
+    name = name
         .trim_matches(|c: char| !c.is_ascii_alphanumeric())
         .to_owned();
     if name.is_empty() {
@@ -136,6 +132,19 @@ fn choose_runner(
             }
         },
     }
+}
+
+/// A builder no plan can be made for, in a sentence with a hint.
+fn plan_error(e: locald_core::lifecycle::PlanError) -> anyhow::Error {
+    let hint = match e {
+        locald_core::lifecycle::PlanError::NoBuildUser => {
+            "builders made by `pack builder create` declare them; is this a CNB builder?"
+        }
+        locald_core::lifecycle::PlanError::PlatformApi(_) => {
+            "`locald builder inspect` shows the builder's lifecycle and APIs"
+        }
+    };
+    UserError::with_hint(e.to_string(), hint).into()
 }
 
 fn runner_error(e: locald_core::lifecycle::RunnerError) -> anyhow::Error {
@@ -263,19 +272,8 @@ pub async fn build(
     let info = read_builder(&pulled.tree, &builder.config)
         .with_context(|| format!("could not read the builder metadata of {}", builder.name))?;
     // Refuse an unusable builder before anything of the app's state changes.
-    locald_core::lifecycle::negotiate_platform_api(&info).map_err(|e| {
-        UserError::with_hint(
-            e.to_string(),
-            "`locald builder inspect` shows the builder's lifecycle and APIs",
-        )
-    })?;
-    if info.user_id.is_none() || info.group_id.is_none() {
-        return Err(UserError::with_hint(
-            locald_core::lifecycle::PlanError::NoBuildUser.to_string(),
-            "builders made by `pack builder create` declare them; is this a CNB builder?",
-        )
-        .into());
-    }
+    let (_, build_uid, build_gid) =
+        locald_core::lifecycle::check_builder(&info).map_err(plan_error)?;
     if kind == RunnerKind::Native {
         for warning in locald_runner_native::host_mismatches(&info) {
             tracing::warn!("{warning}");
@@ -323,9 +321,9 @@ pub async fn build(
     // Run natively by root, the lifecycle drops to the build user, who must own
     // the build's directories; the sandbox maps us to that user instead, so there
     // they stay (or become again, after a native build) ours.
-    let owner = match (kind, as_root, info.user_id, info.group_id) {
-        (RunnerKind::Native, true, Some(u), Some(g)) => Some((u, g)),
-        (RunnerKind::Container, true, _, _) => Some((0, 0)),
+    let owner = match (kind, as_root) {
+        (RunnerKind::Native, true) => Some((build_uid, build_gid)),
+        (RunnerKind::Container, true) => Some((0, 0)),
         _ => None,
     };
     let dirs = project.prepare(args.clear_cache, owner)?;
@@ -346,12 +344,7 @@ pub async fn build(
             host,
         },
     )
-    .map_err(|e| {
-        UserError::with_hint(
-            e.to_string(),
-            "`locald builder inspect` shows the builder's lifecycle and APIs",
-        )
-    })?;
+    .map_err(plan_error)?;
     let skip = vec![canonical_output(output.path())];
     let copied = {
         let (app, dest, platform) = (app.clone(), dirs.app.clone(), dirs.platform.clone());
@@ -390,15 +383,10 @@ pub async fn build(
         && written_at(&placed_path.join("index.json"))
             .and_then(|t| t.elapsed().ok())
             .is_some_and(|age| age < args.policy.pull_interval);
-    let placed = match already_placed(&placed_path) {
+    let placed = match locald_core::layout_out::placed_manifest(&placed_path) {
         // Offline (or recently checked), the run image placed by an earlier build
         // is the one to use.
         Some(digest) if offline || fresh => locald_core::layout_out::Placed {
-            path: placed_path,
-            manifest_digest: digest,
-            reused: true,
-        },
-        Some(digest) if offline => locald_core::layout_out::Placed {
             path: placed_path,
             manifest_digest: digest,
             reused: true,
@@ -454,10 +442,9 @@ pub async fn build(
         .join(locald_core::layout_out::layout_path_for(&image_ref));
     let image_index = image_layout.join("index.json");
     let index_before = written_at(&image_index);
+    let runner_name = runner.name();
     say(format!(
-        "Building {} with the {} runner",
-        image_ref,
-        runner.name()
+        "Building {image_ref} with the {runner_name} runner"
     ));
     let watcher = Arc::new(if args.json {
         LineWatcher::stdout_to_stderr()
@@ -477,13 +464,8 @@ pub async fn build(
         if status == RunStatus::Interrupted {
             return Err(anyhow::Error::new(locald_core::Error::Cancelled).context(sentence));
         }
-        let code = match status {
-            RunStatus::Exited(code) => u8::try_from(code).ok().filter(|c| *c != 0),
-            RunStatus::Signaled(sig) => u8::try_from(128 + sig).ok(),
-            RunStatus::Interrupted => None,
-        };
         let mut error = UserError::with_hint(sentence, hint_for(status, &info));
-        if let Some(code) = code {
+        if let Some(code) = status.exit_code() {
             error = error.with_exit_code(code);
         }
         return Err(error.into());
@@ -528,7 +510,7 @@ pub async fn build(
             "digest": written.manifest_digest.to_string(),
             "config_digest": written.config_digest.to_string(),
             "output": output.describe(),
-            "runner": runner_name(kind),
+            "runner": runner_name,
             "builder": builder.name,
             "builder_digest": builder.manifest_digest.to_string(),
             "run_image": run_ref.to_string(),
@@ -544,7 +526,7 @@ pub async fn build(
             written.manifest_digest,
             output.describe()
         );
-        let short = short_name(&image_ref);
+        let short = locald_core::layout_out::familiar_name(&image_ref);
         match &output {
             Output::Layout(dir) => {
                 // The layout names the image by its full reference.
@@ -583,33 +565,6 @@ fn canonical_output(path: &Path) -> PathBuf {
             .unwrap_or_else(|_| path.to_path_buf()),
         _ => path.to_path_buf(),
     }
-}
-
-/// The manifest digest of a single-manifest layout placed earlier.
-fn already_placed(dir: &Path) -> Option<locald_core::Digest> {
-    let index: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(dir.join("index.json")).ok()?).ok()?;
-    let manifests = index.get("manifests")?.as_array()?;
-    match manifests.as_slice() {
-        [one] => one.get("digest")?.as_str()?.parse().ok(),
-        _ => None,
-    }
-}
-
-fn runner_name(kind: RunnerKind) -> &'static str {
-    match kind {
-        RunnerKind::Container => "container",
-        RunnerKind::Native => "native",
-    }
-}
-
-/// `docker.io/library/app:latest` -> `app:latest`, as `docker` spells it.
-fn short_name(r: &ImageReference) -> String {
-    let full = r.to_string();
-    full.strip_prefix("docker.io/library/")
-        .or_else(|| full.strip_prefix("docker.io/"))
-        .unwrap_or(&full)
-        .to_owned()
 }
 
 fn hint_for(status: RunStatus, info: &BuilderInfo) -> String {

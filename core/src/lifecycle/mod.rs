@@ -17,7 +17,8 @@ use std::path::{Path, PathBuf};
 
 pub use exit::explain_exit;
 pub use plan::{
-    negotiate_platform_api, plan_creator, CreatorOptions, PlanError, CREATOR, PLATFORM_APIS,
+    check_builder, negotiate_platform_api, plan_creator, CreatorOptions, PlanError, CREATOR,
+    PLATFORM_APIS,
 };
 pub use supervise::{supervise, LineWatcher, RunStatus};
 

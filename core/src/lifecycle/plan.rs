@@ -92,6 +92,16 @@ pub fn negotiate_platform_api(info: &BuilderInfo) -> Result<ApiVersion, PlanErro
     )))
 }
 
+/// Whether a plan can be made for `info`'s builder, before anything is prepared
+/// for it: the negotiated Platform API and the build user's uid and gid.
+pub fn check_builder(info: &BuilderInfo) -> Result<(ApiVersion, u32, u32), PlanError> {
+    let api = negotiate_platform_api(info)?;
+    match (info.user_id, info.group_id) {
+        (Some(uid), Some(gid)) => Ok((api, uid, gid)),
+        _ => Err(PlanError::NoBuildUser),
+    }
+}
+
 /// The creator invocation for `info`'s builder.
 ///
 /// Arguments by the platform spec: `-app -layers -platform -cache-dir -run-image
@@ -102,10 +112,7 @@ pub fn negotiate_platform_api(info: &BuilderInfo) -> Result<ApiVersion, PlanErro
 /// the builder's config `Env`, then `CNB_PLATFORM_API` and
 /// `CNB_EXPERIMENTAL_MODE=warn` (layout export is experimental).
 pub fn plan_creator(info: &BuilderInfo, opts: CreatorOptions) -> Result<LifecyclePlan, PlanError> {
-    let api = negotiate_platform_api(info)?;
-    let (Some(uid), Some(gid)) = (info.user_id, info.group_id) else {
-        return Err(PlanError::NoBuildUser);
-    };
+    let (api, uid, gid) = check_builder(info)?;
     let text = |s: &str| Arg::Text(s.to_owned());
     let path = |dir: Dir, rel: &str| Arg::Path(dir, PathBuf::from(rel));
     let mut args = vec![

@@ -31,6 +31,17 @@ impl RunStatus {
     pub fn success(self) -> bool {
         self == RunStatus::Exited(0)
     }
+
+    /// The exit code that passes this failure on, as shells report it (the code
+    /// itself; 128 + the signal); `None` for success, an interruption, or a code
+    /// outside 1..=255.
+    pub fn exit_code(self) -> Option<u8> {
+        match self {
+            RunStatus::Exited(code) => u8::try_from(code).ok().filter(|c| *c != 0),
+            RunStatus::Signaled(sig) => u8::try_from(128 + sig).ok(),
+            RunStatus::Interrupted => None,
+        }
+    }
 }
 
 /// Keeps the last lines of the lifecycle's output for explaining a failure.
@@ -200,6 +211,16 @@ pub fn supervise(
 mod tests {
     use super::*;
     use std::process::{Command, Stdio};
+
+    #[test]
+    fn exit_codes_passed_on() {
+        assert_eq!(RunStatus::Exited(0).exit_code(), None);
+        assert_eq!(RunStatus::Exited(51).exit_code(), Some(51));
+        assert_eq!(RunStatus::Exited(300).exit_code(), None);
+        assert_eq!(RunStatus::Exited(-1).exit_code(), None);
+        assert_eq!(RunStatus::Signaled(9).exit_code(), Some(137));
+        assert_eq!(RunStatus::Interrupted.exit_code(), None);
+    }
 
     #[test]
     fn exit_codes_and_lines() {
