@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use super::lock::{FileLock, Mode};
 use crate::digest::Digest;
 use crate::error::{Error, Result};
+use crate::fsutil::WriteBehind;
 
 /// Blobs by digest.
 #[derive(Debug)]
@@ -114,7 +115,7 @@ impl BlobStore {
             .tempfile_in(&self.tmp)
             .map_err(Error::io("create a temporary file in", &self.tmp))?;
         Ok(Some(PendingBlob {
-            out: Some(BufWriter::with_capacity(1 << 20, file)),
+            out: Some(BufWriter::with_capacity(1 << 20, WriteBehind::new(file))),
             target,
             error: None,
             _lock: lock,
@@ -223,7 +224,7 @@ pub(crate) fn disk_usage(m: &std::fs::Metadata) -> u64 {
 /// deleted if dropped uncommitted.
 #[derive(Debug)]
 pub struct PendingBlob {
-    out: Option<BufWriter<tempfile::NamedTempFile>>,
+    out: Option<BufWriter<WriteBehind<tempfile::NamedTempFile>>>,
     target: PathBuf,
     error: Option<std::io::Error>,
     _lock: FileLock,
@@ -256,7 +257,8 @@ impl PendingBlob {
         };
         let file = out
             .into_inner()
-            .map_err(|e| Error::io(what, &self.target)(e.into_error()))?;
+            .map_err(|e| Error::io(what, &self.target)(e.into_error()))?
+            .into_inner();
         if let Some(parent) = self.target.parent() {
             std::fs::create_dir_all(parent).map_err(Error::io("create directory", parent))?;
         }

@@ -119,7 +119,18 @@ pub struct Applier {
     /// The current layer's entries, when asked for ([`Applier::with_listing`]);
     /// `None` inside once a path is not UTF-8 (the layer cannot be listed).
     listing: Option<Option<Vec<Listed>>>,
+    /// Recently written large files, already asked to leave the page cache once
+    /// (which starts their write-back); asked again, which drops them once clean,
+    /// when [`BEHIND_KEEP`] more bytes of large files were written. See
+    /// [`crate::fsutil::WriteBehind`] for why.
+    behind: std::collections::VecDeque<(fs::File, u64)>,
+    behind_bytes: u64,
 }
+
+/// Files at least this large are asked out of the page cache once written.
+const BEHIND_MIN: u64 = 1 << 20;
+/// Bytes of large files written between the two requests.
+const BEHIND_KEEP: u64 = 64 << 20;
 
 impl Applier {
     /// An applier writing under `root`, which must exist and be empty.
@@ -134,6 +145,26 @@ impl Applier {
             buf: vec![0; COPY_BUF],
             cancel: Cancel::new(),
             listing: None,
+            behind: std::collections::VecDeque::new(),
+            behind_bytes: 0,
+        }
+    }
+
+    /// Asks a large file just written out of the page cache, and the one written
+    /// [`BEHIND_KEEP`] bytes ago again (see the `behind` field).
+    fn write_behind(&mut self, file: fs::File, len: u64) {
+        if len < BEHIND_MIN {
+            return;
+        }
+        crate::fsutil::drop_cached(&file, 0, len);
+        self.behind.push_back((file, len));
+        self.behind_bytes += len;
+        while self.behind_bytes > BEHIND_KEEP {
+            let Some((old, old_len)) = self.behind.pop_front() else {
+                break;
+            };
+            crate::fsutil::drop_cached(&old, 0, old_len);
+            self.behind_bytes -= old_len;
         }
     }
 
@@ -411,18 +442,18 @@ impl Applier {
                     .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
                     .open(&full)
                     .map_err(Error::io("create file", &full))?;
-                let n =
-                    copy(entry, &mut file, &mut self.buf, &self.cancel).map_err(|e| match e {
-                        CopyError::Cancelled => Error::Cancelled,
-                        CopyError::Read(e) => Error::Tar(e),
-                        CopyError::Write(e) => Error::Io {
-                            op: "write",
-                            path: full.clone(),
-                            source: e,
-                        },
-                    })?;
+                let mut out = crate::fsutil::WriteBehind::new(&mut file);
+                let n = copy(entry, &mut out, &mut self.buf, &self.cancel).map_err(|e| match e {
+                    CopyError::Cancelled => Error::Cancelled,
+                    CopyError::Read(e) => Error::Tar(e),
+                    CopyError::Write(e) => Error::Io {
+                        op: "write",
+                        path: full.clone(),
+                        source: e,
+                    },
+                })?;
                 self.stats.bytes += n;
-                drop(file);
+                self.write_behind(file, n);
                 // Owner, then xattrs (chown clears file capabilities; a read-only
                 // mode would refuse user.* xattrs), then mode.
                 self.chown(&rel, &header)?;

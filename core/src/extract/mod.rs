@@ -335,11 +335,12 @@ fn apply_one<R: Read + Send>(
 
 /// Reads, hashes and decompresses a layer blob, sending the tar bytes to `tx`.
 ///
-/// The outer result is the blob check (size, digest), always made over the whole
-/// blob; the inner one is the decompression: `true` when the whole stream was
-/// handed over, `false` when the applier stopped reading (its error is the one
-/// to report).
-fn decompress_layer<R: Read>(
+/// Two threads: one reads the blob (hashing it and keeping a copy when asked),
+/// the other (this one) decompresses what it hands over. The outer result is the
+/// blob check (size, digest), always made over the whole blob; the inner one is
+/// the decompression: `true` when the whole stream was handed over, `false` when
+/// the applier stopped reading (its error is the one to report).
+fn decompress_layer<R: Read + Send>(
     blob: Tee<R>,
     layer: &LayerInfo,
     index: usize,
@@ -348,45 +349,90 @@ fn decompress_layer<R: Read>(
     cancel: &Cancel,
     skip_diff: &std::sync::atomic::AtomicBool,
 ) -> Result<Result<bool>> {
-    let mut raw = stream::HashingReader::new(blob, &layer.digest)
-        .with_progress(Box::new(move |n| reporter.layer_progress(index, n)));
-    let decoded = (|| -> Result<bool> {
-        let (compression, decompressed) =
-            stream::decompress(&mut raw).map_err(|e| Error::Decompress {
-                compression: "layer",
-                source: e,
-            })?;
-        tracing::debug!(
-            layer = index,
-            ?compression,
-            "applying layer {}",
-            layer.digest
-        );
-        if compression == stream::Compression::None && layer.diff_id.as_ref() == Some(&layer.digest)
-        {
-            skip_diff.store(true, std::sync::atomic::Ordering::Release);
-        }
-        let mut uncompressed = decompressed;
-        loop {
-            cancel.check()?;
-            let mut chunk = vec![0u8; CHUNK];
-            let n = read_full(&mut uncompressed, &mut chunk).map_err(|e| Error::Decompress {
-                compression: compression.name(),
-                source: e,
-            })?;
-            if n == 0 {
-                break;
-            }
-            chunk.truncate(n);
-            if tx.send(chunk).is_err() {
-                return Ok(false);
-            }
-        }
-        Ok(true)
-    })();
+    let (raw_tx, raw_rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(CHUNKS_IN_FLIGHT);
+    let (read, decoded) = std::thread::scope(|scope| {
+        let reader = scope.spawn(move || read_blob(blob, layer, index, reporter, raw_tx, cancel));
+        let decoded = inflate(ChannelReader::new(raw_rx), layer, index, tx, cancel, skip_diff);
+        let read = reader
+            .join()
+            .unwrap_or_else(|_| Err(Error::Join("layer reading thread panicked".to_owned())));
+        (read, decoded)
+    });
+    // A cancelled decompression says so, whatever the reader found meanwhile.
     if let Err(Error::Cancelled) = decoded {
         return Err(Error::Cancelled);
     }
+    read?;
+    Ok(decoded)
+}
+
+/// Decompresses the blob bytes arriving on `raw` (compression told by their first
+/// bytes) and sends the result to `tx` in chunks.
+fn inflate(
+    raw: ChannelReader,
+    layer: &LayerInfo,
+    index: usize,
+    tx: std::sync::mpsc::SyncSender<Vec<u8>>,
+    cancel: &Cancel,
+    skip_diff: &std::sync::atomic::AtomicBool,
+) -> Result<bool> {
+    let (compression, decompressed) = stream::decompress(raw).map_err(|e| Error::Decompress {
+        compression: "layer",
+        source: e,
+    })?;
+    tracing::debug!(
+        layer = index,
+        ?compression,
+        "applying layer {}",
+        layer.digest
+    );
+    if compression == stream::Compression::None && layer.diff_id.as_ref() == Some(&layer.digest) {
+        skip_diff.store(true, std::sync::atomic::Ordering::Release);
+    }
+    let mut uncompressed = decompressed;
+    loop {
+        cancel.check()?;
+        let mut chunk = vec![0u8; CHUNK];
+        let n = read_full(&mut uncompressed, &mut chunk).map_err(|e| Error::Decompress {
+            compression: compression.name(),
+            source: e,
+        })?;
+        if n == 0 {
+            return Ok(true);
+        }
+        chunk.truncate(n);
+        if tx.send(chunk).is_err() {
+            return Ok(false);
+        }
+    }
+}
+
+/// Reads the whole blob (hashing it, keeping the copy `blob` makes), sends its
+/// bytes to `tx` for as long as the other side takes them, then checks its size
+/// and digest and commits the copy.
+fn read_blob<R: Read>(
+    blob: Tee<R>,
+    layer: &LayerInfo,
+    index: usize,
+    reporter: Arc<dyn Reporter>,
+    tx: std::sync::mpsc::SyncSender<Vec<u8>>,
+    cancel: &Cancel,
+) -> Result<()> {
+    let mut raw = stream::HashingReader::new(blob, &layer.digest)
+        .with_progress(Box::new(move |n| reporter.layer_progress(index, n)));
+    let mut taken = true;
+    loop {
+        cancel.check()?;
+        let mut chunk = vec![0u8; CHUNK];
+        let n = read_full(&mut raw, &mut chunk).map_err(Error::ReadBlob)?;
+        if n == 0 {
+            break;
+        }
+        chunk.truncate(n);
+        // Once the decompression stopped, go on reading: the digest covers it all.
+        taken = taken && tx.send(chunk).is_ok();
+    }
+    drop(tx);
     let (digest, size, tee) = raw.finish_into_inner().map_err(Error::ReadBlob)?;
     if size != layer.size {
         return Err(Error::SizeMismatch {
@@ -405,7 +451,7 @@ fn decompress_layer<R: Read>(
     if let Some(keep) = tee.keep {
         keep.commit()?;
     }
-    Ok(decoded)
+    Ok(())
 }
 
 /// A blob reader that copies what it reads into a [`PendingBlob`] (when there is
