@@ -125,6 +125,47 @@ mod tests {
     use super::*;
 
     #[test]
+    fn write_behind_writes_every_byte_across_hints() {
+        use std::io::Read;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("blob");
+        // Odd write sizes around and across the hint steps; 3 windows' worth.
+        let data: Vec<u8> = (0..(3 * BEHIND_WINDOW as usize + 12_345))
+            .map(|i| (i % 251) as u8)
+            .collect();
+        let mut out = io::BufWriter::new(WriteBehind::new(std::fs::File::create(&path).unwrap()));
+        let mut rest = &data[..];
+        let mut step = 1usize;
+        while !rest.is_empty() {
+            let n = step.min(rest.len());
+            out.write_all(&rest[..n]).unwrap();
+            rest = &rest[n..];
+            step = step * 7 % 3_000_017 + 1;
+        }
+        let behind = out.into_inner().map_err(|e| e.into_error()).unwrap();
+        assert_eq!(behind.written, data.len() as u64);
+        assert!(behind.next_hint > 3 * BEHIND_WINDOW, "hinted along the way");
+        drop(behind.into_inner());
+        let mut back = Vec::new();
+        std::fs::File::open(&path)
+            .unwrap()
+            .read_to_end(&mut back)
+            .unwrap();
+        assert!(back == data, "the file holds exactly what was written");
+    }
+
+    #[test]
+    fn write_behind_passes_write_errors_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, b"x").unwrap();
+        let read_only = std::fs::File::open(&path).unwrap();
+        let mut out = WriteBehind::new(read_only);
+        assert!(out.write_all(b"hello").is_err());
+        assert_eq!(out.written, 0);
+    }
+
+    #[test]
     fn chown_tree_never_follows_symlinks() {
         use std::os::unix::fs::MetadataExt;
         // As root a foreign owner proves the change; otherwise our own ids at least

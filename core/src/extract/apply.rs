@@ -443,15 +443,16 @@ impl Applier {
                     .open(&full)
                     .map_err(Error::io("create file", &full))?;
                 let mut out = crate::fsutil::WriteBehind::new(&mut file);
-                let n = copy(entry, &mut out, &mut self.buf, &self.cancel).map_err(|e| match e {
-                    CopyError::Cancelled => Error::Cancelled,
-                    CopyError::Read(e) => Error::Tar(e),
-                    CopyError::Write(e) => Error::Io {
-                        op: "write",
-                        path: full.clone(),
-                        source: e,
-                    },
-                })?;
+                let n =
+                    copy(entry, &mut out, &mut self.buf, &self.cancel).map_err(|e| match e {
+                        CopyError::Cancelled => Error::Cancelled,
+                        CopyError::Read(e) => Error::Tar(e),
+                        CopyError::Write(e) => Error::Io {
+                            op: "write",
+                            path: full.clone(),
+                            source: e,
+                        },
+                    })?;
                 self.stats.bytes += n;
                 self.write_behind(file, n);
                 // Owner, then xattrs (chown clears file capabilities; a read-only

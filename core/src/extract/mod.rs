@@ -352,7 +352,14 @@ fn decompress_layer<R: Read + Send>(
     let (raw_tx, raw_rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(CHUNKS_IN_FLIGHT);
     let (read, decoded) = std::thread::scope(|scope| {
         let reader = scope.spawn(move || read_blob(blob, layer, index, reporter, raw_tx, cancel));
-        let decoded = inflate(ChannelReader::new(raw_rx), layer, index, tx, cancel, skip_diff);
+        let decoded = inflate(
+            ChannelReader::new(raw_rx),
+            layer,
+            index,
+            tx,
+            cancel,
+            skip_diff,
+        );
         let read = reader
             .join()
             .unwrap_or_else(|_| Err(Error::Join("layer reading thread panicked".to_owned())));
