@@ -374,29 +374,41 @@ fn decompress_layer<R: Read + Send>(
 }
 
 /// Decompresses the blob bytes arriving on `raw` (compression told by their first
-/// bytes) and sends the result to `tx` in chunks.
+/// bytes) and sends the result to `tx` in chunks; an uncompressed blob's chunks are
+/// passed on as they are.
 fn inflate(
-    raw: ChannelReader,
+    mut raw: ChannelReader,
     layer: &LayerInfo,
     index: usize,
     tx: std::sync::mpsc::SyncSender<Vec<u8>>,
     cancel: &Cancel,
     skip_diff: &std::sync::atomic::AtomicBool,
 ) -> Result<bool> {
-    let (compression, decompressed) = stream::decompress(raw).map_err(|e| Error::Decompress {
-        compression: "layer",
-        source: e,
-    })?;
+    // The reader sends whole chunks but for the last: the first one holds the
+    // magic bytes unless the blob is shorter.
+    let compression = stream::detect(raw.peek());
     tracing::debug!(
         layer = index,
         ?compression,
         "applying layer {}",
         layer.digest
     );
-    if compression == stream::Compression::None && layer.diff_id.as_ref() == Some(&layer.digest) {
-        skip_diff.store(true, std::sync::atomic::Ordering::Release);
+    if compression == stream::Compression::None {
+        if layer.diff_id.as_ref() == Some(&layer.digest) {
+            skip_diff.store(true, std::sync::atomic::Ordering::Release);
+        }
+        for chunk in raw.into_chunks() {
+            cancel.check()?;
+            if tx.send(chunk).is_err() {
+                return Ok(false);
+            }
+        }
+        return Ok(true);
     }
-    let mut uncompressed = decompressed;
+    let mut uncompressed = stream::decoder(compression, raw).map_err(|e| Error::Decompress {
+        compression: compression.name(),
+        source: e,
+    })?;
     loop {
         cancel.check()?;
         let mut chunk = vec![0u8; CHUNK];
@@ -514,6 +526,32 @@ impl ChannelReader {
             chunk: Vec::new(),
             pos: 0,
         }
+    }
+}
+
+impl ChannelReader {
+    /// The bytes not read yet of the current chunk, receiving the next one when
+    /// it is used up (empty at the end of the stream).
+    fn peek(&mut self) -> &[u8] {
+        while self.pos == self.chunk.len() {
+            match self.rx.recv() {
+                Ok(c) => {
+                    self.chunk = c;
+                    self.pos = 0;
+                }
+                Err(_) => break,
+            }
+        }
+        &self.chunk[self.pos..]
+    }
+
+    /// The rest of the stream as the chunks that arrive (the current one's unread
+    /// part first).
+    fn into_chunks(mut self) -> impl Iterator<Item = Vec<u8>> {
+        let first = self.chunk.split_off(self.pos);
+        std::iter::once(first)
+            .filter(|c| !c.is_empty())
+            .chain(self.rx.into_iter())
     }
 }
 

@@ -139,16 +139,21 @@ pub fn decompress<'a, R: Read + 'a>(mut input: R) -> io::Result<(Compression, Bo
         }
     }
     let compression = detect(&magic[..n]);
-    let input = io::BufReader::with_capacity(
-        128 * 1024,
-        io::Cursor::new(magic[..n].to_vec()).chain(input),
-    );
-    let reader: Box<dyn Read + 'a> = match compression {
+    let input = io::Cursor::new(magic[..n].to_vec()).chain(input);
+    Ok((compression, decoder(compression, input)?))
+}
+
+/// Wraps `input`, whose compression is known, in its decompressor.
+pub fn decoder<'a, R: Read + 'a>(
+    compression: Compression,
+    input: R,
+) -> io::Result<Box<dyn Read + 'a>> {
+    let input = io::BufReader::with_capacity(128 * 1024, input);
+    Ok(match compression {
         Compression::None => Box::new(input),
         Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(input)),
         Compression::Zstd => Box::new(zstd::stream::read::Decoder::with_buffer(input)?),
-    };
-    Ok((compression, reader))
+    })
 }
 
 #[cfg(test)]
