@@ -262,10 +262,12 @@ async fn apply_in_order(
     Ok(stats)
 }
 
-/// Chunks handed from the decompressing thread to the applying thread.
-const CHUNK: usize = 64 * 1024;
-/// Chunks in flight between the two (bounds memory to a few MiB).
-const CHUNKS_IN_FLIGHT: usize = 32;
+/// Size of the chunks handed from thread to thread (reading -> decompressing ->
+/// applying): large enough that handing over costs little next to the work on
+/// the bytes.
+const CHUNK: usize = 256 * 1024;
+/// Chunks in flight between two threads (bounds memory to a few MiB per pair).
+const CHUNKS_IN_FLIGHT: usize = 16;
 
 /// Applies one layer with two threads: this one parses tar entries and writes
 /// files while a helper reads, hashes and decompresses the next bytes. Whatever
