@@ -6,11 +6,13 @@
 //! content fingerprint also hashes every file and is checked by
 //! `locald builder verify`.
 
-use std::ffi::OsString;
+use std::ffi::{CStr, CString, OsStr};
 use std::io::Read;
+use std::os::fd::{BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
+
+use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 
 use crate::digest::{Algorithm, Hasher};
 use crate::error::{Error, Result};
@@ -53,7 +55,9 @@ pub fn fingerprint(root: &Path, content: bool) -> Result<Fingerprint> {
             std::io::ErrorKind::NotADirectory,
         )));
     }
-    walk.dir(root, &mut Vec::new())?;
+    let top = rustix::fs::open(root, DIR_FLAGS, Mode::empty())
+        .map_err(|e| Error::io("open directory", root)(e.into()))?;
+    walk.dir(top, root, &mut Vec::new())?;
     Ok(Fingerprint {
         entries: walk.entries,
         bytes: walk.bytes,
@@ -82,55 +86,63 @@ impl Walk {
         }
     }
 
-    fn dir(&mut self, dir: &Path, rel: &mut Vec<u8>) -> Result<()> {
-        let mut names: Vec<OsString> = std::fs::read_dir(dir)
-            .map_err(Error::io("read directory", dir))?
-            .map(|e| e.map(|e| e.file_name()))
-            .collect::<std::io::Result<_>>()
-            .map_err(Error::io("read directory", dir))?;
+    /// Walks the directory open as `fd` (at `dir`, named in errors only): every
+    /// entry is looked at relative to its directory's descriptor, never through
+    /// a path walked again from the root, and never through a symlink.
+    fn dir(&mut self, fd: OwnedFd, dir: &Path, rel: &mut Vec<u8>) -> Result<()> {
+        let mut stream = rustix::fs::Dir::new(fd).map_err(io_err("read directory", dir))?;
+        let mut names: Vec<CString> = Vec::new();
+        while let Some(entry) = stream.read() {
+            let entry = entry.map_err(io_err("read directory", dir))?;
+            let name = entry.file_name();
+            if name != c"." && name != c".." {
+                names.push(name.to_owned());
+            }
+        }
         names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+        let fd = stream.fd().map_err(io_err("read directory", dir))?;
         for name in names {
-            let path = dir.join(&name);
-            let m = std::fs::symlink_metadata(&path).map_err(Error::io("inspect", &path))?;
+            let path = || dir.join(OsStr::from_bytes(name.as_bytes()));
+            let m = rustix::fs::statat(fd, &name, AtFlags::SYMLINK_NOFOLLOW)
+                .map_err(|e| Error::io("inspect", path())(e.into()))?;
             let len = rel.len();
             rel.push(b'/');
             rel.extend_from_slice(name.as_bytes());
             self.entries += 1;
-            self.disk_bytes += m.blocks() * 512;
-            let ft = m.file_type();
-            let kind = if ft.is_dir() {
-                b'd'
-            } else if ft.is_symlink() {
-                b'l'
-            } else if ft.is_file() {
-                b'f'
-            } else {
-                b'o'
+            self.disk_bytes += (m.st_blocks as u64) * 512;
+            let ft = FileType::from_raw_mode(m.st_mode);
+            let kind = match ft {
+                FileType::Directory => b'd',
+                FileType::Symlink => b'l',
+                FileType::RegularFile => b'f',
+                _ => b'o',
             };
-            let mode = m.permissions().mode() & 0o7777;
+            let mode = m.st_mode & 0o7777;
+            let size = m.st_size as u64;
             let mut record = Vec::with_capacity(rel.len() + 48);
             record.extend_from_slice(rel);
             record.push(0);
             record.push(kind);
             record.extend_from_slice(format!("{mode:o}").as_bytes());
-            if ft.is_file() {
-                record.extend_from_slice(format!(" {}", m.len()).as_bytes());
-                self.bytes += m.len();
+            if ft == FileType::RegularFile {
+                record.extend_from_slice(format!(" {size}").as_bytes());
+                self.bytes += size;
             }
-            if ft.is_symlink() {
-                let target = std::fs::read_link(&path).map_err(Error::io("read link", &path))?;
+            if ft == FileType::Symlink {
+                let target = rustix::fs::readlinkat(fd, &name, Vec::new())
+                    .map_err(|e| Error::io("read link", path())(e.into()))?;
                 record.push(b' ');
-                record.extend_from_slice(target.as_os_str().as_bytes());
+                record.extend_from_slice(target.as_bytes());
             }
             record.push(b'\n');
             self.feed(&record);
-            if ft.is_file() && self.content.is_some() {
+            if ft == FileType::RegularFile && self.content.is_some() {
                 // A hard-linked file is read once; its other names hash as links
                 // to the first (the link structure is part of the tree).
-                let first = (m.nlink() > 1)
+                let first = (m.st_nlink > 1)
                     .then(|| {
                         self.links
-                            .entry((m.dev(), m.ino()))
+                            .entry((m.st_dev as u64, m.st_ino as u64))
                             .or_insert_with(|| rel.clone())
                             .clone()
                     })
@@ -142,30 +154,33 @@ impl Walk {
                             c.update(&first);
                         }
                     }
-                    None => self.file(&path)?,
+                    None => self.file(fd, &name, &path())?,
                 }
             }
-            if ft.is_dir() {
-                self.dir(&path, rel)?;
+            if ft == FileType::Directory {
+                let sub = rustix::fs::openat(fd, &name, DIR_FLAGS, Mode::empty())
+                    .map_err(|e| Error::io("open directory", path())(e.into()))?;
+                self.dir(sub, &path(), rel)?;
             }
             rel.truncate(len);
         }
         Ok(())
     }
 
-    fn file(&mut self, path: &Path) -> Result<()> {
+    fn file(&mut self, dir: BorrowedFd<'_>, name: &CStr, path: &Path) -> Result<()> {
         let Some(content) = &mut self.content else {
             return Ok(());
         };
-        let mut f = match std::fs::File::open(path) {
-            Ok(f) => f,
+        let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let mut f = match rustix::fs::openat(dir, name, flags, Mode::empty()) {
+            Ok(fd) => std::fs::File::from(fd),
             // A file the image made unreadable (mode 000) for an unprivileged
             // owner: its metadata is still covered.
-            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            Err(rustix::io::Errno::ACCESS) => {
                 content.update(b"\0unreadable\0");
                 return Ok(());
             }
-            Err(e) => return Err(Error::io("open", path)(e)),
+            Err(e) => return Err(Error::io("open", path)(e.into())),
         };
         loop {
             let n = f.read(&mut self.buf).map_err(Error::io("read", path))?;
@@ -177,9 +192,20 @@ impl Walk {
     }
 }
 
+/// How directories are opened: never through a symlink.
+const DIR_FLAGS: OFlags = OFlags::RDONLY
+    .union(OFlags::DIRECTORY)
+    .union(OFlags::NOFOLLOW)
+    .union(OFlags::CLOEXEC);
+
+fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(rustix::io::Errno) -> Error + 'a {
+    move |e| Error::io(op, path)(e.into())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     fn tree() -> tempfile::TempDir {
         let d = tempfile::tempdir().unwrap();

@@ -553,7 +553,7 @@ impl ChannelReader {
         let first = self.chunk.split_off(self.pos);
         std::iter::once(first)
             .filter(|c| !c.is_empty())
-            .chain(self.rx.into_iter())
+            .chain(self.rx)
     }
 }
 

@@ -105,7 +105,11 @@ struct Session {
 /// A registry as an image source.
 pub struct RegistrySource {
     options: RegistryOptions,
-    http: reqwest::Client,
+    /// Built on first use: building it loads the system's CA certificates, which
+    /// costs more than a warm pull that never contacts the registry.
+    http: std::sync::OnceLock<reqwest::Client>,
+    /// Certificates of `--ca-cert` and `SSL_CERT_FILE`, checked up front.
+    certs: Vec<reqwest::Certificate>,
     extra_certs: Vec<oci_client::client::Certificate>,
     session: Mutex<Option<Session>>,
 }
@@ -113,11 +117,8 @@ pub struct RegistrySource {
 impl RegistrySource {
     /// A source with these options.
     pub fn new(options: RegistryOptions) -> Result<Self, RegistryError> {
+        let mut certs = Vec::new();
         let mut extra_certs = Vec::new();
-        let mut http = reqwest::Client::builder()
-            .connect_timeout(options.connect_timeout)
-            .read_timeout(options.read_timeout)
-            .user_agent(concat!("locald/", env!("CARGO_PKG_VERSION")));
         let mut files = options.ca_certs.clone();
         if let Some(f) = std::env::var_os("SSL_CERT_FILE") {
             files.push(f.into());
@@ -132,21 +133,37 @@ impl RegistrySource {
                     path: path.display().to_string(),
                     reason: e.to_string(),
                 })?;
-            http = http.add_root_certificate(cert);
+            certs.push(cert);
             extra_certs.push(oci_client::client::Certificate {
                 encoding: oci_client::client::CertificateEncoding::Pem,
                 data,
             });
         }
-        let http = http
-            .build()
-            .map_err(|e| RegistryError::Client(e.to_string()))?;
         Ok(RegistrySource {
             options,
-            http,
+            http: std::sync::OnceLock::new(),
+            certs,
             extra_certs,
             session: Mutex::new(None),
         })
+    }
+
+    /// The HTTP client for token and blob requests (built on first use).
+    fn http(&self) -> Result<&reqwest::Client, RegistryError> {
+        if let Some(c) = self.http.get() {
+            return Ok(c);
+        }
+        let mut http = reqwest::Client::builder()
+            .connect_timeout(self.options.connect_timeout)
+            .read_timeout(self.options.read_timeout)
+            .user_agent(concat!("locald/", env!("CARGO_PKG_VERSION")));
+        for cert in &self.certs {
+            http = http.add_root_certificate(cert.clone());
+        }
+        let built = http
+            .build()
+            .map_err(|e| RegistryError::Client(e.to_string()))?;
+        Ok(self.http.get_or_init(|| built))
     }
 
     fn scheme_for(&self, registry: &str) -> &'static str {
@@ -268,7 +285,7 @@ impl RegistrySource {
             detail: Some(detail),
         };
         let res = self
-            .http
+            .http()?
             .get(&url)
             .send()
             .await
@@ -297,7 +314,7 @@ impl RegistrySource {
             form.push(("service", service.clone()));
         }
         let res = self
-            .http
+            .http()?
             .post(realm)
             .form(&form)
             .send()
@@ -661,7 +678,7 @@ impl ImageSource for RegistrySource {
             let session = self.current()?;
             let digest = descriptor.digest().to_string();
             let fetch = BlobFetch {
-                http: self.http.clone(),
+                http: self.http()?.clone(),
                 url: self.blob_url(&session, &digest),
                 size: descriptor.size(),
                 digest,
