@@ -72,9 +72,9 @@ pub async fn extract_image(
 /// Layers downloaded ahead of the one being applied (remote sources only).
 const PREFETCH_LAYERS: usize = 4;
 /// Chunks buffered per prefetched layer (each at most [`PREFETCH_READ`] bytes), so
-/// prefetching holds at most `PREFETCH_LAYERS * 16 MiB` whatever the image size
+/// prefetching holds at most `PREFETCH_LAYERS * 4 MiB` whatever the image size
 /// (64 KiB reads stay below glibc's mmap threshold: no mmap/munmap per chunk).
-const PREFETCH_CHUNKS: usize = 256;
+const PREFETCH_CHUNKS: usize = 64;
 /// Read size of the prefetching downloads.
 const PREFETCH_READ: usize = 64 * 1024;
 
