@@ -176,7 +176,7 @@ impl Walk {
             Ok(fd) => std::fs::File::from(fd),
             // A file the image made unreadable (mode 000) for an unprivileged
             // owner: its metadata is still covered.
-            Err(rustix::io::Errno::ACCESS) => {
+            Err(rustix::io::Errno::ACCESS | rustix::io::Errno::PERM) => {
                 content.update(b"\0unreadable\0");
                 return Ok(());
             }

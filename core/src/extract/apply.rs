@@ -159,7 +159,9 @@ impl Applier {
         crate::fsutil::drop_cached(&file, 0, len);
         self.behind.push_back((file, len));
         self.behind_bytes += len;
-        while self.behind_bytes > BEHIND_KEEP {
+        // The file just written stays at least until the next one (its pages are
+        // still dirty: asking again now would only repeat the first request).
+        while self.behind_bytes > BEHIND_KEEP && self.behind.len() > 1 {
             let Some((old, old_len)) = self.behind.pop_front() else {
                 break;
             };
