@@ -386,9 +386,7 @@ fn inflate(
     cancel: &Cancel,
     skip_diff: &std::sync::atomic::AtomicBool,
 ) -> Result<bool> {
-    // The reader sends whole chunks but for the last: the first one holds the
-    // magic bytes unless the blob is shorter.
-    let compression = stream::detect(raw.peek());
+    let compression = stream::detect(raw.peek(stream::MAGIC_LEN));
     tracing::debug!(
         layer = index,
         ?compression,
@@ -413,15 +411,13 @@ fn inflate(
     })?;
     loop {
         cancel.check()?;
-        let mut chunk = vec![0u8; CHUNK];
-        let n = read_full(&mut uncompressed, &mut chunk).map_err(|e| Error::Decompress {
+        let chunk = next_chunk(&mut uncompressed).map_err(|e| Error::Decompress {
             compression: compression.name(),
             source: e,
         })?;
-        if n == 0 {
+        let Some(chunk) = chunk else {
             return Ok(true);
-        }
-        chunk.truncate(n);
+        };
         if tx.send(chunk).is_err() {
             return Ok(false);
         }
@@ -441,17 +437,15 @@ fn read_blob<R: Read>(
 ) -> Result<()> {
     let mut raw = stream::HashingReader::new(blob, &layer.digest)
         .with_progress(Box::new(move |n| reporter.layer_progress(index, n)));
-    let mut taken = true;
     loop {
         cancel.check()?;
-        let mut chunk = vec![0u8; CHUNK];
-        let n = read_full(&mut raw, &mut chunk).map_err(Error::ReadBlob)?;
-        if n == 0 {
+        let Some(chunk) = next_chunk(&mut raw).map_err(Error::ReadBlob)? else {
+            break;
+        };
+        if tx.send(chunk).is_err() {
+            // The decompression stopped: the rest is read (and hashed) below.
             break;
         }
-        chunk.truncate(n);
-        // Once the decompression stopped, go on reading: the digest covers it all.
-        taken = taken && tx.send(chunk).is_ok();
     }
     drop(tx);
     let (digest, size, tee) = raw.finish_into_inner().map_err(Error::ReadBlob)?;
@@ -499,6 +493,14 @@ impl<R: Read> Read for Tee<R> {
     }
 }
 
+/// The next [`CHUNK`] bytes of `r` (fewer only at its end), `None` at its end.
+fn next_chunk(r: &mut impl Read) -> std::io::Result<Option<Vec<u8>>> {
+    let mut chunk = vec![0u8; CHUNK];
+    let n = read_full(r, &mut chunk)?;
+    chunk.truncate(n);
+    Ok((n > 0).then_some(chunk))
+}
+
 /// Fills `buf` unless the stream ends first; returns how much was read.
 fn read_full(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
     let mut n = 0;
@@ -532,17 +534,16 @@ impl ChannelReader {
 }
 
 impl ChannelReader {
-    /// The bytes not read yet of the current chunk, receiving the next one when
-    /// it is used up (empty at the end of the stream).
-    fn peek(&mut self) -> &[u8] {
-        while self.pos == self.chunk.len() {
-            match self.rx.recv() {
-                Ok(c) => {
-                    self.chunk = c;
-                    self.pos = 0;
-                }
-                Err(_) => break,
-            }
+    /// At least `min` bytes not read yet (fewer only at the end of the stream),
+    /// joining the chunks that arrive until there are.
+    fn peek(&mut self, min: usize) -> &[u8] {
+        while self.chunk.len() - self.pos < min {
+            let Ok(next) = self.rx.recv() else {
+                break;
+            };
+            self.chunk.drain(..self.pos);
+            self.pos = 0;
+            self.chunk.extend_from_slice(&next);
         }
         &self.chunk[self.pos..]
     }
@@ -601,5 +602,41 @@ fn publish(tmp: tempfile::TempDir, target: &Path) -> Result<()> {
             let _ = std::fs::remove_dir_all(&path);
             Err(Error::io("move the extracted tree into", target)(e))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peek_joins_chunks_until_it_has_enough() {
+        let (tx, rx) = std::sync::mpsc::sync_channel(16);
+        let blob = b"\x28\xb5\x2f\xfdrest of the stream";
+        for b in &blob[..5] {
+            tx.send(vec![*b]).unwrap();
+        }
+        tx.send(blob[5..].to_vec()).unwrap();
+        drop(tx);
+        let mut r = ChannelReader::new(rx);
+        assert_eq!(r.peek(stream::MAGIC_LEN), &blob[..4]);
+        assert_eq!(
+            stream::detect(r.peek(stream::MAGIC_LEN)),
+            stream::Compression::Zstd
+        );
+        let rest: Vec<u8> = r.into_chunks().flatten().collect();
+        assert_eq!(rest, blob.to_vec(), "peeking consumes nothing");
+    }
+
+    #[test]
+    fn peek_stops_at_the_end_of_a_short_stream() {
+        let (tx, rx) = std::sync::mpsc::sync_channel(16);
+        tx.send(vec![0x1f]).unwrap();
+        drop(tx);
+        let mut r = ChannelReader::new(rx);
+        assert_eq!(r.peek(stream::MAGIC_LEN), &[0x1f]);
+        let mut all = Vec::new();
+        r.read_to_end(&mut all).unwrap();
+        assert_eq!(all, vec![0x1f]);
     }
 }
