@@ -34,3 +34,30 @@ bench_cleanup() {
     sync
     touch "$dir/.last-cleanup"
 }
+
+# measure NAME CMD...: runs CMD once, appending "wall-seconds peak-RSS-KiB" to
+# $dir/NAME.times (stderr in $dir/NAME.err; a failure stops the benchmark). Each
+# tool starts with no dirty pages of the previous step still to be written back:
+# that write-back would otherwise land on whoever runs next.
+measure() {
+    local name=$1; shift
+    sync
+    /usr/bin/time -f "%e %M" -o "$dir/time.out" "$@" >/dev/null 2>"$dir/$name.err" || {
+        echo "$name failed:"; cat "$dir/$name.err"; exit 1; }
+    cat "$dir/time.out" >> "$dir/$name.times"
+}
+
+# median: the median of the numbers on stdin, one a line.
+median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+
+# bench_move_aside DIR PATH...: moves the PATHs that exist (leftovers of an earlier
+# run) into a new $trash folder in DIR, to be deleted by bench_cleanup at the end.
+bench_move_aside() {
+    local dir=$1; shift
+    trash=$dir/trash.$$
+    mkdir -p "$trash"
+    local old
+    for old in "$@"; do
+        if [ -e "$old" ] || [ -L "$old" ]; then mv "$old" "$trash/"; fi
+    done
+}
