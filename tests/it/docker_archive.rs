@@ -15,8 +15,8 @@ use locald_core::manifest::MAX_JSON_BYTES;
 use locald_source_docker_archive::DockerArchive;
 use locald_tests::archive::{self, Archive, ArchiveBuilder, Format};
 use locald_tests::fixture::{Compression, Entry, ImageSpec, Layer, LayoutBuilder};
-use locald_tests::peers;
 use locald_tests::tree::{self, DiffOpts, Snapshot};
+use locald_tests::{peers, require};
 
 use crate::common;
 
@@ -285,8 +285,7 @@ fn skopeo_made_archive_matches_umoci() {
 /// an isolated store. Skipped, with the reason printed, where podman cannot run.
 #[test]
 fn podman_saved_archives_match_umoci() {
-    if !peers::have("podman") {
-        eprintln!("SKIP podman_saved_archives_match_umoci: podman is not installed");
+    if !require::tool("podman") {
         return;
     }
     let t = tempfile::tempdir().unwrap();
@@ -309,8 +308,7 @@ fn podman_saved_archives_match_umoci() {
         all.extend_from_slice(args);
         peers::run("podman", all)
     };
-    if let Err(e) = podman(&["info"]) {
-        eprintln!("SKIP podman_saved_archives_match_umoci: podman cannot run here: {e}");
+    if require::ok(podman(&["info"]), "podman").is_none() {
         return;
     }
     // podman 4.3 applies a layer's own whiteouts to its own entries on load,

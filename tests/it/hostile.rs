@@ -31,7 +31,7 @@ use locald_tests::fixture::{
     noise, sha256_digest, Compression, Desc, Entry, ImageInfo, ImageSpec, Layer, LayoutBuilder,
     LongNames, MEDIA_OCI_INDEX, MEDIA_OCI_MANIFEST, REF_NAME,
 };
-use locald_tests::peers;
+use locald_tests::require;
 use locald_tests::tree::{self, DiffOpts, Kind, Snapshot};
 use serde_json::json;
 use sha2::{Digest as _, Sha512};
@@ -1517,8 +1517,7 @@ fn special_files_in_the_layout_are_refused() {
 /// Owner ids that do not fit a uid_t are refused rather than truncated to root.
 #[test]
 fn out_of_range_owner_ids_are_refused() {
-    if !peers::is_root() {
-        eprintln!("skipped: ownership is only applied as root");
+    if !require::root("ownership (only applied as root)") {
         return;
     }
     for (uid, gid) in [(1u64 << 32, 0u64), (0, u64::from(u32::MAX))] {

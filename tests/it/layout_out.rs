@@ -17,8 +17,8 @@ use locald_source_docker_archive::DockerArchive;
 use locald_tests::fixture::{
     Compression, Entry, ImageInfo, ImageSpec, IndexInfo, IndexSpec, Layer, LayoutBuilder,
 };
-use locald_tests::peers;
 use locald_tests::tree::{self, DiffOpts};
+use locald_tests::{peers, require};
 use serde_json::Value;
 
 use crate::common;
@@ -917,8 +917,7 @@ fn ref_names_are_what_skopeo_and_umoci_accept() {
 #[test]
 fn oci_layout_output_links_only_our_own_blobs() {
     use std::os::unix::fs::MetadataExt;
-    if !rustix::process::geteuid().is_root() {
-        eprintln!("skipping: needs root to chown a blob to another user");
+    if !require::root("chowning a blob to another user") {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();

@@ -99,6 +99,13 @@ pub struct BuilderSpec {
     pub stack_toml: bool,
     /// Whether `/cnb/run.toml` is written.
     pub run_toml: bool,
+    /// `bin/detect` and `bin/build` of each buildpack, by id; buildpacks not
+    /// named get scripts that pass detection and print `stand-in build: ID@VERSION`.
+    pub scripts: BTreeMap<String, (String, String)>,
+    /// A real lifecycle laid out as its release tarball (`lifecycle`, `launcher`,
+    /// `lifecycle.toml`): when set, `/cnb/lifecycle` holds it instead of
+    /// [`BuilderSpec::creator`] (see [`real_lifecycle`]).
+    pub real_lifecycle: Option<PathBuf>,
 }
 
 /// The creator stand-in: a shell script that prints `stand-in creator`.
@@ -154,6 +161,8 @@ impl Default for BuilderSpec {
             rootfs: default_rootfs(uid, gid),
             stack_toml: true,
             run_toml: true,
+            scripts: BTreeMap::new(),
+            real_lifecycle: None,
         }
     }
 }
@@ -183,7 +192,14 @@ impl BuilderSpec {
         let mut layers = vec![
             gz(self.rootfs.clone()),
             gz(self.dirs_entries()),
-            gz(self.lifecycle_entries()),
+            Layer::new(
+                self.lifecycle_entries(),
+                if self.real_lifecycle.is_some() {
+                    Compression::None
+                } else {
+                    Compression::Gzip
+                },
+            ),
         ];
         let bp_layers = self.buildpack_layers();
         layers.extend(bp_layers.iter().map(|(_, _, l)| l.clone()));
@@ -275,12 +291,13 @@ impl BuilderSpec {
     pub fn buildpack_toml(&self, id: &str, version: &str) -> String {
         format!(
             "api = {}\n\n[buildpack]\n  id = {}\n  version = {}\n  name = {}\n  homepage = {}\n\n\
-             [[targets]]\n  os = \"linux\"\n  arch = \"amd64\"\n\n[[stacks]]\n  id = {}\n",
+             [[targets]]\n  os = \"linux\"\n  arch = {}\n\n[[stacks]]\n  id = {}\n",
             toml_str(&self.buildpack_api()),
             toml_str(id),
             toml_str(version),
             toml_str(&buildpack_name(id)),
             toml_str(&buildpack_homepage(id)),
+            toml_str(host_arch()),
             toml_str(&self.stack_id),
         )
     }
@@ -377,6 +394,9 @@ impl BuilderSpec {
     }
 
     fn lifecycle_entries(&self) -> Vec<Entry> {
+        if let Some(dir) = &self.real_lifecycle {
+            return real_lifecycle_entries(dir).unwrap_or_else(|e| panic!("{e}"));
+        }
         let mut e = vec![
             Entry::dir("cnb/lifecycle/"),
             Entry::file("cnb/lifecycle/creator", &self.creator).mode(0o755),
@@ -410,11 +430,15 @@ impl BuilderSpec {
     fn buildpack_entries(&self, id: &str, version: &str) -> Vec<Entry> {
         let escaped = id.replace('/', "_");
         let dir = buildpack_dir(id, version);
-        let detect = "#!/bin/sh\n# stand-in detect\nexit 0\n";
-        let build = format!(
-            "#!/bin/sh\necho {}\nexit 0\n",
-            sh_quote(&format!("stand-in build: {id}@{version}"))
-        );
+        let (detect, build) = self.scripts.get(id).cloned().unwrap_or_else(|| {
+            (
+                "#!/bin/sh\n# stand-in detect\nexit 0\n".to_owned(),
+                format!(
+                    "#!/bin/sh\necho {}\nexit 0\n",
+                    sh_quote(&format!("stand-in build: {id}@{version}"))
+                ),
+            )
+        });
         vec![
             Entry::dir("cnb/"),
             Entry::dir("cnb/buildpacks/"),
@@ -453,6 +477,206 @@ pub const BUSYBOX_BUILDPACKS: &[(&str, &str)] = &[
     ("locald-test/first", "1.0.0"),
     ("locald-test/second", "2.0.0"),
 ];
+/// `bin/detect` of the busybox builder's buildpacks (POSIX sh, Buildpack API
+/// 0.7+; run by the stand-in and by a real lifecycle alike, in the app
+/// directory): fails (100) when the app holds [`crate::standin::FAIL_DETECT`].
+pub const BUSYBOX_DETECT: &str = r#"#!/bin/sh
+# locald-tests buildpack: detection passes unless the app asks it not to.
+if [ -e fail-detect ]; then
+    echo "fail-detect in the app: not participating"
+    exit 100
+fi
+exit 0
+"#;
+
+/// `bin/build` of the busybox builder's buildpacks (`@ID@` and `@VERSION@` are
+/// replaced): `stand-in build: ID@VERSION`; fails (exit 1) when the app's
+/// [`crate::standin::FAIL_BUILD`] names this buildpack or is empty; a cache layer
+/// counting builds (`[probe] cache builds=N`), a launch layer with the program of
+/// a `web` process (the default), `[probe] env NAME=VALUE` for each platform env
+/// file; the app's [`crate::standin::PROBE_SANDBOX`] and
+/// [`crate::standin::WAIT_FOR_SIGNAL`] behaviours (the first buildpack only).
+pub const BUSYBOX_BUILD: &str = r#"#!/bin/sh
+# locald-tests buildpack @ID@@@VERSION@: what a build sees and leaves behind.
+set -u
+layers=$1
+platform=$2
+probe() {
+    echo "[probe] $*"
+}
+echo "stand-in build: @ID@@@VERSION@"
+if [ -e fail-build ]; then
+    named=$(tr -d ' \n' <fail-build)
+    if [ -z "$named" ] || [ "$named" = "@ID@" ]; then
+        echo "@ID@: failing on purpose (fail-build)" >&2
+        exit 1
+    fi
+fi
+[ "@FIRST@" = true ] || exit 0
+
+if [ -d "$platform/env" ]; then
+    for f in "$platform/env"/*; do
+        [ -f "$f" ] || continue
+        probe "env $(basename "$f")=$(cat "$f")"
+    done
+fi
+
+# A cache layer: the lifecycle keeps it between builds.
+mkdir -p "$layers/counter" || exit 1
+builds=$(cat "$layers/counter/builds" 2>/dev/null || echo 0)
+builds=$((builds + 1))
+echo "$builds" >"$layers/counter/builds" || exit 1
+printf '[types]\n  cache = true\n' >"$layers/counter.toml" || exit 1
+probe "cache builds=$builds"
+
+# A launch layer holding the program of the default `web` process.
+mkdir -p "$layers/web/bin" || exit 1
+printf '#!/bin/sh\necho "web process of @ID@"\ncat /workspace/hello.txt 2>/dev/null\nexit 0\n' \
+    >"$layers/web/bin/locald-web" || exit 1
+chmod 755 "$layers/web/bin/locald-web"
+printf '[types]\n  launch = true\n' >"$layers/web.toml" || exit 1
+printf '[[processes]]\n  type = "web"\n  command = ["locald-web"]\n  default = true\n' \
+    >"$layers/launch.toml" || exit 1
+
+platform_value() { # NAME: the environment's value, else the platform env file's
+    eval "pv=\${$1:-}"
+    if [ -z "$pv" ] && [ -r "$platform/env/$1" ]; then
+        pv=$(cat "$platform/env/$1")
+    fi
+    echo "$pv"
+}
+
+if [ -e probe-sandbox ]; then
+    host_path=$(platform_value PROBE_HOST_PATH)
+    if [ -z "$host_path" ]; then
+        probe "host-path unset"
+    elif [ -e "$host_path" ]; then
+        if cat "$host_path" >/dev/null 2>&1; then
+            probe "host-path readable $host_path"
+        else
+            probe "host-path visible $host_path"
+        fi
+    else
+        probe "host-path hidden $host_path"
+    fi
+    for d in /cnb /usr; do
+        if (: >"$d/probe") 2>/dev/null; then
+            rm -f "$d/probe"
+            probe "write $d allowed"
+        else
+            probe "write $d denied"
+        fi
+    done
+    probe "id uid=$(id -u) gid=$(id -g)"
+    probe "pid $$"
+    if [ -r /proc/1/cmdline ]; then
+        probe "pid1 $(tr '\000' ' ' </proc/1/cmdline)"
+    else
+        probe "pid1 unreadable"
+    fi
+    host_pid=$(platform_value PROBE_HOST_PID)
+    if [ -n "$host_pid" ]; then
+        if [ -d "/proc/$host_pid" ]; then
+            probe "host-pid visible $host_pid"
+        else
+            probe "host-pid hidden $host_pid"
+        fi
+    fi
+    if [ -c /dev/null ] && echo x >/dev/null 2>&1 && [ -z "$(cat /dev/null)" ]; then
+        probe "dev-null ok"
+    else
+        probe "dev-null broken"
+    fi
+fi
+
+if [ -e wait-for-signal ]; then
+    sleeper=
+    on_signal() {
+        probe "got signal"
+        [ -z "$sleeper" ] || kill "$sleeper" 2>/dev/null
+        exit 130
+    }
+    trap on_signal INT TERM
+    probe "waiting"
+    while :; do
+        sleep 1 &
+        sleeper=$!
+        wait "$sleeper"
+        sleeper=
+    done
+fi
+exit 0
+"#;
+
+/// The busybox builder's `(detect, build)` for buildpack `id@version`; `first`
+/// for the one that leaves layers and probes.
+pub fn busybox_scripts(id: &str, version: &str, first: bool) -> (String, String) {
+    let build = BUSYBOX_BUILD
+        .replace("@ID@", id)
+        .replace("@VERSION@", version)
+        .replace("@FIRST@", if first { "true" } else { "false" });
+    (BUSYBOX_DETECT.to_owned(), build)
+}
+
+/// The real lifecycle directory `LOCALD_TEST_LIFECYCLE` names, if any.
+pub fn real_lifecycle() -> Option<PathBuf> {
+    std::env::var_os(crate::require::REAL_LIFECYCLE_ENV)
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+}
+
+/// `[apis.platform]`, `[apis.buildpack]` supported lists and `[lifecycle] version`
+/// of a real lifecycle's `lifecycle.toml`.
+pub fn real_lifecycle_descriptor(dir: &Path) -> Result<(Vec<String>, Vec<String>, String), String> {
+    let path = dir.join("lifecycle.toml");
+    let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let v: toml::Value = toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    let list = |kind: &str| -> Vec<String> {
+        v.get("apis")
+            .and_then(|a| a.get(kind))
+            .and_then(|a| a.get("supported"))
+            .and_then(|a| a.as_array())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|x| x.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let version = v
+        .get("lifecycle")
+        .and_then(|l| l.get("version"))
+        .and_then(|x| x.as_str())
+        .unwrap_or_default()
+        .to_owned();
+    Ok((list("platform"), list("buildpack"), version))
+}
+
+/// `/cnb/lifecycle` from a real lifecycle directory: `lifecycle`, `launcher`,
+/// `lifecycle.toml`, every phase a symlink to `lifecycle` (as the release
+/// tarball has them).
+fn real_lifecycle_entries(dir: &Path) -> Result<Vec<Entry>, String> {
+    let read = |name: &str| {
+        let p = dir.join(name);
+        std::fs::read(&p).map_err(|e| format!("{} (LOCALD_TEST_LIFECYCLE): {e}", p.display()))
+    };
+    let mut e = vec![
+        Entry::dir("cnb/lifecycle/"),
+        Entry::file("cnb/lifecycle/lifecycle", read("lifecycle")?).mode(0o755),
+        Entry::file("cnb/lifecycle/launcher", read("launcher")?).mode(0o755),
+        Entry::file("cnb/lifecycle/lifecycle.toml", read("lifecycle.toml")?),
+    ];
+    e.extend(
+        [
+            "analyzer", "builder", "creator", "detector", "exporter", "extender", "rebaser",
+            "restorer",
+        ]
+        .iter()
+        .map(|p| Entry::symlink(format!("cnb/lifecycle/{p}"), "lifecycle")),
+    );
+    Ok(e)
+}
+
 /// The stack id of [`BuilderSpec::busybox`] and [`run_image`].
 pub const BUSYBOX_STACK_ID: &str = "io.locald.test.busybox";
 /// Names a static busybox binary, overriding the default places.
@@ -660,11 +884,16 @@ pub fn run_image(stack_id: &str, uid: u32, gid: u32) -> ImageSpec {
 }
 
 impl BuilderSpec {
-    /// [`BuilderSpec::busybox_with`] with the busybox [`find_busybox`] finds.
+    /// [`BuilderSpec::busybox_with`] with the busybox [`find_busybox`] finds, and
+    /// the real lifecycle `LOCALD_TEST_LIFECYCLE` names, if any.
     pub fn busybox(run_image: &str) -> Result<BuilderSpec, String> {
         let path = find_busybox()?;
         let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-        Ok(Self::busybox_with(&bytes, run_image))
+        let spec = Self::busybox_with(&bytes, run_image);
+        match real_lifecycle() {
+            Some(dir) => spec.with_real_lifecycle(&dir),
+            None => Ok(spec),
+        }
     }
 
     /// A builder that can really run a build, with [`BuilderSpec::runnable_image`]:
@@ -681,6 +910,11 @@ impl BuilderSpec {
             .iter()
             .map(|(id, v)| ((*id).to_owned(), (*v).to_owned()))
             .collect();
+        let scripts = buildpacks
+            .iter()
+            .enumerate()
+            .map(|(i, (id, v))| (id.clone(), busybox_scripts(id, v, i == 0)))
+            .collect();
         BuilderSpec {
             platform_apis: strings(BUSYBOX_PLATFORM_APIS),
             order: buildpacks
@@ -688,6 +922,7 @@ impl BuilderSpec {
                 .map(|(id, v)| vec![(id.clone(), v.clone(), false)])
                 .collect(),
             buildpacks,
+            scripts,
             run_image: run_image.to_owned(),
             run_mirrors: Vec::new(),
             stack_id: BUSYBOX_STACK_ID.to_owned(),
@@ -697,6 +932,17 @@ impl BuilderSpec {
             rootfs: busybox_rootfs(busybox, uid, gid),
             ..BuilderSpec::default()
         }
+    }
+
+    /// This builder with the real lifecycle in `dir` instead of the stand-in: its
+    /// binaries, its `lifecycle.toml` and the APIs and version it lists.
+    pub fn with_real_lifecycle(mut self, dir: &Path) -> Result<BuilderSpec, String> {
+        let (platform, buildpack, version) = real_lifecycle_descriptor(dir)?;
+        self.platform_apis = platform;
+        self.buildpack_apis = buildpack;
+        self.lifecycle_version = version;
+        self.real_lifecycle = Some(dir.to_path_buf());
+        Ok(self)
     }
 
     /// [`BuilderSpec::image`] as a build needs it: config `Env` `PATH` is
@@ -743,7 +989,7 @@ fn layers_label_json(spec: &BuilderSpec, layers: &[(String, String, Layer)]) -> 
         let info = json!({
             "api": spec.buildpack_api(),
             "stacks": [{"id": spec.stack_id}],
-            "targets": [{"os": "linux", "arch": "amd64"}],
+            "targets": [{"os": "linux", "arch": host_arch()}],
             "layerDiffID": layer.diff_id(),
             "homepage": buildpack_homepage(id),
             "name": buildpack_name(id),
@@ -1145,6 +1391,7 @@ mod tests {
             rootfs: default_rootfs(2000, 3000),
             stack_toml: false,
             run_toml: true,
+            ..BuilderSpec::default()
         };
         let (_tmp, r) = write(&spec);
         // rootfs, dirs, lifecycle, 3 buildpacks, order, run.
@@ -1205,8 +1452,7 @@ mod tests {
 
     #[test]
     fn stand_in_scripts_run() {
-        if !crate::peers::have("sh") {
-            eprintln!("skipping: no sh");
+        if !crate::require::tool("sh") {
             return;
         }
         let tmp = tempfile::tempdir().unwrap();
@@ -1240,13 +1486,7 @@ mod tests {
     }
 
     fn busybox_or_skip() -> Option<PathBuf> {
-        match find_busybox() {
-            Ok(p) => Some(p),
-            Err(e) => {
-                eprintln!("skipping: {e}");
-                None
-            }
-        }
+        crate::require::ok(find_busybox(), "the static busybox")
     }
 
     #[test]
@@ -1375,8 +1615,7 @@ mod tests {
     fn busybox_builder_runs_the_stand_in_in_its_own_root() {
         let Some(_) = busybox_or_skip() else { return };
         for tool in ["umoci", "unshare", "chroot"] {
-            if !crate::peers::have(tool) {
-                eprintln!("skipping: no {tool}");
+            if !crate::require::tool(tool) {
                 return;
             }
         }
@@ -1385,7 +1624,7 @@ mod tests {
             && crate::peers::run("unshare", ["--user", "--map-root-user", "--mount", "true"])
                 .is_err()
         {
-            eprintln!("skipping: no user namespaces");
+            crate::require::skip("user namespaces (unshare --user --map-root-user failed)");
             return;
         }
         let run = "registry.example/locald-test/run:1";

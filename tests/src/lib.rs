@@ -8,5 +8,6 @@ pub mod builder;
 pub mod fixture;
 pub mod peers;
 pub mod registry;
+pub mod require;
 pub mod standin;
 pub mod tree;

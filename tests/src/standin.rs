@@ -152,6 +152,63 @@ if [ "${1:-}" = "--layout-path-of" ]; then
 fi
 
 # ---------------------------------------------------------------------------
+# Privileges, as the lifecycle's creator does before anything else: started by
+# root it hands the layers and cache directories to -uid/-gid (priv.EnsureOwner)
+# and drops to them (priv.RunAs: here a re-exec through setpriv); then, root or
+# not, it looks the uid up in /etc/passwd and sets HOME and USER from it
+# (priv.SetEnvironmentForUser; an unknown uid fails, exit 1).
+
+pre_uid= pre_gid= pre_layers= pre_cache=
+pre_next=
+for a in "$@"; do
+    if [ -n "$pre_next" ]; then
+        eval "$pre_next=\$a"
+        pre_next=
+        continue
+    fi
+    case $a in
+    -uid=*) pre_uid=${a#*=} ;;
+    -gid=*) pre_gid=${a#*=} ;;
+    -layers=*) pre_layers=${a#*=} ;;
+    -cache-dir=*) pre_cache=${a#*=} ;;
+    -uid) pre_next=pre_uid ;;
+    -gid) pre_next=pre_gid ;;
+    -layers) pre_next=pre_layers ;;
+    -cache-dir) pre_next=pre_cache ;;
+    esac
+done
+if [ "$(id -u)" = 0 ] && [ -n "$pre_uid" ] && [ "$pre_uid" != 0 ]; then
+    for d in "$pre_cache" "$pre_layers"; do
+        [ -n "$d" ] && [ -d "$d" ] || continue
+        d_owner=$(stat -c %u "$d")
+        [ "$d_owner" = "$pre_uid" ] && continue
+        chown -R "$pre_uid:$pre_gid" "$d" || {
+            echo "ERROR: failed to chown volumes: cannot chown $d" >&2
+            exit 1
+        }
+    done
+    command -v setpriv >/dev/null 2>&1 || {
+        echo "ERROR: failed to exec as user $pre_uid:$pre_gid: no setpriv to drop privileges with" >&2
+        exit 1
+    }
+    exec setpriv --reuid "$pre_uid" --regid "$pre_gid" --clear-groups -- "$0" "$@"
+fi
+if [ -n "$pre_uid" ]; then
+    if [ "$(id -u)" != "$pre_uid" ] || { [ -n "$pre_gid" ] && [ "$(id -g)" != "$pre_gid" ]; }; then
+        echo "ERROR: failed to exec as user $pre_uid:$pre_gid: operation not permitted (running as uid $(id -u) gid $(id -g))" >&2
+        exit 1
+    fi
+    pw_line=$(awk -F: -v u="$pre_uid" '$3 == u { print; exit }' /etc/passwd 2>/dev/null)
+    if [ -z "$pw_line" ]; then
+        echo "ERROR: failed to set environment for user $pre_uid: user: unknown userid $pre_uid" >&2
+        exit 1
+    fi
+    HOME=$(echo "$pw_line" | cut -d: -f6)
+    USER=$(echo "$pw_line" | cut -d: -f5 | cut -d, -f1)
+    export HOME USER
+fi
+
+# ---------------------------------------------------------------------------
 # Flags
 
 app= layers= platform= cache_dir= run_image= layout=false layout_dir= uid= gid=
@@ -194,7 +251,7 @@ while [ $# -gt 0 ]; do
         -launcher) launcher=$value ;;
         esac
         ;;
-    -layout | -skip-restore)
+    -layout | -skip-restore | -no-color)
         [ "$has_value" = false ] || fail "flag $flag takes no value (got $1)"
         case $flag in
         -layout) layout=true ;;
@@ -203,7 +260,7 @@ while [ $# -gt 0 ]; do
         shift
         ;;
     -*)
-        fail "unknown flag $flag (the stand-in accepts -app -layers -platform -cache-dir -run-image -layout -layout-dir -uid -gid -log-level -skip-restore -buildpacks -order -run -launcher)"
+        fail "unknown flag $flag (the stand-in accepts -app -layers -platform -cache-dir -run-image -layout -layout-dir -uid -gid -log-level -skip-restore -no-color -buildpacks -order -run -launcher)"
         ;;
     *)
         [ $# -eq 1 ] || fail "unexpected argument '$1' before the end: the output image name must be the last argument"
@@ -237,12 +294,16 @@ supported=$(sed -n '/^\[apis\.platform\]/,/^\[/p' "$lifecycle_toml" |
     sed -n 's/^[[:space:]]*supported[[:space:]]*=[[:space:]]*\[\(.*\)\].*/\1/p' |
     tr -d '" ' | tr ',' ' ')
 [ -n "$supported" ] || fail "$lifecycle_toml lists no supported Platform API"
-[ -n "${CNB_PLATFORM_API:-}" ] || fail "CNB_PLATFORM_API is not set (supported: $supported)"
+api_fail() { # the lifecycle's CodeForIncompatiblePlatformAPI
+    echo "ERROR: $*" >&2
+    exit 11
+}
+[ -n "${CNB_PLATFORM_API:-}" ] || api_fail "failed to get platform API version; please set 'CNB_PLATFORM_API' to specify the desired platform API version (supported: $supported)"
 api_ok=false
 for v in $supported; do
     [ "$v" = "$CNB_PLATFORM_API" ] && api_ok=true
 done
-[ "$api_ok" = true ] || fail "CNB_PLATFORM_API=$CNB_PLATFORM_API is not supported by this lifecycle (supported: $supported)"
+[ "$api_ok" = true ] || api_fail "failed to set platform API: platform API version '$CNB_PLATFORM_API' is incompatible with the lifecycle (supported: $supported)"
 case $CNB_PLATFORM_API in
 0.[0-9] | 0.1[01]) fail "CNB_PLATFORM_API=$CNB_PLATFORM_API cannot export to an OCI layout: that needs 0.12 or later" ;;
 esac
@@ -258,12 +319,8 @@ esac
 
 cur_uid=$(id -u) || fail "id -u failed"
 cur_gid=$(id -g) || fail "id -g failed"
-if [ "$cur_uid" = 0 ]; then
-    probe "running as root: the real lifecycle would drop to $uid:$gid itself"
-else
-    [ "$cur_uid" = "$uid" ] || fail "running as uid $cur_uid but -uid is $uid"
-    [ "$cur_gid" = "$gid" ] || fail "running as gid $cur_gid but -gid is $gid"
-fi
+# (dropped to -uid/-gid above, as the lifecycle does)
+probe "user uid=$cur_uid gid=$cur_gid home=${HOME:-} user=${USER:-}"
 
 # ---------------------------------------------------------------------------
 # Directories
@@ -307,45 +364,9 @@ order_lines=$(awk '
 ' "$order_file") || fail "cannot read $order_file"
 [ -n "$order_lines" ] || fail "$order_file names no buildpack"
 
-# "Detection": the first group passes, or the one holding the buildpack that
-# fail-build names (as if the groups before it had not passed).
-failing=
-if [ -e "$app/fail-build" ]; then
-    failing=$(tr -d ' \n' <"$app/fail-build")
-fi
-group_no=$(printf '%s\n' "$order_lines" | sed -n '1s/ .*//p')
-if [ -n "$failing" ]; then
-    group_no=$(printf '%s\n' "$order_lines" | awk -v id="$failing" '$2 == id { print $1; exit }')
-    [ -n "$group_no" ] || fail "fail-build names $failing, which is not in $order_file"
-fi
-group=$(printf '%s\n' "$order_lines" | awk -v n="$group_no" '$1 == n { print $2, $3 }')
-if [ -e "$app/fail-build" ] && [ -z "$failing" ]; then
-    failing=${group%% *}
-fi
 bp_dir_of() { # ID VERSION
     echo "$buildpacks_dir/$(echo "$1" | tr / _)/$2"
 }
-# group.toml (written when detection passes) and the build metadata's buildpacks.
-group_toml=
-md_buildpacks=
-group_size=0
-while read -r g_id g_version; do
-    g_dir=$(bp_dir_of "$g_id" "$g_version")
-    [ -r "$g_dir/buildpack.toml" ] || fail "buildpack $g_id@$g_version is not at $g_dir"
-    g_api=$(sed -n 's/^api[[:space:]]*=[[:space:]]*"\([^"]*\)".*/\1/p' "$g_dir/buildpack.toml" | sed -n 1p)
-    [ -n "$g_api" ] || fail "$g_dir/buildpack.toml has no api"
-    group_toml="$group_toml[[group]]
-  id = \"$g_id\"
-  version = \"$g_version\"
-  api = \"$g_api\"
-
-"
-    [ -z "$md_buildpacks" ] || md_buildpacks="$md_buildpacks,"
-    md_buildpacks="$md_buildpacks{\\\"id\\\":\\\"$g_id\\\",\\\"version\\\":\\\"$g_version\\\"}"
-    group_size=$((group_size + 1))
-done <<EOF
-$group
-EOF
 
 # ---------------------------------------------------------------------------
 # The run image: a single-manifest OCI layout at its layout path
@@ -402,142 +423,182 @@ if [ "$log_level" = debug ]; then
 fi
 
 # ---------------------------------------------------------------------------
-# Detect
+# Detect: as the lifecycle does, each [[order]] group in turn, each buildpack's
+# bin/detect run in the app directory (PLATFORM_DIR PLAN_PATH; 0 passes, 100
+# fails, anything else is an error); the first group whose buildpacks all pass
+# is written to <layers>/group.toml.
 
 echo "===> ANALYZING"
 echo "Image with name \"$image\" not found"
 echo "===> DETECTING"
-if [ -e "$app/fail-detect" ]; then
+plan_dir=$layers/.locald-standin-plan
+mkdir -p "$plan_dir" || fail "cannot create $plan_dir"
+group=
+detect_errors=false
+for g_no in $(printf '%s\n' "$order_lines" | cut -d' ' -f1 | uniq); do
+    members=$(printf '%s\n' "$order_lines" | awk -v n="$g_no" '$1 == n { print $2, $3 }')
+    passed=true
+    while read -r g_id g_version; do
+        g_dir=$(bp_dir_of "$g_id" "$g_version")
+        [ -r "$g_dir/buildpack.toml" ] || fail "buildpack $g_id@$g_version is not at $g_dir"
+        [ -x "$g_dir/bin/detect" ] || fail "buildpack $g_id@$g_version has no bin/detect"
+        # Platform API 0.12+: a buildpack whose [[targets]] the run image does not
+        # satisfy (os and arch; empty is a wildcard) is an error, not run.
+        g_targets=$(awk '
+            /^\[\[targets\]\]/ { if (t) print os "/" arch; t = 1; os = ""; arch = ""; next }
+            /^\[/ { if (t) print os "/" arch; t = 0; next }
+            t && /^[[:space:]]*os[[:space:]]*=/ { v = $0; sub(/^[^"]*"/, "", v); sub(/".*/, "", v); os = v }
+            t && /^[[:space:]]*arch[[:space:]]*=/ { v = $0; sub(/^[^"]*"/, "", v); sub(/".*/, "", v); arch = v }
+            END { if (t) print os "/" arch }
+        ' "$g_dir/buildpack.toml")
+        g_match=false
+        [ -n "$g_targets" ] || g_match=true
+        for g_t in $g_targets; do
+            g_os=${g_t%/*}
+            g_arch=${g_t#*/}
+            if { [ -z "$g_os" ] || [ -z "$run_os" ] || [ "$g_os" = "$run_os" ]; } &&
+                { [ -z "$g_arch" ] || [ -z "$run_arch" ] || [ "$g_arch" = "$run_arch" ]; }; then
+                g_match=true
+            fi
+        done
+        if [ "$g_match" = false ]; then
+            echo "======== Error: $g_id@$g_version ========"
+            echo "unable to satisfy target os/arch constraints; run image: {\"os\":\"$run_os\",\"arch\":\"$run_arch\"}, buildpack: $g_targets"
+            echo "err:  $g_id@$g_version"
+            detect_errors=true
+            passed=false
+            continue
+        fi
+        : >"$plan_dir/plan.toml"
+        (cd "$app" && CNB_BUILDPACK_DIR=$g_dir CNB_PLATFORM_DIR=$platform \
+            CNB_BUILD_PLAN_PATH=$plan_dir/plan.toml \
+            "$g_dir/bin/detect" "$platform" "$plan_dir/plan.toml" </dev/null) >"$plan_dir/out" 2>&1
+        code=$?
+        if [ "$log_level" = debug ] || { [ "$code" -ne 0 ] && [ "$code" -ne 100 ]; }; then
+            echo "======== Output: $g_id@$g_version ========"
+            cat "$plan_dir/out"
+        fi
+        case $code in
+        0) ;;
+        100) passed=false ;;
+        *)
+            echo "err:  $g_id@$g_version ($code)"
+            detect_errors=true
+            passed=false
+            ;;
+        esac
+    done <<EOF
+$members
+EOF
+    if [ "$passed" = true ]; then
+        group=$members
+        break
+    fi
+done
+rm -rf "$plan_dir"
+if [ -z "$group" ]; then
     echo "======== Results ========"
     echo "ERROR: No buildpack groups passed detection." >&2
+    if [ "$detect_errors" = true ]; then
+        echo "ERROR: failed to detect: buildpack(s) failed with err" >&2
+        exit 21
+    fi
     echo "ERROR: failed to detect: no buildpacks participating" >&2
     exit 20
 fi
-echo "$group_size of $group_size buildpacks participating"
+group_toml=
+md_buildpacks=
+group_size=0
+while read -r g_id g_version; do
+    g_dir=$(bp_dir_of "$g_id" "$g_version")
+    g_api=$(sed -n 's/^api[[:space:]]*=[[:space:]]*"\([^"]*\)".*/\1/p' "$g_dir/buildpack.toml" | sed -n 1p)
+    [ -n "$g_api" ] || fail "$g_dir/buildpack.toml has no api"
+    group_toml="$group_toml[[group]]
+  id = \"$g_id\"
+  version = \"$g_version\"
+  api = \"$g_api\"
+
+"
+    [ -z "$md_buildpacks" ] || md_buildpacks="$md_buildpacks,"
+    md_buildpacks="$md_buildpacks{\\\"id\\\":\\\"$g_id\\\",\\\"version\\\":\\\"$g_version\\\"}"
+    group_size=$((group_size + 1))
+done <<EOF
+$group
+EOF
 while read -r g_id g_version; do
     echo "$g_id $g_version"
 done <<EOF
 $group
 EOF
 printf '%s' "$group_toml" >"$layers/group.toml" || fail "cannot write $layers/group.toml"
+
+# ---------------------------------------------------------------------------
+# Restore: the layers a buildpack marked `cache = true` in an earlier build come
+# back from the cache directory (not with -skip-restore).
+
+cache_store=$cache_dir/locald-standin-layers
 if [ "$skip_restore" = true ]; then
     probe "skip-restore"
 else
     echo "===> RESTORING"
+    for c in "$cache_store"/*/*.toml; do
+        [ -f "$c" ] || continue
+        c_bp=$(basename "$(dirname "$c")")
+        c_name=$(basename "$c" .toml)
+        mkdir -p "$layers/$c_bp" || fail "cannot create $layers/$c_bp"
+        rm -rf "${layers:?}/$c_bp/$c_name"
+        { cp -R "${c%.toml}" "$layers/$c_bp/$c_name" && cp "$c" "$layers/$c_bp/"; } ||
+            fail "cannot restore cache layer $c_bp:$c_name"
+        echo "Restoring data for \"$(echo "$c_bp" | tr _ /):$c_name\" from cache"
+    done
 fi
 
 # ---------------------------------------------------------------------------
-# Build: each buildpack of the group in turn; fail-build stops at the one it
-# names (else the group's first). The real lifecycle logs "Running build for
-# buildpack" at debug level only.
+# Build: each buildpack of the group in turn, bin/build LAYERS PLATFORM PLAN in
+# the app directory; the lifecycle logs "Running build for buildpack" at debug
+# level only.
 
 echo "===> BUILDING"
 while read -r g_id g_version; do
     if [ "$log_level" = debug ]; then
         echo "Running build for buildpack $g_id@$g_version"
     fi
-    if [ "$g_id" = "$failing" ]; then
-        echo "ERROR: failed to build: exit status 1" >&2
-        exit 51
-    fi
     g_dir=$(bp_dir_of "$g_id" "$g_version")
+    g_layers=$layers/$(echo "$g_id" | tr / _)
+    mkdir -p "$g_layers" || fail "cannot create $g_layers"
+    : >"$layers/plan.toml"
     if [ -x "$g_dir/bin/build" ]; then
-        "$g_dir/bin/build" </dev/null || {
-            echo "ERROR: failed to build: $g_dir/bin/build failed" >&2
+        (cd "$app" && CNB_BUILDPACK_DIR=$g_dir CNB_LAYERS_DIR=$g_layers \
+            CNB_PLATFORM_DIR=$platform CNB_BP_PLAN_PATH=$layers/plan.toml \
+            "$g_dir/bin/build" "$g_layers" "$platform" "$layers/plan.toml" </dev/null)
+        code=$?
+        if [ "$code" -ne 0 ]; then
+            echo "ERROR: failed to build: exit status $code" >&2
             exit 51
-        }
+        fi
     fi
 done <<EOF
 $group
 EOF
 
-if [ -d "$platform/env" ]; then
-    for f in "$platform/env"/*; do
-        [ -f "$f" ] || continue
-        probe "env $(basename "$f")=$(cat "$f")"
-    done
-fi
-
-counter=$cache_dir/locald-standin-builds
-builds=0
-if [ -f "$counter" ]; then
-    builds=$(cat "$counter")
-    case $builds in '' | *[!0-9]*) fail "cache counter $counter is damaged: '$builds'" ;; esac
-fi
-builds=$((builds + 1))
-echo "$builds" >"$counter" || fail "cannot write $counter"
-probe "cache builds=$builds"
-
-platform_value() { # NAME: the environment's value, else the platform env file's
-    eval "pv=\${$1:-}"
-    if [ -z "$pv" ] && [ -r "$platform/env/$1" ]; then
-        pv=$(cat "$platform/env/$1")
-    fi
-    echo "$pv"
-}
-
-if [ -e "$app/probe-sandbox" ]; then
-    host_path=$(platform_value PROBE_HOST_PATH)
-    if [ -z "$host_path" ]; then
-        probe "host-path unset"
-    elif [ -e "$host_path" ]; then
-        if cat "$host_path" >/dev/null 2>&1; then
-            probe "host-path readable $host_path"
-        else
-            probe "host-path visible $host_path"
-        fi
-    else
-        probe "host-path hidden $host_path"
-    fi
-    for d in /cnb /usr; do
-        if (: >"$d/probe") 2>/dev/null; then
-            rm -f "$d/probe"
-            probe "write $d allowed"
-        else
-            probe "write $d denied"
-        fi
-    done
-    probe "id uid=$cur_uid gid=$cur_gid"
-    probe "pid $$"
-    if [ -r /proc/1/cmdline ]; then
-        probe "pid1 $(tr '\000' ' ' </proc/1/cmdline)"
-    else
-        probe "pid1 unreadable"
-    fi
-    host_pid=$(platform_value PROBE_HOST_PID)
-    if [ -n "$host_pid" ]; then
-        if [ -d "/proc/$host_pid" ]; then
-            probe "host-pid visible $host_pid"
-        else
-            probe "host-pid hidden $host_pid"
-        fi
-    fi
-    if [ -c /dev/null ] && echo x >/dev/null 2>&1 && [ -z "$(cat /dev/null)" ]; then
-        probe "dev-null ok"
-    else
-        probe "dev-null broken"
-    fi
-fi
-
-if [ -e "$app/wait-for-signal" ]; then
-    sleeper=
-    on_signal() {
-        probe "got signal"
-        [ -z "$sleeper" ] || kill "$sleeper" 2>/dev/null
-        exit 130
-    }
-    trap on_signal INT TERM
-    probe "waiting"
-    while :; do
-        sleep 1 &
-        sleeper=$!
-        wait "$sleeper"
-        sleeper=
-    done
-fi
+# Cache: every layer marked `cache = true` is kept for the next build.
+{ rm -rf "$cache_store" && mkdir -p "$cache_store"; } || fail "cannot write $cache_store"
+for t in "$layers"/*/*.toml; do
+    [ -f "$t" ] || continue
+    grep -q '^[[:space:]]*cache[[:space:]]*=[[:space:]]*true' "$t" || continue
+    t_bp=$(basename "$(dirname "$t")")
+    t_name=$(basename "$t" .toml)
+    [ -d "${t%.toml}" ] || continue
+    { mkdir -p "$cache_store/$t_bp" && cp -R "${t%.toml}" "$cache_store/$t_bp/$t_name" &&
+        cp "$t" "$cache_store/$t_bp/"; } || fail "cannot cache layer $t_bp:$t_name"
+done
 
 # ---------------------------------------------------------------------------
-# Export: the run image's layers plus the app under workspace/
+# Export, as the lifecycle's exporter does into a layout: the run image's layers,
+# then a gzip layer for each launch layer of each buildpack (group order), the
+# app, the launcher, the launch config and the process types. Each layer's
+# content key is kept in a label; a layer whose key the previous image at the same
+# path already has is reused ("Reusing layer"), its blob kept.
 
 export_fail() {
     echo "ERROR: failed to export: $*" >&2
@@ -548,24 +609,146 @@ echo "===> EXPORTING"
 out_rel=$(layout_path "$image")
 out=$layout_dir/$out_rel
 scratch=$layers/.locald-standin-export
-rm -rf "$scratch" "$out" || export_fail "cannot clear $out"
-mkdir -p "$scratch/root/workspace" "$out/blobs/sha256" || export_fail "cannot create $out"
-cp -R "$app/." "$scratch/root/workspace/" || export_fail "cannot copy the app"
-(cd "$scratch/root" && tar -cf ../layer.tar workspace) || export_fail "cannot tar the app"
-layer_hex=$(sha256sum <"$scratch/layer.tar" | cut -d' ' -f1)
-layer_size=$(wc -c <"$scratch/layer.tar" | tr -d ' ')
-mv "$scratch/layer.tar" "$out/blobs/sha256/$layer_hex" || export_fail "cannot store the app layer"
-for d in $run_layer_digests; do
-    cp "$(blob_path "$run_dir" "$d")" "$out/blobs/sha256/${d#*:}" || export_fail "cannot copy layer $d"
-done
-echo "Adding layer 'workspace'"
+rm -rf "$scratch" || export_fail "cannot clear $scratch"
+mkdir -p "$scratch" "$out/blobs/sha256" || export_fail "cannot create $out"
 
-sep=
-[ -z "$run_diff_ids" ] || sep=,
-build_md="{\\\"buildpacks\\\":[$md_buildpacks],\\\"locald-standin\\\":true}"
-labels="\"io.buildpacks.build.metadata\":\"$build_md\""
+# The previous image's layers: "ID KEY DIGEST DIFF_ID SIZE" lines.
+prev_keys=
+if [ -f "$out/index.json" ]; then
+    prev_manifest_digest=$(flat "$out/index.json" | grep -o 'sha256:[0-9a-f]\{64\}' | sed -n 1p)
+    prev_manifest=$(blob_path "$out" "$prev_manifest_digest")
+    if [ -n "$prev_manifest_digest" ] && [ -f "$prev_manifest" ]; then
+        prev_config_digest=$(flat "$prev_manifest" |
+            sed -n 's/.*"config"[[:space:]]*:[[:space:]]*{[^}]*"digest"[[:space:]]*:[[:space:]]*"\(sha256:[0-9a-f]*\)".*/\1/p')
+        prev_config=$(blob_path "$out" "$prev_config_digest")
+        if [ -n "$prev_config_digest" ] && [ -f "$prev_config" ]; then
+            prev_keys=$(flat "$prev_config" |
+                sed -n 's/.*"io\.locald\.standin\.layers"[[:space:]]*:[[:space:]]*"\([^"]*\)".*/\1/p' | tr ';' '\n')
+        fi
+    fi
+fi
+
+content_key() { # DIR: a hash of the tree's names, types, modes and contents
+    (cd "$1" && find . | LC_ALL=C sort | while IFS= read -r f; do
+        if [ -L "$f" ]; then
+            echo "l $f $(readlink "$f")"
+        elif [ -d "$f" ]; then
+            echo "d $f $(stat -c %a "$f")"
+        else
+            echo "f $f $(stat -c %a "$f") $(sha256sum <"$f" | cut -d' ' -f1)"
+        fi
+    done) | sha256sum | cut -d' ' -f1
+}
+
+new_layers=
+new_diff_ids=
+new_keys=
+add_layer() { # ID ROOT: ROOT holds the layer's files at their paths under /
+    al_id=$1
+    al_key=$(content_key "$2") || export_fail "cannot read layer $al_id"
+    al_prev=$(printf '%s\n' "$prev_keys" | awk -v id="$al_id" -v k="$al_key" '$1 == id && $2 == k { print $3, $4, $5; exit }')
+    al_digest= al_diff= al_size= al_reused=false
+    if [ -n "$al_prev" ]; then
+        set -- $al_prev
+        if [ -f "$(blob_path "$out" "$1")" ]; then
+            al_digest=$1 al_diff=$2 al_size=$3 al_reused=true
+            echo "Reusing layer '$al_id'"
+        fi
+    fi
+    if [ -z "$al_digest" ]; then
+        (cd "$2" && tar -cf - $(ls -A)) >"$scratch/layer.tar" || export_fail "cannot tar layer $al_id"
+        al_diff=sha256:$(sha256sum <"$scratch/layer.tar" | cut -d' ' -f1)
+        gzip -c <"$scratch/layer.tar" >"$scratch/layer.tar.gz" || export_fail "cannot compress layer $al_id"
+        al_digest=sha256:$(sha256sum <"$scratch/layer.tar.gz" | cut -d' ' -f1)
+        al_size=$(wc -c <"$scratch/layer.tar.gz" | tr -d ' ')
+        mv "$scratch/layer.tar.gz" "$(blob_path "$out" "$al_digest")" || export_fail "cannot store layer $al_id"
+        rm -f "$scratch/layer.tar"
+        echo "Adding layer '$al_id'"
+    fi
+    new_layers="$new_layers,{\"mediaType\":\"application/vnd.oci.image.layer.v1.tar+gzip\",\"digest\":\"$al_digest\",\"size\":$al_size}"
+    new_diff_ids="$new_diff_ids,\"$al_diff\""
+    new_keys="$new_keys;$al_id $al_key $al_digest $al_diff $al_size"
+}
+
+for d in $run_layer_digests; do
+    cp "$(blob_path "$run_dir" "$d")" "$(blob_path "$out" "$d")" || export_fail "cannot copy layer $d"
+done
+
+# Buildpack layers marked `launch = true`, and the processes of launch.toml.
+processes=
+default_process=
+md_processes=
+while read -r g_id g_version; do
+    g_esc=$(echo "$g_id" | tr / _)
+    for t in "$layers/$g_esc"/*.toml; do
+        [ -f "$t" ] || continue
+        t_name=$(basename "$t" .toml)
+        case $t_name in launch | build | store) continue ;; esac
+        grep -q '^[[:space:]]*launch[[:space:]]*=[[:space:]]*true' "$t" || continue
+        [ -d "${t%.toml}" ] || continue
+        l_root=$scratch/layer-$g_esc-$t_name
+        mkdir -p "$l_root$layers/$g_esc" || export_fail "cannot stage $g_id:$t_name"
+        cp -R "${t%.toml}" "$l_root$layers/$g_esc/$t_name" || export_fail "cannot stage $g_id:$t_name"
+        add_layer "$g_id:$t_name" "$l_root"
+    done
+    if [ -f "$layers/$g_esc/launch.toml" ]; then
+        for p_line in $(awk '
+            /^[[:space:]]*\[\[processes\]\]/ { if (type != "") print type ":" def; type = ""; def = "false"; next }
+            /^[[:space:]]*type[[:space:]]*=/ { v = $0; sub(/^[^"]*"/, "", v); sub(/".*/, "", v); type = v }
+            /^[[:space:]]*default[[:space:]]*=[[:space:]]*true/ { def = "true" }
+            END { if (type != "") print type ":" def }
+        ' "$layers/$g_esc/launch.toml"); do
+            p_type=${p_line%%:*}
+            processes="$processes $p_type"
+            [ "${p_line#*:}" = true ] && default_process=$p_type
+            [ -z "$md_processes" ] || md_processes="$md_processes,"
+            md_processes="$md_processes{\\\"type\\\":\\\"$p_type\\\",\\\"buildpackID\\\":\\\"$g_id\\\"}"
+        done
+    fi
+done <<EOF
+$group
+EOF
+
+# The app, at the path the lifecycle was given (as the real exporter does: run
+# natively, that is a host path, and so are WorkingDir and CNB_APP_DIR).
+mkdir -p "$scratch/app$app" || export_fail "cannot stage the app"
+cp -R "$app/." "$scratch/app$app/" || export_fail "cannot copy the app"
+add_layer "slice-1" "$scratch/app" >/dev/null
+if [ "$al_reused" = true ]; then
+    echo "Reusing 1/1 app layer(s)"
+else
+    echo "Adding 1/1 app layer(s)"
+fi
+
+# The launcher, the launch config and a /cnb/process link per process type.
+mkdir -p "$scratch/launcher/cnb/lifecycle" || export_fail "cannot stage the launcher"
+cp "$launcher_path" "$scratch/launcher/cnb/lifecycle/launcher" || export_fail "cannot copy the launcher"
+add_layer "buildpacksio/lifecycle:launcher" "$scratch/launcher"
+mkdir -p "$scratch/config$layers/config" || export_fail "cannot stage the config"
+{
+    for p_type in $processes; do
+        printf '[[processes]]\n  type = "%s"\n' "$p_type"
+    done
+    printf '\n'
+    printf '%s' "$group_toml" | sed 's/^\[\[group\]\]/[[buildpacks]]/'
+} >"$scratch/config$layers/config/metadata.toml" || export_fail "cannot write the launch metadata"
+add_layer "buildpacksio/lifecycle:config" "$scratch/config"
+if [ -n "$processes" ]; then
+    mkdir -p "$scratch/process/cnb/process" || export_fail "cannot stage the process types"
+    for p_type in $processes; do
+        ln -sf /cnb/lifecycle/launcher "$scratch/process/cnb/process/$p_type" || export_fail "cannot link $p_type"
+    done
+    add_layer "buildpacksio/lifecycle:process-types" "$scratch/process"
+fi
+
+entrypoint=/cnb/lifecycle/launcher
+[ -z "$default_process" ] || entrypoint=/cnb/process/$default_process
+build_md="{\\\"buildpacks\\\":[$md_buildpacks],\\\"processes\\\":[$md_processes],\\\"launcher\\\":{\\\"version\\\":\\\"stand-in\\\"}}"
+labels="\"io.buildpacks.build.metadata\":\"$build_md\",\"io.locald.standin.layers\":\"${new_keys#;}\""
 [ -z "$run_stack" ] || labels="$labels,\"io.buildpacks.stack.id\":\"$run_stack\""
-printf '%s' "{\"architecture\":\"${run_arch:-amd64}\",\"os\":\"${run_os:-linux}\",\"config\":{\"Env\":[\"PATH=/cnb/process:/usr/local/bin:/usr/bin:/bin\",\"CNB_APP_DIR=/workspace\"],\"WorkingDir\":\"/workspace\",\"User\":\"$uid:$gid\",\"Labels\":{$labels}},\"rootfs\":{\"type\":\"layers\",\"diff_ids\":[$run_diff_ids$sep\"sha256:$layer_hex\"]}}" \
+diff_ids=$run_diff_ids$new_diff_ids
+diff_ids=${diff_ids#,}
+printf '%s' "{\"architecture\":\"${run_arch:-amd64}\",\"os\":\"${run_os:-linux}\",\"config\":{\"Env\":[\"PATH=/cnb/process:/cnb/lifecycle:/usr/local/bin:/usr/bin:/bin\",\"CNB_APP_DIR=$app\",\"CNB_LAYERS_DIR=$layers\",\"CNB_PLATFORM_API=$CNB_PLATFORM_API\"],\"Entrypoint\":[\"$entrypoint\"],\"WorkingDir\":\"$app\",\"User\":\"$uid:$gid\",\"Labels\":{$labels}},\"rootfs\":{\"type\":\"layers\",\"diff_ids\":[$diff_ids]}}" \
     >"$scratch/config.json" || export_fail "cannot write the config"
 config_hex=$(sha256sum <"$scratch/config.json" | cut -d' ' -f1)
 config_size=$(wc -c <"$scratch/config.json" | tr -d ' ')
@@ -574,16 +757,19 @@ mv "$scratch/config.json" "$out/blobs/sha256/$config_hex" || export_fail "cannot
 oci_layers=$(printf "%s\n" "$run_layers" |
     sed -e 's#application/vnd\.docker\.image\.rootfs\.diff\.tar\.gzip#application/vnd.oci.image.layer.v1.tar+gzip#g' \
         -e 's#application/vnd\.docker\.image\.rootfs\.diff\.tar#application/vnd.oci.image.layer.v1.tar#g')
-sep=
-[ -z "$(printf "%s\n" "$oci_layers" | tr -d ' ')" ] || sep=,
-printf '%s' "{\"schemaVersion\":2,\"mediaType\":\"application/vnd.oci.image.manifest.v1+json\",\"config\":{\"mediaType\":\"application/vnd.oci.image.config.v1+json\",\"digest\":\"sha256:$config_hex\",\"size\":$config_size},\"layers\":[$oci_layers$sep{\"mediaType\":\"application/vnd.oci.image.layer.v1.tar\",\"digest\":\"sha256:$layer_hex\",\"size\":$layer_size}]}" \
+all_layers=$oci_layers$new_layers
+all_layers=${all_layers#,}
+printf '%s' "{\"schemaVersion\":2,\"mediaType\":\"application/vnd.oci.image.manifest.v1+json\",\"config\":{\"mediaType\":\"application/vnd.oci.image.config.v1+json\",\"digest\":\"sha256:$config_hex\",\"size\":$config_size},\"layers\":[$all_layers]}" \
     >"$scratch/manifest.json" || export_fail "cannot write the manifest"
 manifest_hex=$(sha256sum <"$scratch/manifest.json" | cut -d' ' -f1)
 manifest_size=$(wc -c <"$scratch/manifest.json" | tr -d ' ')
 mv "$scratch/manifest.json" "$out/blobs/sha256/$manifest_hex" || export_fail "cannot store the manifest"
 printf '%s' '{"imageLayoutVersion":"1.0.0"}' >"$out/oci-layout" || export_fail "cannot write oci-layout"
-printf '%s' "{\"schemaVersion\":2,\"mediaType\":\"application/vnd.oci.image.index.v1+json\",\"manifests\":[{\"mediaType\":\"application/vnd.oci.image.manifest.v1+json\",\"digest\":\"sha256:$manifest_hex\",\"size\":$manifest_size,\"annotations\":{\"org.opencontainers.image.ref.name\":\"$image\"}}]}" \
-    >"$out/index.json" || export_fail "cannot write index.json"
+ref_tag=${image##*/}
+case $ref_tag in *:*) ref_tag=${ref_tag##*:} ;; *) ref_tag=latest ;; esac
+printf '%s' "{\"schemaVersion\":2,\"mediaType\":\"application/vnd.oci.image.index.v1+json\",\"manifests\":[{\"mediaType\":\"application/vnd.oci.image.manifest.v1+json\",\"digest\":\"sha256:$manifest_hex\",\"size\":$manifest_size,\"annotations\":{\"org.opencontainers.image.ref.name\":\"$ref_tag\"}}]}" \
+    >"$scratch/index.json" || export_fail "cannot write index.json"
+mv "$scratch/index.json" "$out/index.json" || export_fail "cannot write index.json"
 rm -rf "$scratch"
 echo "Saving $image..."
 echo "*** Images (sha256:$manifest_hex):"
@@ -740,6 +926,48 @@ pub fn test_user() -> Result<TestUser, String> {
         Err(useradd) => format!("cannot make the user {TEST_USER}: {useradd}"),
         Ok(_) => e,
     })
+}
+
+/// The host account the busybox builder's build user maps to when the native
+/// runner is started by root: the lifecycle switches to the build uid and looks
+/// it up in the host's `/etc/passwd` (an unknown uid fails the build).
+pub const BUILD_USER: &str = "locald-build";
+
+/// Makes sure the host's `/etc/passwd` has an entry for `uid` (as root: a
+/// [`BUILD_USER`] with that uid when none has it). Not root: nothing to do, the
+/// lifecycle runs as the caller.
+pub fn ensure_host_uid(uid: u32) -> Result<(), String> {
+    if !crate::peers::is_root() {
+        return Ok(());
+    }
+    let has = |passwd: &str| {
+        passwd
+            .lines()
+            .any(|l| l.split(':').nth(2).and_then(|u| u.parse::<u32>().ok()) == Some(uid))
+    };
+    let _serial = USERADD.lock().unwrap_or_else(|e| e.into_inner());
+    if has(&std::fs::read_to_string("/etc/passwd").map_err(|e| e.to_string())?) {
+        return Ok(());
+    }
+    let made = crate::peers::run(
+        "useradd",
+        [
+            "--uid",
+            &uid.to_string(),
+            "--no-create-home",
+            "--user-group",
+            "--shell",
+            "/bin/sh",
+            BUILD_USER,
+        ],
+    );
+    if has(&std::fs::read_to_string("/etc/passwd").map_err(|e| e.to_string())?) {
+        return Ok(());
+    }
+    Err(format!(
+        "no host user with uid {uid} for native builds as root: {}",
+        made.err().unwrap_or_default()
+    ))
 }
 
 fn lookup_user(name: &str) -> Result<TestUser, String> {
@@ -911,11 +1139,9 @@ mod tests {
                     spec.buildpack_toml(id, v),
                     0o644,
                 );
-                write(
-                    &dir.join("bin/build"),
-                    format!("#!/bin/sh\necho 'stand-in build: {id}@{v}'\n"),
-                    0o755,
-                );
+                let (detect, build) = &spec.scripts[id];
+                write(&dir.join("bin/detect"), detect, 0o755);
+                write(&dir.join("bin/build"), build, 0o755);
             }
             write(&root.join("app/hello.txt"), "hello from the app\n", 0o644);
             write(&root.join("app/sub/deep.txt"), "deep\n", 0o644);
@@ -1246,16 +1472,14 @@ mod tests {
 
         // Real peers agree it is an image.
         let dir = rig.output_dir();
-        if crate::peers::have("skopeo") {
+        if crate::require::tool("skopeo") {
             let inspect =
                 crate::peers::skopeo(&["inspect", &format!("oci:{}", dir.display())]).unwrap();
             let v: Value = serde_json::from_str(&inspect).unwrap();
             assert_eq!(v["Layers"].as_array().unwrap().len(), 3, "{v}");
             assert_eq!(v["Architecture"], crate::builder::host_arch());
-        } else {
-            eprintln!("skopeo not installed: skipping its check");
         }
-        if crate::peers::have("umoci") && crate::peers::have("skopeo") {
+        if crate::require::tool("umoci") && crate::require::tool("skopeo") {
             let copy = rig.root.join("copy");
             crate::peers::skopeo_copy(
                 &format!("oci:{}:{IMAGE}", dir.display()),
@@ -1270,20 +1494,16 @@ mod tests {
                 "changed\n"
             );
             assert!(rootfs.join("etc/locald-run-image").is_file());
-        } else {
-            eprintln!("umoci or skopeo not installed: skipping the unpack check");
         }
     }
 
     /// Under busybox sh with only busybox applets on PATH (as in the sandbox).
     #[test]
     fn runs_under_busybox() {
-        let busybox = match crate::builder::find_busybox() {
-            Ok(b) => b,
-            Err(e) => {
-                eprintln!("skipping: {e}");
-                return;
-            }
+        let Some(busybox) =
+            crate::require::ok(crate::builder::find_busybox(), "the static busybox")
+        else {
+            return;
         };
         let rig = Rig::new();
         let bin = rig.root.join("bb");
@@ -1574,12 +1794,8 @@ mod tests {
     /// As root, the uid check is exercised as an unprivileged user.
     #[test]
     fn uid_must_match_when_not_root() {
-        let user = match test_user() {
-            Ok(u) => u,
-            Err(e) => {
-                eprintln!("skipping the run as another user: {e}");
-                return;
-            }
+        let Some(user) = crate::require::ok(test_user(), "the unprivileged test user") else {
+            return;
         };
         let rig = Rig::new();
         chown_tree(&rig.root, user.uid, user.gid).unwrap();

@@ -340,6 +340,8 @@ pub async fn build(
                 .and_then(|c| c.env().clone())
                 .unwrap_or_default(),
             debug: verbose > 0,
+            no_color: std::env::var_os(crate::env::NO_COLOR).is_some()
+                || !std::io::IsTerminal::is_terminal(&std::io::stderr()),
             skip_restore: args.clear_cache,
             host,
         },

@@ -13,6 +13,7 @@ use locald_tests::builder::{default_rootfs, BuilderSpec, DEFAULT_CREATOR};
 use locald_tests::fixture::{
     noise, Compression, Entry, ImageInfo, ImageSpec, Layer, LayoutBuilder,
 };
+use locald_tests::require;
 use locald_tests::tree::{self, DiffOpts};
 use serde_json::{json, Value};
 
@@ -242,6 +243,7 @@ fn custom_spec() -> BuilderSpec {
         rootfs: default_rootfs(1234, 1235),
         stack_toml: false,
         run_toml: true,
+        ..BuilderSpec::default()
     }
 }
 
@@ -856,8 +858,7 @@ fn cache_under_a_regular_file() {
 /// read-only mount): exit 1 with the directory named and the hint.
 #[test]
 fn read_only_cache() {
-    if let Err(why) = namespaces() {
-        eprintln!("skipped: {why}");
+    if require::ok(namespaces(), "user namespaces").is_none() {
         return;
     }
     let w = World::new();
@@ -934,8 +935,7 @@ fn read_only_cache() {
 /// complete.
 #[test]
 fn full_disk() {
-    if let Err(why) = namespaces() {
-        eprintln!("skipped: {why}");
+    if require::ok(namespaces(), "user namespaces").is_none() {
         return;
     }
     let w = World::new();

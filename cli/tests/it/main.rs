@@ -899,7 +899,9 @@ mod registry_auth {
             .map(|mut a| a.any(|a| a.ip().is_loopback()))
             .unwrap_or(false);
         if host.is_empty() || !resolves_to_loopback {
-            eprintln!("skipped: host name {host:?} does not resolve to a loopback address");
+            locald_tests::require::skip(format_args!(
+                "the host name {host:?} does not resolve to a loopback address (add it to /etc/hosts)"
+            ));
             return;
         }
         let t = tempfile::tempdir().unwrap();

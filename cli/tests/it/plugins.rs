@@ -17,8 +17,8 @@ use std::process::Command;
 use std::sync::OnceLock;
 
 use locald_tests::fixture::{Compression, Entry, ImageSpec, Layer, LayoutBuilder};
-use locald_tests::peers;
 use locald_tests::tree::{self, DiffOpts};
+use locald_tests::{peers, require};
 
 use super::Run;
 
@@ -511,8 +511,7 @@ fn oci_archive_ref_forms_and_errors() {
 /// `podman save --format oci-archive`, when podman works here.
 #[test]
 fn oci_archive_from_podman_save() {
-    if !peers::have("podman") {
-        eprintln!("skipped: podman is not installed");
+    if !require::tool("podman") {
         return;
     }
     let lab = Lab::new(&[OCI_ARCHIVE]);
@@ -532,8 +531,7 @@ fn oci_archive_from_podman_save() {
         all.extend_from_slice(args);
         peers::run("podman", all)
     };
-    if let Err(e) = podman(&["info"]) {
-        eprintln!("skipped: podman does not work here: {e}");
+    if require::ok(podman(&["info"]), "podman").is_none() {
         return;
     }
     // podman cannot pull from a layout under a dot-named temporary directory

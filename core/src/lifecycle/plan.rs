@@ -30,6 +30,9 @@ pub struct CreatorOptions {
     pub builder_env: Vec<String>,
     /// `-log-level debug`.
     pub debug: bool,
+    /// `-no-color`: the lifecycle's output goes somewhere that is not a terminal
+    /// (or `NO_COLOR` asked), so no ANSI colour codes.
+    pub no_color: bool,
     /// `-skip-restore`: do not restore layer metadata or the cache (`--clear-cache`).
     pub skip_restore: bool,
     /// The host directories.
@@ -151,6 +154,9 @@ pub fn plan_creator(info: &BuilderInfo, opts: CreatorOptions) -> Result<Lifecycl
     if opts.debug {
         args.extend([text("-log-level"), text("debug")]);
     }
+    if opts.no_color {
+        args.push(text("-no-color"));
+    }
     args.push(Arg::Text(opts.image.clone()));
 
     let mut env: Vec<(String, String)> = opts
@@ -204,6 +210,7 @@ mod tests {
                 "junk".into(),
             ],
             debug: true,
+            no_color: true,
             skip_restore: false,
             host: HostDirs {
                 builder: builder.to_path_buf(),
@@ -242,6 +249,7 @@ mod tests {
             "-layout -layout-dir /layout-repo ",
             "-uid 1001 -gid 1002 ",
             "-log-level debug ",
+            "-no-color ",
         ] {
             assert!(joined.contains(want), "{want:?} missing from {joined}");
         }

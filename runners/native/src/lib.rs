@@ -92,6 +92,24 @@ impl LifecycleRunner for NativeRunner {
                     });
                 }
             }
+            // After dropping to it, the lifecycle looks the build user up in this
+            // host's /etc/passwd (HOME and USER for the buildpacks) and fails on
+            // an unknown uid: say so before anything runs.
+            let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+            if passwd_home(&passwd, plan.uid).is_none() {
+                return Err(RunnerError::Unavailable {
+                    message: format!(
+                        "the builder's build user (uid {}) is not in this host's /etc/passwd: \
+                         run natively by root, the lifecycle switches to it and looks it up there",
+                        plan.uid
+                    ),
+                    hint: format!(
+                        "use the container runner, run locald as a normal user, or add the user \
+                         (useradd --uid {} --no-create-home cnb-build)",
+                        plan.uid
+                    ),
+                });
+            }
             tracing::warn!(
                 "running buildpacks natively as host uid {}: they can read whatever that user can (the container runner isolates them)",
                 plan.uid
@@ -151,6 +169,14 @@ impl LifecycleRunner for NativeRunner {
 /// Whether `uid`/`gid` may search every directory from `/` down to `path`
 /// (ownership and mode bits; ACLs are not read). The first closed directory
 /// otherwise.
+/// The home directory of `uid` in the text of an `/etc/passwd`, if it has one.
+fn passwd_home(passwd: &str, uid: u32) -> Option<&str> {
+    passwd.lines().find_map(|line| {
+        let f: Vec<&str> = line.split(':').collect();
+        (f.len() >= 7 && f[2].parse::<u32>() == Ok(uid)).then_some(f[5])
+    })
+}
+
 fn reachable_by(path: &Path, uid: u32, gid: u32) -> Result<(), std::path::PathBuf> {
     use std::os::unix::fs::MetadataExt;
     let mut dirs: Vec<&Path> = path.ancestors().collect();
@@ -352,6 +378,22 @@ mod tests {
         assert_eq!(host_mismatches_with(&info, "x86_64", &debian).len(), 1);
         info.stack_id = Some("example.custom".into());
         assert!(host_mismatches_with(&info, "x86_64", &debian).is_empty());
+    }
+
+    #[test]
+    fn passwd_lookup() {
+        let passwd = "root:x:0:0:root:/root:/bin/sh\n\
+                      # comment\n\
+                      short:x:5\n\
+                      cnb:x:1001:1002:CNB user,,,:/home/cnb:/bin/sh\n";
+        for (uid, want) in [
+            (0, Some("/root")),
+            (1001, Some("/home/cnb")),
+            (5, None),
+            (7, None),
+        ] {
+            assert_eq!(passwd_home(passwd, uid), want, "uid {uid}");
+        }
     }
 
     #[test]

@@ -354,8 +354,16 @@ pub fn leaked_fd() {
     leak_check().expect("with close_range");
     let python = Path::new("/usr/bin/python3");
     let arch_ok = cfg!(any(target_arch = "x86_64", target_arch = "aarch64"));
-    if !python.exists() || !arch_ok {
-        println!("leaked_fd: skipping the run without close_range (needs /usr/bin/python3 on x86_64 or aarch64)");
+    if !arch_ok {
+        println!(
+            "leaked_fd: the run without close_range needs x86_64 or aarch64 (its seccomp filter)"
+        );
+        return;
+    }
+    if !python.exists() {
+        locald_tests::require::skip(
+            "leaked_fd without close_range needs /usr/bin/python3 (apt-get install python3)",
+        );
         return;
     }
     let exe = std::env::current_exe().expect("exe");
@@ -413,7 +421,7 @@ fn install_keyctl(f: &Fixture) -> Result<(), String> {
 /// The lifecycle does not share locald's session keyring (and its keys).
 pub fn keyring() {
     if !Path::new("/usr/bin/keyctl").exists() {
-        println!("keyring: skipped: no /usr/bin/keyctl on this host (Debian package keyutils)");
+        locald_tests::require::skip("no /usr/bin/keyctl on this host (apt-get install keyutils)");
         return;
     }
     // In a session keyring of its own, so the key goes nowhere else.

@@ -1,11 +1,16 @@
 //! Integration tests of the container runner, in real namespaces.
 //!
-//! A custom harness (`harness = false`): this binary is also the sandbox helper
+//! A harness of its own (`harness = false`, libtest's arguments through
+//! `libtest-mimic`: filters, `--exact`, `--skip`, `--list`, `--test-threads`,
+//! `--nocapture`, `--format`, ...): this binary is also the sandbox helper
 //! (`sandbox_main_if_requested` runs first, so `current_exe()` serves as the
 //! runner's helper), and when started as root it runs the whole suite a second
-//! time as the unprivileged user `lbtest` (or `LOCALD_IT_USER`).
+//! time as an unprivileged user (`locald-test`, made when missing, or
+//! `LOCALD_IT_USER`), with the same arguments.
 //!
-//! Arguments: an optional name filter (substring); `--list`.
+//! The tests run one at a time unless `--test-threads` says otherwise (they run
+//! sandboxes and kill processes; each finds its own by a token, so they can also
+//! run side by side).
 
 mod fixture;
 mod hardening;
@@ -13,8 +18,10 @@ mod sandbox;
 
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
-use std::panic::AssertUnwindSafe;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use libtest_mimic::{Arguments, Trial};
+use locald_tests::require;
 
 type Test = (&'static str, fn());
 
@@ -40,15 +47,22 @@ const TESTS: &[Test] = &[
     ("fifo_passwd", hardening::fifo_passwd),
 ];
 
-/// The user the suite is repeated as when it runs as root.
-const DEFAULT_USER: &str = "lbtest";
+/// Set in the environment of the suite's second run, as the unprivileged user.
+const CHILD_ENV: &str = "LOCALD_IT_UNPRIVILEGED_CHILD";
+
+/// Environment passed on to the second run (its environment is otherwise cleared).
+const PASSED_ON: &[&str] = &[
+    require::CI_ENV,
+    require::REAL_LIFECYCLE_ENV,
+    "RUST_BACKTRACE",
+];
 
 fn main() {
     locald_runner_container::sandbox_main_if_requested();
 
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.first().map(String::as_str) == Some("--child") {
-        let result = match args.get(1).map(String::as_str) {
+    let raw: Vec<String> = std::env::args().skip(1).collect();
+    if raw.first().map(String::as_str) == Some("--child") {
+        let result = match raw.get(1).map(String::as_str) {
             Some(name @ "userns-disabled") => {
                 sandbox::unavailable_child(name, "user.max_user_namespaces")
             }
@@ -65,66 +79,69 @@ fn main() {
         }
         return;
     }
-    if args.first().map(String::as_str) == Some("--run-until-killed") {
+    if raw.first().map(String::as_str) == Some("--run-until-killed") {
         sandbox::run_until_killed();
         return;
     }
-    if args.iter().any(|a| a == "--list") {
-        for (name, _) in TESTS {
-            println!("{name}: test");
-        }
-        return;
-    }
-    let unprivileged_child = args.iter().any(|a| a == "--unprivileged-child");
-    // Flags cargo passes to every test binary are ignored.
-    let filter: Option<&str> = args
-        .iter()
-        .find(|a| !a.starts_with("--"))
-        .map(String::as_str);
 
-    let who = if rustix::process::geteuid().is_root() {
+    let mut args = Arguments::from_args();
+    if args.test_threads.is_none() {
+        args.test_threads = Some(1);
+    }
+    let root = rustix::process::geteuid().is_root();
+    let who = if root {
         "root".to_owned()
     } else {
         format!("uid {}", rustix::process::geteuid().as_raw())
     };
-    let mut failed = run_suite(filter, &who);
+    let missing = missing_prerequisite();
+    if let (Some(why), false) = (&missing, require::in_ci()) {
+        println!("SKIP every test (ignored): {why}");
+    }
+    let trials: Vec<Trial> = TESTS
+        .iter()
+        .map(|&(name, test)| {
+            let ignored = missing.is_some() && !require::in_ci();
+            let missing = missing.clone();
+            Trial::test(name, move || {
+                if let Some(why) = missing {
+                    require::skip(why);
+                    return Ok(());
+                }
+                let _watchdog = watchdog(name, Duration::from_secs(120));
+                test();
+                Ok(())
+            })
+            .with_kind(who.clone())
+            .with_ignored_flag(ignored)
+        })
+        .collect();
+    let listing = args.list;
+    let mut failed = libtest_mimic::run(&args, trials).has_failed();
 
-    if rustix::process::geteuid().is_root() && !unprivileged_child {
-        let user = std::env::var("LOCALD_IT_USER").unwrap_or_else(|_| DEFAULT_USER.to_owned());
-        match run_as(&user, filter) {
+    if root && std::env::var_os(CHILD_ENV).is_none() && !listing {
+        let user = std::env::var("LOCALD_IT_USER").ok();
+        match run_as(user.as_deref()) {
             Ok(true) => {}
-            Ok(false) => failed += 1,
+            Ok(false) => failed = true,
             Err(e) => {
-                println!("unprivileged run as {user}: FAILED: {e}");
-                failed += 1;
+                require::skip(format_args!("the run as an unprivileged user: {e}"));
             }
         }
     }
-    if failed > 0 {
-        println!("\n{failed} failed");
-        std::process::exit(1);
+    if failed {
+        std::process::exit(101);
     }
 }
 
-fn run_suite(filter: Option<&str>, who: &str) -> usize {
-    let mut failed = 0;
-    for (name, test) in TESTS {
-        if filter.is_some_and(|f| !name.contains(f)) {
-            continue;
-        }
-        let started = Instant::now();
-        let watchdog = watchdog(name, Duration::from_secs(120));
-        let result = std::panic::catch_unwind(AssertUnwindSafe(test));
-        drop(watchdog);
-        match result {
-            Ok(()) => println!("test {name} ({who}) ... ok ({:.1?})", started.elapsed()),
-            Err(_) => {
-                println!("test {name} ({who}) ... FAILED");
-                failed += 1;
-            }
-        }
+/// What the whole suite needs from the host, when something is missing.
+fn missing_prerequisite() -> Option<String> {
+    if !std::path::Path::new("/usr/bin/busybox").is_file() {
+        return Some(
+            "the fixture's root is /usr/bin/busybox: apt-get install busybox-static".to_owned(),
+        );
     }
-    failed
+    None
 }
 
 /// Kills the process if a test hangs (a stuck sandbox must not stall CI).
@@ -143,18 +160,29 @@ fn watchdog(name: &'static str, limit: Duration) -> Watchdog {
     Watchdog { _done: tx }
 }
 
-/// Run the suite again as `user`, from a copy of this binary that the user can
-/// read and execute.
-fn run_as(user: &str, filter: Option<&str>) -> Result<bool, String> {
-    let passwd = std::fs::read_to_string("/etc/passwd").map_err(|e| e.to_string())?;
-    let (uid, gid) = passwd
-        .lines()
-        .find_map(|l| {
-            let f: Vec<&str> = l.split(':').collect();
-            (f.len() >= 4 && f[0] == user).then(|| (f[2].parse::<u32>(), f[3].parse::<u32>()))
-        })
-        .and_then(|(u, g)| Some((u.ok()?, g.ok()?)))
-        .ok_or_else(|| format!("no user {user} in /etc/passwd"))?;
+/// Run the suite again, with this run's arguments, as `user` (the tests' own
+/// unprivileged user by default), from a copy of this binary that the user can
+/// read and execute. `Ok(passed)`, or why it could not start.
+fn run_as(user: Option<&str>) -> Result<bool, String> {
+    let (name, uid, gid) = match user {
+        Some(name) => {
+            let passwd = std::fs::read_to_string("/etc/passwd").map_err(|e| e.to_string())?;
+            let (uid, gid) = passwd
+                .lines()
+                .find_map(|l| {
+                    let f: Vec<&str> = l.split(':').collect();
+                    (f.len() >= 4 && f[0] == name)
+                        .then(|| (f[2].parse::<u32>(), f[3].parse::<u32>()))
+                })
+                .and_then(|(u, g)| Some((u.ok()?, g.ok()?)))
+                .ok_or_else(|| format!("no user {name} in /etc/passwd (LOCALD_IT_USER)"))?;
+            (name.to_owned(), uid, gid)
+        }
+        None => {
+            let u = locald_tests::standin::test_user()?;
+            (u.name, u.uid, u.gid)
+        }
+    };
     let dir = tempfile::Builder::new()
         .prefix("locald-it-bin-")
         .tempdir()
@@ -167,17 +195,21 @@ fn run_as(user: &str, filter: Option<&str>) -> Result<bool, String> {
     std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755))
         .map_err(|e| e.to_string())?;
 
+    println!("\nrunning the suite again as {name} (uid {uid})");
     let mut cmd = std::process::Command::new(&exe);
-    cmd.arg("--unprivileged-child")
+    cmd.args(std::env::args_os().skip(1))
         .uid(uid)
         .gid(gid)
         .current_dir("/")
         .env_clear()
         .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
         .env("HOME", "/tmp")
-        .env("TMPDIR", "/tmp");
-    if let Some(filter) = filter {
-        cmd.arg(filter);
+        .env("TMPDIR", "/tmp")
+        .env(CHILD_ENV, "1");
+    for var in PASSED_ON {
+        if let Some(v) = std::env::var_os(var) {
+            cmd.env(var, v);
+        }
     }
     let status = cmd
         .status()

@@ -367,12 +367,13 @@ pub fn helper_killed() {
     let me = std::process::id();
     let result = std::thread::scope(|s| {
         let w = &watcher;
+        let token = &token;
         s.spawn(move || {
             let deadline = Instant::now() + Duration::from_secs(20);
             while !w.lines().iter().any(|l| l == "ready") && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(10));
             }
-            let helper = helper_pid(me).expect("the helper process");
+            let helper = helper_pid(me, token).expect("the helper process");
             rustix::process::kill_process(helper, rustix::process::Signal::KILL).expect("kill");
         });
         fixture::runner(RootMode::Auto).run(&plan, &watcher, &cancel)
@@ -382,23 +383,39 @@ pub fn helper_killed() {
 }
 
 /// Our child that runs the sandbox helper.
-fn helper_pid(parent: u32) -> Option<rustix::process::Pid> {
-    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
-        let ppid = stat
-            .rsplit(')')
+/// The sandbox helper of the run whose processes carry `token`: the ancestor of
+/// the token's process that is `parent`'s child (found from the token, not from
+/// `parent` alone, so tests running side by side each find their own).
+fn helper_pid(parent: u32, token: &str) -> Option<rustix::process::Pid> {
+    let ppid_of = |pid: u32| -> Option<u32> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        stat.rsplit(')')
             .next()
             .and_then(|rest| rest.split_whitespace().nth(1))
-            .and_then(|p| p.parse::<u32>().ok());
-        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
-        if ppid == Some(parent) && String::from_utf8_lossy(&cmdline).contains("__locald-sandbox") {
-            return rustix::process::Pid::from_raw(pid);
+            .and_then(|p| p.parse::<u32>().ok())
+    };
+    let mut pid = std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .filter_map(|e| e.file_name().to_string_lossy().parse::<u32>().ok())
+        .find(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(token))
+        })?;
+    loop {
+        let up = ppid_of(pid)?;
+        if up == parent {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            return String::from_utf8_lossy(&cmdline)
+                .contains("__locald-sandbox")
+                .then(|| rustix::process::Pid::from_raw(pid as i32))
+                .flatten();
         }
+        if up <= 1 {
+            return None;
+        }
+        pid = up;
     }
-    None
 }
 
 fn expect_other(result: &Result<RunStatus, RunnerError>, needles: &[&str]) {
