@@ -669,6 +669,19 @@ add_layer() { # ID ROOT: ROOT holds the layer's files at their paths under /
     new_diff_ids="$new_diff_ids,\"$al_diff\""
     new_keys="$new_keys;$al_id $al_key $al_digest $al_diff $al_size"
 }
+# The lifecycle's metadata label (io.buildpacks.lifecycle.metadata): each
+# layer's diff id by role, as the exporter records them.
+md_layers=
+md_bp_open=
+md_bp_layers=
+md_close_bp() {
+    if [ -n "$md_bp_open" ]; then
+        [ -z "$md_layers" ] || md_layers="$md_layers,"
+        md_layers="$md_layers$md_bp_open{$md_bp_layers}}"
+    fi
+    md_bp_open=
+    md_bp_layers=
+}
 
 for d in $run_layer_digests; do
     cp "$(blob_path "$run_dir" "$d")" "$(blob_path "$out" "$d")" || export_fail "cannot copy layer $d"
@@ -680,6 +693,8 @@ default_process=
 md_processes=
 while read -r g_id g_version; do
     g_esc=$(echo "$g_id" | tr / _)
+    md_close_bp
+    md_bp_open="{\\\"key\\\":\\\"$g_id\\\",\\\"version\\\":\\\"$g_version\\\",\\\"layers\\\":"
     for t in "$layers/$g_esc"/*.toml; do
         [ -f "$t" ] || continue
         t_name=$(basename "$t" .toml)
@@ -690,6 +705,8 @@ while read -r g_id g_version; do
         mkdir -p "$l_root$layers/$g_esc" || export_fail "cannot stage $g_id:$t_name"
         cp -R "${t%.toml}" "$l_root$layers/$g_esc/$t_name" || export_fail "cannot stage $g_id:$t_name"
         add_layer "$g_id:$t_name" "$l_root"
+        [ -z "$md_bp_layers" ] || md_bp_layers="$md_bp_layers,"
+        md_bp_layers="$md_bp_layers\\\"$t_name\\\":{\\\"sha\\\":\\\"$al_diff\\\",\\\"launch\\\":true}"
     done
     if [ -f "$layers/$g_esc/launch.toml" ]; then
         for p_line in $(awk '
@@ -708,12 +725,14 @@ while read -r g_id g_version; do
 done <<EOF
 $group
 EOF
+md_close_bp
 
 # The app, at the path the lifecycle was given (as the real exporter does: run
 # natively, that is a host path, and so are WorkingDir and CNB_APP_DIR).
 mkdir -p "$scratch/app$app" || export_fail "cannot stage the app"
 cp -R "$app/." "$scratch/app$app/" || export_fail "cannot copy the app"
 add_layer "slice-1" "$scratch/app" >/dev/null
+md_app=$al_diff
 if [ "$al_reused" = true ]; then
     echo "Reusing 1/1 app layer(s)"
 else
@@ -724,6 +743,7 @@ fi
 mkdir -p "$scratch/launcher/cnb/lifecycle" || export_fail "cannot stage the launcher"
 cp "$launcher_path" "$scratch/launcher/cnb/lifecycle/launcher" || export_fail "cannot copy the launcher"
 add_layer "buildpacksio/lifecycle:launcher" "$scratch/launcher"
+md_launcher=$al_diff
 mkdir -p "$scratch/config$layers/config" || export_fail "cannot stage the config"
 {
     for p_type in $processes; do
@@ -733,6 +753,7 @@ mkdir -p "$scratch/config$layers/config" || export_fail "cannot stage the config
     printf '%s' "$group_toml" | sed 's/^\[\[group\]\]/[[buildpacks]]/'
 } >"$scratch/config$layers/config/metadata.toml" || export_fail "cannot write the launch metadata"
 add_layer "buildpacksio/lifecycle:config" "$scratch/config"
+md_config=$al_diff
 if [ -n "$processes" ]; then
     mkdir -p "$scratch/process/cnb/process" || export_fail "cannot stage the process types"
     for p_type in $processes; do
@@ -744,7 +765,8 @@ fi
 entrypoint=/cnb/lifecycle/launcher
 [ -z "$default_process" ] || entrypoint=/cnb/process/$default_process
 build_md="{\\\"buildpacks\\\":[$md_buildpacks],\\\"processes\\\":[$md_processes],\\\"launcher\\\":{\\\"version\\\":\\\"stand-in\\\"}}"
-labels="\"io.buildpacks.build.metadata\":\"$build_md\",\"io.locald.standin.layers\":\"${new_keys#;}\""
+lifecycle_md="{\\\"app\\\":[{\\\"sha\\\":\\\"$md_app\\\"}],\\\"buildpacks\\\":[$md_layers],\\\"launcher\\\":{\\\"sha\\\":\\\"$md_launcher\\\"},\\\"config\\\":{\\\"sha\\\":\\\"$md_config\\\"}}"
+labels="\"io.buildpacks.build.metadata\":\"$build_md\",\"io.buildpacks.lifecycle.metadata\":\"$lifecycle_md\",\"io.locald.standin.layers\":\"${new_keys#;}\""
 [ -z "$run_stack" ] || labels="$labels,\"io.buildpacks.stack.id\":\"$run_stack\""
 diff_ids=$run_diff_ids$new_diff_ids
 diff_ids=${diff_ids#,}
@@ -1035,11 +1057,22 @@ pub fn app_layer_paths(dir: &Path) -> Result<Vec<String>, String> {
         _ => return Err(format!("{}: not one manifest: {index}", dir.display())),
     };
     let manifest = json(&blob(&digest)?, "manifest")?;
-    let layer = manifest["layers"]
+    // The app layer is the one whose diff id the lifecycle's metadata label
+    // records as `app` (the real exporter and the stand-in both write it).
+    let config_digest = manifest["config"]["digest"].as_str().unwrap_or_default();
+    let config = json(&blob(config_digest)?, "config")?;
+    let md = config["config"]["Labels"]["io.buildpacks.lifecycle.metadata"]
+        .as_str()
+        .ok_or_else(|| format!("{}: no lifecycle metadata label", dir.display()))?;
+    let md = json(md.as_bytes(), "io.buildpacks.lifecycle.metadata")?;
+    let app_diff = md["app"][0]["sha"].as_str().unwrap_or_default();
+    let position = config["rootfs"]["diff_ids"]
         .as_array()
-        .and_then(|l| l.last())
-        .and_then(|l| l["digest"].as_str())
-        .ok_or_else(|| format!("{}: no layers: {manifest}", dir.display()))?;
+        .and_then(|d| d.iter().position(|x| x.as_str() == Some(app_diff)))
+        .ok_or_else(|| format!("{}: no layer has the app's diff id {app_diff}", dir.display()))?;
+    let layer = manifest["layers"][position]["digest"]
+        .as_str()
+        .ok_or_else(|| format!("{}: no layer {position}: {manifest}", dir.display()))?;
     let bytes = blob(layer)?;
     let tar_bytes = crate::fixture::Compression::detect(&bytes)
         .decompress(&bytes)
@@ -1152,6 +1185,10 @@ mod tests {
             b.add_image(spec.run_image_spec().ref_name(RUN));
             b.write().unwrap();
             let (uid, gid) = if crate::peers::is_root() {
+                // The creator drops to the build user (as the lifecycle does),
+                // which the host must know and which must own the build's dirs.
+                ensure_host_uid(spec.uid).unwrap();
+                chown_tree(&root, spec.uid, spec.gid).unwrap();
                 (spec.uid, spec.gid)
             } else {
                 (
