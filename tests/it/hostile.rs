@@ -17,7 +17,9 @@
 //! tree, no leftover temporary directory). Relative symlinks in the cases are
 //! chosen so that, resolved against the host instead of the image root, they land
 //! on the sentinels (`../../outside` from the target root is `tmp/outside`).
-//! Extractions run on a thread with a deadline, so a hang fails the test.
+//! Extractions run on a thread with a deadline, so a hang fails the test. The
+//! resource bombs at the end run theirs in a child process (this test binary
+//! again, running `measured_extraction_child`) whose peak memory they measure.
 
 use std::fs;
 use std::os::unix::fs::MetadataExt;
@@ -28,8 +30,8 @@ use std::time::Duration;
 use locald_core::extract::Stats;
 use locald_core::manifest::MAX_JSON_BYTES;
 use locald_tests::fixture::{
-    noise, sha256_digest, Compression, Desc, Entry, ImageInfo, ImageSpec, Layer, LayoutBuilder,
-    LongNames, MEDIA_OCI_INDEX, MEDIA_OCI_MANIFEST, REF_NAME,
+    self, noise, sha256_digest, Compression, Desc, Entry, ImageInfo, ImageSpec, Layer,
+    LayoutBuilder, LongNames, MEDIA_OCI_INDEX, MEDIA_OCI_MANIFEST, REF_NAME,
 };
 use locald_tests::require;
 use locald_tests::tree::{self, DiffOpts, Kind, Snapshot};
@@ -94,10 +96,38 @@ impl Sandbox {
         info
     }
 
-    /// Everything in the sandbox except the target and the metadata of its parent.
+    /// Everything in the sandbox except the target and the metadata of its parent
+    /// (the target is never read: it may hold files of many gigabytes).
     fn world(&self) -> Snapshot {
-        let mut s = tree::snapshot(self.path());
-        s.retain(|k, _| k != "work" && k != "work/out" && !k.starts_with("work/out/"));
+        let mut s = Snapshot::new();
+        let mut add = |key: String, path: &Path| {
+            let node = tree::node(path).unwrap();
+            let is_dir = node.kind == Kind::Dir;
+            s.insert(key.clone(), node);
+            if is_dir {
+                for (k, n) in tree::snapshot(path) {
+                    s.insert(format!("{key}/{k}"), n);
+                }
+            }
+        };
+        let names = |dir: &Path| -> Vec<String> {
+            let mut n: Vec<String> = fs::read_dir(dir)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().into_string().unwrap())
+                .collect();
+            n.sort();
+            n
+        };
+        for name in names(self.path()) {
+            if name != "work" {
+                add(name.clone(), &self.path().join(&name));
+            }
+        }
+        for name in names(&self.work()) {
+            if name != "out" {
+                add(format!("work/{name}"), &self.work().join(&name));
+            }
+        }
         s
     }
 
@@ -108,28 +138,62 @@ impl Sandbox {
     }
 
     fn extract_image(&self, image: Option<&str>, paths: &[&str]) -> Outcome {
-        let before = self.world();
         let (layout, target) = (self.layout(), self.target());
         let image = image.map(str::to_owned);
         let paths: Vec<String> = paths.iter().map(|p| (*p).to_owned()).collect();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let paths: Vec<&str> = paths.iter().map(String::as_str).collect();
-            let r = common::extract(&layout, image.as_deref(), &paths, &target)
-                .map_err(|e| common::chain(&e));
-            let _ = tx.send(r);
-        });
-        let outcome = match rx.recv_timeout(DEADLINE) {
-            Ok(r) => r,
-            Err(mpsc::RecvTimeoutError::Disconnected) => panic!("the extraction panicked"),
-            Err(mpsc::RecvTimeoutError::Timeout) => {
-                let readers = self.unblock_fifos();
-                panic!(
-                    "the extraction did not finish within {DEADLINE:?} (a hang?); \
-                     FIFOs it had open for reading: {readers:?}"
-                );
+        self.checked(|| {
+            let (tx, rx) = mpsc::channel();
+            std::thread::spawn(move || {
+                let paths: Vec<&str> = paths.iter().map(String::as_str).collect();
+                let r = common::extract(&layout, image.as_deref(), &paths, &target)
+                    .map_err(|e| common::chain(&e));
+                let _ = tx.send(r);
+            });
+            match rx.recv_timeout(DEADLINE) {
+                Ok(r) => r,
+                Err(mpsc::RecvTimeoutError::Disconnected) => panic!("the extraction panicked"),
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    let readers = self.unblock_fifos();
+                    panic!(
+                        "the extraction did not finish within {DEADLINE:?} (a hang?); \
+                         FIFOs it had open for reading: {readers:?}"
+                    );
+                }
             }
-        };
+        })
+    }
+
+    /// Extracts image [`NAME`] (all of it) in a child process, this test binary
+    /// running [`measured_extraction_child`], with the checks of
+    /// [`Sandbox::extract`]; also returns the child's peak memory.
+    fn extract_measured(&self) -> (Result<(), String>, Measured) {
+        let mut measured = None;
+        let outcome = self.checked(|| {
+            let (outcome, m) = run_measured_child(&self.layout(), &self.target());
+            measured = Some(m);
+            outcome
+        });
+        let measured = measured.expect("measured");
+        eprintln!(
+            "child extraction: peak memory {:.1} MiB ({:.1} MiB before extracting), {}",
+            measured.peak as f64 / MIB as f64,
+            measured.before as f64 / MIB as f64,
+            match &outcome {
+                Ok(()) => "succeeded".to_owned(),
+                Err(e) => format!("failed: {e}"),
+            }
+        );
+        (outcome, measured)
+    }
+
+    /// Runs an extraction, then checks that nothing in the sandbox but the
+    /// target changed and that no temporary directory is left.
+    fn checked<T: std::fmt::Debug>(
+        &self,
+        extraction: impl FnOnce() -> Result<T, String>,
+    ) -> Result<T, String> {
+        let before = self.world();
+        let outcome = extraction();
         let after = self.world();
         if !tree::diff(&before, &after, &DiffOpts::exact()).is_empty() {
             eprintln!("outcome: {outcome:?}");
@@ -1547,4 +1611,498 @@ fn aufs_metadata_directories_are_not_extracted() {
     sb.extract(&[]).unwrap();
     let keys: Vec<String> = sb.tree().into_keys().collect();
     assert_eq!(keys, ["d", "d/kept"]);
+}
+
+// ---------------------------------------------------------------------------
+// Resource bombs: small layers that ask for a lot of memory, disk or time.
+
+const MIB: u64 = 1 << 20;
+const GIB: u64 = 1 << 30;
+/// The most memory an extraction may take at its peak (VmHWM), this test
+/// binary's own included.
+const PEAK_LIMIT: u64 = 100 * MIB;
+
+/// What [`measured_extraction_child`] extracts: the layout and the target.
+const CHILD_LAYOUT: &str = "LOCALD_TEST_CHILD_LAYOUT";
+const CHILD_TARGET: &str = "LOCALD_TEST_CHILD_TARGET";
+/// The start of the lines the child reports on.
+const CHILD_SAYS: &str = "locald-test-child: ";
+
+/// What an extraction in a child process took.
+#[derive(Debug)]
+struct Measured {
+    /// The child's peak resident memory (VmHWM) before the extraction, bytes.
+    before: u64,
+    /// Its peak resident memory over the whole extraction, bytes.
+    peak: u64,
+}
+
+/// Runs [`measured_extraction_child`] in a child process and reads its report.
+fn run_measured_child(layout: &Path, target: &Path) -> (Result<(), String>, Measured) {
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "hostile::measured_extraction_child",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD_LAYOUT, layout)
+        .env(CHILD_TARGET, target)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = rustix::process::Pid::from_child(&child);
+    let (tx, rx) = mpsc::channel();
+    let (stdout, stderr) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
+    std::thread::spawn(move || {
+        let read = |mut r: Box<dyn std::io::Read + Send>| {
+            std::thread::spawn(move || {
+                let mut s = String::new();
+                let _ = r.read_to_string(&mut s);
+                s
+            })
+        };
+        let (out, err) = (read(Box::new(stdout)), read(Box::new(stderr)));
+        let status = child.wait().unwrap();
+        let _ = tx.send((status, out.join().unwrap(), err.join().unwrap()));
+    });
+    let (status, stdout, stderr) = match rx.recv_timeout(DEADLINE) {
+        Ok(r) => r,
+        Err(_) => {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+            panic!("the child extraction did not finish within {DEADLINE:?}");
+        }
+    };
+    let said = |what: &str| {
+        stdout.lines().find_map(|l| {
+            // libtest may have written the test's name on the same line first.
+            l.split_once(CHILD_SAYS)
+                .and_then(|(_, l)| l.strip_prefix(what))
+                .map(str::to_owned)
+        })
+    };
+    let kib = |what: &str| -> u64 {
+        let v = said(what).unwrap_or_else(|| {
+            panic!("the child ({status}) did not report {what:?}:\n{stdout}\n{stderr}")
+        });
+        v.trim().parse::<u64>().unwrap() * 1024
+    };
+    let measured = Measured {
+        before: kib("before-kib "),
+        peak: kib("peak-kib "),
+    };
+    let outcome = match (said("ok"), said("err ")) {
+        (Some(_), None) => Ok(()),
+        (None, Some(e)) => Err(e),
+        _ => panic!("the child ({status}) reported no outcome:\n{stdout}\n{stderr}"),
+    };
+    assert!(
+        status.success(),
+        "the child failed ({status}):\n{stdout}\n{stderr}"
+    );
+    (outcome, measured)
+}
+
+/// This process's peak resident memory so far (VmHWM), KiB.
+fn vm_hwm_kib() -> u64 {
+    let status = fs::read_to_string("/proc/self/status").unwrap();
+    let line = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .expect("VmHWM in /proc/self/status");
+    line.trim().trim_end_matches("kB").trim().parse().unwrap()
+}
+
+/// The extraction that [`Sandbox::extract_measured`] runs in a child process
+/// (this test binary again), reporting its outcome and peak memory on stdout.
+/// Without its environment it does nothing.
+#[test]
+#[ignore = "run in a child process by Sandbox::extract_measured"]
+fn measured_extraction_child() {
+    let (Some(layout), Some(target)) = (
+        std::env::var_os(CHILD_LAYOUT),
+        std::env::var_os(CHILD_TARGET),
+    ) else {
+        return;
+    };
+    println!("{CHILD_SAYS}before-kib {}", vm_hwm_kib());
+    let r = common::extract(Path::new(&layout), Some(NAME), &[], Path::new(&target));
+    println!("{CHILD_SAYS}peak-kib {}", vm_hwm_kib());
+    match r {
+        Ok(_) => println!("{CHILD_SAYS}ok"),
+        Err(e) => println!("{CHILD_SAYS}err {}", common::chain(&e).replace('\n', " ")),
+    }
+}
+
+#[track_caller]
+fn assert_peak_bounded(m: &Measured, what: &str) {
+    assert!(
+        m.peak < PEAK_LIMIT,
+        "{what}: the extraction's peak memory was {} bytes, over {PEAK_LIMIT}",
+        m.peak
+    );
+}
+
+/// Disk space a file takes (its allocated blocks), bytes.
+fn disk_use(p: &Path) -> u64 {
+    fs::symlink_metadata(p).unwrap().blocks() * 512
+}
+
+fn read_at(p: &Path, offset: u64, len: usize) -> Vec<u8> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0; len];
+    fs::File::open(p)
+        .unwrap()
+        .read_exact_at(&mut buf, offset)
+        .unwrap();
+    buf
+}
+
+/// A 10 KB layer whose GNU sparse entries declare 2 GiB and 64 GiB: written
+/// sparse, as GNU tar does (holes stay holes), taking the disk space of their
+/// data, the memory of a small layer and no time for the holes.
+#[test]
+fn gnu_sparse_files_are_written_sparse() {
+    // What `tar --sparse --format=gnu` (1.34) writes for a 2 GiB file whose last
+    // byte is an `x`: the last 4 KiB as data, an empty region at the end.
+    let big = 2 * GIB;
+    let mut last = vec![0u8; 4096];
+    last[4095] = b'x';
+    let mut tar = fixture::gnu_sparse(b"big", big, &[(big - 4096, last.clone()), (big, vec![])]);
+    // 64 GiB of holes around 40 short regions at odd offsets; the map spills
+    // into two extension blocks.
+    let huge = 64 * GIB;
+    let regions: Vec<(u64, Vec<u8>)> = (0..40u64)
+        .map(|i| {
+            (
+                i * (huge / 40) + 7 * i + 3,
+                format!("region {i}").into_bytes(),
+            )
+        })
+        .collect();
+    tar.extend(fixture::gnu_sparse(b"dir/huge", huge, &regions));
+    tar.extend(fixture::tar_bytes(
+        &[Entry::file("after", "after")],
+        LongNames::Gnu,
+    ));
+    // GNU tar's 10 KiB records.
+    tar.resize(tar.len().next_multiple_of(10240), 0);
+    assert_eq!(tar.len(), 10240);
+
+    let sb = Sandbox::new();
+    sb.image(vec![Layer::raw(tar)]);
+    let (outcome, m) = sb.extract_measured();
+    outcome.unwrap_or_else(|e| panic!("the sparse layer: {e}"));
+    assert_peak_bounded(&m, "2 GiB and 64 GiB sparse files");
+
+    let root = sb.target();
+    let p = root.join("big");
+    assert_eq!(fs::metadata(&p).unwrap().len(), big);
+    assert_eq!(read_at(&p, big - 4096, 4096), last);
+    assert_eq!(read_at(&p, 0, 4096), vec![0; 4096]);
+    assert_eq!(read_at(&p, GIB + 17, 3), vec![0; 3]);
+    let p = root.join("dir/huge");
+    assert_eq!(fs::metadata(&p).unwrap().len(), huge);
+    for (offset, data) in &regions {
+        assert_eq!(read_at(&p, *offset, data.len()), *data);
+        assert_eq!(read_at(&p, offset + data.len() as u64, 1), [0]);
+    }
+    assert_eq!(read_at(&p, huge - 1, 1), [0]);
+    assert_eq!(fs::read(root.join("after")).unwrap(), b"after");
+    // The disk space of the data (a filesystem block per region), not of the
+    // holes.
+    let (big_disk, huge_disk) = (disk_use(&root.join("big")), disk_use(&p));
+    eprintln!("disk use: big {big_disk} bytes, dir/huge {huge_disk} bytes");
+    assert!(big_disk < MIB, "big takes {big_disk} bytes of disk");
+    assert!(huge_disk < MIB, "dir/huge takes {huge_disk} bytes of disk");
+}
+
+/// A sparse file larger than any filesystem holds (4 EiB, one byte at its end)
+/// costs nothing to try: it is written sparse where the filesystem takes it,
+/// else refused by the filesystem with an error naming the layer and the
+/// entry; either way at once and taking no space. Sizes over 2^63 - 1 bytes
+/// (which no file can have) are refused before anything is written.
+#[test]
+fn absurdly_large_sparse_files_cost_nothing() {
+    let size = 1u64 << 62;
+    let mut tar = fixture::gnu_sparse(b"absurd", size, &[(size - 1, b"x".to_vec())]);
+    tar.extend(fixture::tar_bytes(&[], LongNames::Gnu));
+    let sb = Sandbox::new();
+    let info = sb.image(vec![
+        gz(vec![Entry::file("first", "first")]),
+        Layer::raw(tar),
+    ]);
+    match sb.extract(&[]) {
+        Ok(_) => {
+            let p = sb.target().join("absurd");
+            assert_eq!(fs::metadata(&p).unwrap().len(), size);
+            assert_eq!(read_at(&p, size - 1, 1), b"x");
+            assert!(disk_use(&p) < MIB, "{} bytes of disk", disk_use(&p));
+        }
+        Err(msg) => {
+            eprintln!("a 4 EiB sparse file: {msg}");
+            assert_names_layer(&msg, &info, 2);
+            assert_names_entry(&msg, "absurd");
+            assert_mentions_any(&msg, &["too large", "invalid argument"]);
+        }
+    }
+    let mut tar = fixture::gnu_sparse(b"impossible", u64::MAX, &[(0, b"x".to_vec())]);
+    tar.extend(fixture::tar_bytes(&[], LongNames::Gnu));
+    let sb = Sandbox::new();
+    let info = sb.image(vec![Layer::raw(tar)]);
+    let msg = refused(sb.extract(&[]), "a sparse file of 2^64 - 1 bytes");
+    assert_names_layer(&msg, &info, 1);
+    assert_names_entry(&msg, "impossible");
+    assert_mentions(&msg, &["GNU sparse map", &u64::MAX.to_string()]);
+}
+
+/// The same, from GNU tar itself: a sparse file archived by `tar --sparse` comes
+/// out as it went in (old GNU format). GNU tar's PAX formats (`GNU.sparse.*`
+/// records) are not read as sparse by the tar crate: such an entry is extracted
+/// as stored, its data regions back to back (and, for format 1.0, its map in
+/// front) under the name in its header (`GNUSparseFile.<pid>/<name>` for 0.1 and
+/// 1.0), with a warning. Go's archive/tar (so umoci) expands them. Either way,
+/// no bomb: what lands on disk is what the layer holds.
+#[test]
+fn sparse_files_from_gnu_tar() {
+    if !peers::have("tar") {
+        eprintln!("SKIP sparse_files_from_gnu_tar: tar is not installed");
+        return;
+    }
+    let src = tempfile::tempdir().unwrap();
+    let size = 2 * GIB;
+    let f = fs::File::create(src.path().join("big")).unwrap();
+    f.set_len(size).unwrap();
+    {
+        use std::os::unix::fs::FileExt;
+        f.write_all_at(b"middle", GIB).unwrap();
+        f.write_all_at(b"x", size - 1).unwrap();
+    }
+    drop(f);
+    let gnu_tar = |format: &[&str]| -> Vec<u8> {
+        let out = src.path().join("layer.tar");
+        let mut args = vec!["--sparse", "-cf", out.to_str().unwrap()];
+        args.extend_from_slice(format);
+        args.extend(["-C", src.path().to_str().unwrap(), "big"]);
+        peers::run("tar", args).unwrap();
+        fs::read(out).unwrap()
+    };
+
+    let sb = Sandbox::new();
+    sb.image(vec![Layer::raw(gnu_tar(&["--format=gnu"]))]);
+    succeeded(sb.extract(&[]), "GNU tar's sparse file");
+    let p = sb.target().join("big");
+    assert_eq!(fs::metadata(&p).unwrap().len(), size);
+    assert_eq!(read_at(&p, GIB - 1, 8), b"\0middle\0");
+    assert_eq!(read_at(&p, size - 2, 2), b"\0x");
+    assert!(disk_use(&p) < MIB, "{} bytes of disk", disk_use(&p));
+
+    for version in ["0.0", "0.1", "1.0"] {
+        let sb = Sandbox::new();
+        let tar = gnu_tar(&["--format=posix", &format!("--sparse-version={version}")]);
+        let stored = tar.len() as u64;
+        sb.image(vec![Layer::raw(tar)]);
+        succeeded(sb.extract(&[]), &format!("PAX sparse {version}"));
+        let files: Vec<(String, u64)> = sb
+            .tree()
+            .into_iter()
+            .filter(|(_, n)| n.kind == Kind::File)
+            .map(|(k, _)| {
+                let len = fs::metadata(sb.target().join(&k)).unwrap().len();
+                (k, len)
+            })
+            .collect();
+        // Only the stored data: 2 × 4 KiB regions (plus the map in 1.0).
+        let [(name, len)] = &files[..] else {
+            panic!("PAX sparse {version}: {files:?}");
+        };
+        assert!(
+            *len <= stored,
+            "PAX sparse {version}: {name} is {len} bytes"
+        );
+        match version {
+            "0.0" => assert_eq!(name, "big"),
+            _ => assert!(name.starts_with("GNUSparseFile."), "{version}: {name}"),
+        }
+    }
+}
+
+/// A PAX header of `record` bytes (one `comment` record) in a gzip layer,
+/// after one file and before another, built and hashed in pieces: the layer
+/// is a few hundred KB, the record never in memory.
+fn huge_pax_layer(record: u64) -> Layer {
+    use std::io::Write as _;
+    struct Out {
+        gz: flate2::write::GzEncoder<Vec<u8>>,
+        diff_id: sha2::Sha256,
+    }
+    impl Out {
+        fn put(&mut self, bytes: &[u8]) {
+            self.gz.write_all(bytes).unwrap();
+            self.diff_id.update(bytes);
+        }
+    }
+    let mut out = Out {
+        gz: flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default()),
+        diff_id: sha2::Sha256::new(),
+    };
+    out.put(&fixture::tar_entries(
+        &[Entry::file("before", "before")],
+        LongNames::Pax,
+    ));
+    out.put(&fixture::header_block(
+        b"././@PaxHeader",
+        b'x',
+        record,
+        LongNames::Pax,
+    ));
+    let head = format!("{record} comment=");
+    out.put(head.as_bytes());
+    let chunk = vec![b'a'; MIB as usize];
+    let mut left = record - head.len() as u64 - 1;
+    while left > 0 {
+        let n = left.min(MIB);
+        out.put(&chunk[..n as usize]);
+        left -= n;
+    }
+    out.put(b"\n");
+    out.put(&vec![0; (record.next_multiple_of(512) - record) as usize]);
+    out.put(&fixture::tar_bytes(
+        &[Entry::file("after", "after")],
+        LongNames::Pax,
+    ));
+    let diff_id = format!("sha256:{}", hex::encode(out.diff_id.finalize()));
+    Layer::raw(out.gz.finish().unwrap()).with_diff_id(diff_id)
+}
+
+/// A 512 MiB PAX record (a gzip layer of half a megabyte) is refused before it
+/// is read: the error names the layer and the entry, the extraction's memory
+/// stays small, and nothing is published.
+#[test]
+fn huge_pax_records_are_refused_without_holding_them() {
+    let record = 512 * MIB;
+    let layer = huge_pax_layer(record);
+    let blob = layer.blob().len();
+    eprintln!("a {record}-byte PAX record in a {blob}-byte gzip layer");
+    assert!(blob < 2 * MIB as usize, "{blob}");
+    let sb = Sandbox::new();
+    let info = sb.image(vec![gz(vec![Entry::file("first", "first")]), layer.clone()]);
+    let (outcome, m) = sb.extract_measured();
+    let msg = outcome.expect_err("a 512 MiB PAX header was accepted");
+    assert_names_layer(&msg, &info, 2);
+    assert_names_entry(&msg, "././@PaxHeader");
+    assert_mentions(&msg, &["PAX extended header", &record.to_string(), "1 MiB"]);
+    assert_peak_bounded(&m, "512 MiB PAX record");
+    assert!(!sb.target().exists(), "the target was published");
+    // After the refusal the rest of the blob is still read and checked: a blob
+    // whose last byte (the gzip trailer, far past the refused header) was
+    // changed is reported as corrupt.
+    let mut stored = layer.blob();
+    *stored.last_mut().unwrap() ^= 1;
+    let sb = Sandbox::new();
+    let info = sb.image(vec![layer.with_stored_bytes(stored)]);
+    let msg = refused(sb.extract(&[]), "a corrupt layer with a 512 MiB PAX record");
+    assert_names_layer(&msg, &info, 1);
+    assert_mentions(&msg, &["does not match its digest"]);
+}
+
+/// `./././…/x` (normalised to `x`) of exactly `len` bytes.
+fn dotted(len: usize) -> String {
+    let mut name = "./".repeat((len - 1) / 2);
+    if len.is_multiple_of(2) {
+        name.insert(0, '/');
+    }
+    name.push('x');
+    assert_eq!(name.len(), len);
+    name
+}
+
+/// PAX records of exactly `len` bytes (one `comment`).
+fn pax_of(len: usize) -> Vec<u8> {
+    // `<len> comment=<a…>\n` for a 7-digit len.
+    let records = fixture::pax_records(&[("comment".to_owned(), vec![b'a'; len - 17])]);
+    assert_eq!(records.len(), len);
+    records
+}
+
+/// PAX headers (`x`, `g`), GNU long names (`L`) and long link names (`K`) of
+/// more than 1 MiB are refused with an error naming the layer and the entry;
+/// exactly 1 MiB is accepted. The boundary is Go's archive/tar's: it reads such
+/// entries through `io.LimitReader(r, maxSpecialFileSize+1)`, `maxSpecialFileSize
+/// = 1 << 20`, and fails when it got more than `maxSpecialFileSize` bytes.
+#[test]
+fn metadata_entries_over_one_mib_are_refused() {
+    let limit = MIB as usize;
+    type Case = (
+        &'static str,
+        &'static str,
+        LongNames,
+        fn(usize) -> Vec<Entry>,
+    );
+    let cases: [Case; 4] = [
+        ("GNU long name", "././@LongLink", LongNames::Gnu, |len| {
+            // The name and its NUL.
+            vec![Entry::file(dotted(len - 1), "long")]
+        }),
+        (
+            "GNU long link name",
+            "././@LongLink",
+            LongNames::Gnu,
+            |len| {
+                vec![
+                    Entry::file("x", "long"),
+                    Entry::hardlink("y", dotted(len - 1)),
+                ]
+            },
+        ),
+        (
+            "PAX extended header",
+            "././@PaxHeader",
+            LongNames::Pax,
+            |len| vec![Entry::file("x", "long").pax("comment", vec![b'a'; len - 17])],
+        ),
+        (
+            "PAX global header",
+            "pax_global_header",
+            LongNames::Pax,
+            |len| {
+                vec![
+                    Entry::custom("pax_global_header", b'g', "", pax_of(len)),
+                    Entry::file("x", "long"),
+                ]
+            },
+        ),
+    ];
+    for (what, header_name, long_names, entries) in cases {
+        // Exactly 1 MiB.
+        let sb = Sandbox::new();
+        sb.image(vec![gz(entries(limit)).with_long_names(long_names)]);
+        succeeded(sb.extract(&[]), &format!("a {what} of 1 MiB"));
+        assert_file(&sb.tree(), "x", "long");
+        // One byte more.
+        let sb = Sandbox::new();
+        let info = sb.image(vec![
+            gz(vec![Entry::file("first", "first")]),
+            gz(entries(limit + 1)).with_long_names(long_names),
+        ]);
+        let msg = refused(sb.extract(&[]), &format!("a {what} of 1 MiB + 1"));
+        assert_names_layer(&msg, &info, 2);
+        assert_names_entry(&msg, header_name);
+        assert_mentions(&msg, &[what, &(limit + 1).to_string(), "1 MiB"]);
+    }
+    // A header without a name is named by the entry before it.
+    let mut tar = fixture::tar_entries(&[Entry::file("previous", "p")], LongNames::Gnu);
+    tar.extend(fixture::header_block(b"", b'L', 2 * MIB, LongNames::Gnu));
+    tar.extend(vec![0; 1024]);
+    let sb = Sandbox::new();
+    let info = sb.image(vec![Layer::raw(tar)]);
+    let msg = refused(sb.extract(&[]), "an unnamed 2 MiB long name");
+    assert_names_layer(&msg, &info, 1);
+    assert_names_entry(&msg, "previous");
+    assert_mentions(
+        &msg,
+        &["unnamed entry after it", "GNU long name", "2097152"],
+    );
 }

@@ -453,6 +453,77 @@ fn write_gnu_long(out: &mut Vec<u8>, typeflag: u8, name: &[u8]) {
     push_padded(out, &data);
 }
 
+/// A header block alone, for streams built piece by piece (too large to hold, or
+/// lying): `typeflag`, `path` (at most 100 bytes), mode 0o644, owner 0:0, mtime 0,
+/// and a size field saying `size` whatever follows.
+pub fn header_block(path: &[u8], typeflag: u8, size: u64, long_names: LongNames) -> [u8; 512] {
+    assert!(
+        path.len() <= 100,
+        "header_block takes names of at most 100 bytes"
+    );
+    Header {
+        name: path,
+        link: b"",
+        typeflag,
+        size,
+        mode: 0o644,
+        uid: 0,
+        gid: 0,
+        mtime: 0,
+        uname: b"",
+        gname: b"",
+        dev: (0, 0),
+        gnu: long_names == LongNames::Gnu,
+    }
+    .block()
+}
+
+/// An old-GNU sparse file entry (typeflag `S`, as `tar --sparse --format=gnu`
+/// writes it): a file of `size` bytes holding `regions` (offset, data) and holes
+/// elsewhere. The header's four map slots take the first regions, extension
+/// blocks of 21 slots the rest; then the regions' data, back to back, padded to
+/// a block. No end-of-archive blocks. GNU tar ends the map with an empty region
+/// at `size`: pass `(size, vec![])` to do the same.
+pub fn gnu_sparse(path: &[u8], size: u64, regions: &[(u64, Vec<u8>)]) -> Vec<u8> {
+    let data: Vec<u8> = regions
+        .iter()
+        .flat_map(|(_, d)| d.iter().copied())
+        .collect();
+    let mut h = header_block(path, b'S', data.len() as u64, LongNames::Gnu);
+    let slot = |b: &mut [u8], (offset, d): &(u64, Vec<u8>)| {
+        put_num(&mut b[..12], *offset, true);
+        put_num(&mut b[12..24], d.len() as u64, true);
+    };
+    // GNU header: 4 slots of (offset, numbytes) from 386, isextended at 482,
+    // realsize at 483.
+    for (i, r) in regions.iter().take(4).enumerate() {
+        slot(&mut h[386 + 24 * i..386 + 24 * (i + 1)], r);
+    }
+    h[482] = u8::from(regions.len() > 4);
+    put_num(&mut h[483..495], size, true);
+    set_checksum(&mut h);
+    let mut out = h.to_vec();
+    let rest: Vec<&(u64, Vec<u8>)> = regions.iter().skip(4).collect();
+    let blocks: Vec<&[&(u64, Vec<u8>)]> = rest.chunks(21).collect();
+    for (n, chunk) in blocks.iter().enumerate() {
+        // 21 slots, then isextended at 504.
+        let mut b = [0u8; BLOCK];
+        for (i, r) in chunk.iter().enumerate() {
+            slot(&mut b[24 * i..24 * (i + 1)], r);
+        }
+        b[504] = u8::from(n + 1 < blocks.len());
+        out.extend_from_slice(&b);
+    }
+    push_padded(&mut out, &data);
+    out
+}
+
+fn set_checksum(b: &mut [u8; BLOCK]) {
+    b[148..156].fill(b' ');
+    let sum: u32 = b.iter().map(|&x| u32::from(x)).sum();
+    b[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+}
+
 fn push_padded(out: &mut Vec<u8>, data: &[u8]) {
     out.extend_from_slice(data);
     let rem = data.len() % BLOCK;
@@ -521,9 +592,7 @@ impl Header<'_> {
         put_bytes(&mut b[297..329], self.gname);
         put_num(&mut b[329..337], u64::from(self.dev.0), self.gnu);
         put_num(&mut b[337..345], u64::from(self.dev.1), self.gnu);
-        b[148..156].fill(b' ');
-        let sum: u32 = b.iter().map(|&x| u32::from(x)).sum();
-        b[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+        set_checksum(&mut b);
         b
     }
 }

@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 
 use tar::EntryType;
 
+use super::guard::{Refused, SparseMap, TarGuard};
 use super::path::{self, PathFilter, Relation, Whiteout};
 use crate::cancel::Cancel;
 use crate::error::{Error, Result};
@@ -43,7 +44,8 @@ pub struct Stats {
     pub skipped_devices: u64,
     /// Entries outside the path filter.
     pub filtered_out: u64,
-    /// Bytes of file content written.
+    /// Bytes of file content written (of a sparse file, its data: its holes are
+    /// not written).
     pub bytes: u64,
     /// Each applied layer's entries, when asked for (`None` for a layer that
     /// could not be listed).
@@ -262,15 +264,28 @@ impl Applier {
 
     /// Applies one uncompressed layer tar stream. Returns the stream, read up to the
     /// end of the archive, so the caller can drain and verify it.
+    ///
+    /// The stream reaches the tar crate through a [`TarGuard`], which refuses
+    /// oversized metadata entries before the tar crate holds them in memory and
+    /// hands over GNU sparse entries as their data plus a map (see
+    /// [`super::guard`]).
     pub fn apply_layer<R: Read>(&mut self, tar_stream: R) -> Result<R> {
         self.touched.clear();
-        let mut archive = tar::Archive::new(tar_stream);
+        let guard = TarGuard::new(tar_stream);
+        let shared = guard.shared();
+        let mut archive = tar::Archive::new(guard);
         let entries = archive.entries().map_err(Error::Tar)?;
+        // The name of the entry before, for refusals of unnamed headers.
+        let mut previous: Option<Vec<u8>> = None;
         for entry in entries {
             self.cancel.check()?;
-            let mut entry = entry.map_err(Error::Tar)?;
+            let mut entry = entry.map_err(|e| tar_error(e, previous.as_deref()))?;
             let raw_name = entry.path_bytes().into_owned();
-            self.apply_entry(&mut entry, &raw_name)
+            let sparse = shared
+                .borrow_mut()
+                .take_entry(entry.raw_header_position())
+                .map_err(|e| Error::Tar(io::Error::other(e)))?;
+            self.apply_entry(&mut entry, &raw_name, sparse)
                 .map_err(|e| match e {
                     e @ (Error::BadEntry { .. } | Error::Tar(_) | Error::Cancelled) => e,
                     other => Error::Entry {
@@ -278,8 +293,9 @@ impl Applier {
                         source: Box::new(other),
                     },
                 })?;
+            previous = Some(raw_name);
         }
-        Ok(archive.into_inner())
+        Ok(archive.into_inner().into_inner())
     }
 
     /// Sets directory modes and mtimes (last, since writing into a directory changes
@@ -307,8 +323,23 @@ impl Applier {
         }
     }
 
-    fn apply_entry<R: Read>(&mut self, entry: &mut tar::Entry<'_, R>, raw: &[u8]) -> Result<()> {
+    /// Applies one entry; `sparse` is its map when it is a GNU sparse file (whose
+    /// data regions the entry reads out, one after the other).
+    fn apply_entry<R: Read>(
+        &mut self,
+        entry: &mut tar::Entry<'_, R>,
+        raw: &[u8],
+        sparse: Option<SparseMap>,
+    ) -> Result<()> {
         let kind = entry.header().entry_type();
+        if kind == EntryType::GNUSparse {
+            // The guard hands every GNU sparse entry over as a regular file, so
+            // the tar crate never expands holes into zeros.
+            return Err(Self::bad(
+                raw,
+                "a GNU sparse entry the stream guard did not see",
+            ));
+        }
         if matches!(
             kind,
             EntryType::XGlobalHeader
@@ -435,7 +466,14 @@ impl Applier {
                 self.dir_meta.insert(rel.clone(), DirMeta { mode, mtime });
                 self.stats.dirs += 1;
             }
-            EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
+            EntryType::Regular | EntryType::Continuous => {
+                if sparse.is_none() && has_pax_sparse_records(entry) {
+                    tracing::warn!(
+                        "{} is a GNU sparse file in PAX format (GNU.sparse.* records), which \
+                         is not supported: extracted as stored (its data regions back to back)",
+                        path::display(&comps)
+                    );
+                }
                 self.replace(&rel)?;
                 let mut file = fs::OpenOptions::new()
                     .write(true)
@@ -444,19 +482,28 @@ impl Applier {
                     .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
                     .open(&full)
                     .map_err(Error::io("create file", &full))?;
-                let mut out = crate::fsutil::WriteBehind::new(&mut file);
-                let n =
-                    copy(entry, &mut out, &mut self.buf, &self.cancel).map_err(|e| match e {
-                        CopyError::Cancelled => Error::Cancelled,
-                        CopyError::Read(e) => Error::Tar(e),
-                        CopyError::Write(e) => Error::Io {
-                            op: "write",
-                            path: full.clone(),
-                            source: e,
-                        },
-                    })?;
+                let copied = match &sparse {
+                    None => copy(
+                        entry,
+                        &mut crate::fsutil::WriteBehind::new(&mut file),
+                        &mut self.buf,
+                        &self.cancel,
+                    )
+                    .map(|n| (n, n)),
+                    Some(map) => copy_sparse(entry, &file, map, &mut self.buf, &self.cancel)
+                        .map(|n| (n, map.size)),
+                };
+                let (n, len) = copied.map_err(|e| match e {
+                    CopyError::Cancelled => Error::Cancelled,
+                    CopyError::Read(e) => Error::Tar(e),
+                    CopyError::Write(e) => Error::Io {
+                        op: "write",
+                        path: full.clone(),
+                        source: e,
+                    },
+                })?;
                 self.stats.bytes += n;
-                self.write_behind(file, n);
+                self.write_behind(file, len);
                 // Owner, then xattrs (chown clears file capabilities; a read-only
                 // mode would refuse user.* xattrs), then mode.
                 self.chown(&rel, &header)?;
@@ -876,6 +923,78 @@ fn xattrs_of<R: Read>(entry: &mut tar::Entry<'_, R>) -> io::Result<Vec<(OsString
         }
     }
     Ok(out)
+}
+
+/// Whether an entry carries GNU's PAX sparse records (`GNU.sparse.*`), which
+/// the tar crate does not read.
+fn has_pax_sparse_records<R: Read>(entry: &mut tar::Entry<'_, R>) -> bool {
+    match entry.pax_extensions() {
+        Ok(Some(records)) => records
+            .filter_map(|r| r.ok())
+            .any(|r| r.key_bytes().starts_with(b"GNU.sparse.")),
+        _ => false,
+    }
+}
+
+/// The error of the tar crate as ours: a refusal by the [`TarGuard`] names the
+/// entry (by its header name, or as the one after `previous` when its header has
+/// none); anything else means the stream is not valid tar.
+fn tar_error(e: io::Error, previous: Option<&[u8]>) -> Error {
+    let Some(refused) = e.get_ref().and_then(|i| i.downcast_ref::<Refused>()) else {
+        return Error::Tar(e);
+    };
+    let (entry, reason) = match (refused.name.is_empty(), previous) {
+        (false, _) => (refused.name.as_slice(), refused.to_string()),
+        (true, Some(previous)) => (previous, format!("the unnamed entry after it: {refused}")),
+        (true, None) => (&[][..], format!("the layer's first entry: {refused}")),
+    };
+    Error::BadEntry {
+        entry: String::from_utf8_lossy(entry).into_owned(),
+        reason,
+    }
+}
+
+/// Writes a GNU sparse file: each data region of `map`, read from `r` in
+/// order, at its offset; the holes are never written (they stay holes, taking
+/// no disk space) and the file gets the map's size. Returns the data bytes
+/// written.
+fn copy_sparse(
+    r: &mut impl Read,
+    file: &fs::File,
+    map: &SparseMap,
+    buf: &mut [u8],
+    cancel: &Cancel,
+) -> std::result::Result<u64, CopyError> {
+    use std::os::unix::fs::FileExt;
+    let mut written = 0u64;
+    for &(offset, len) in &map.regions {
+        let mut done = 0u64;
+        while done < len {
+            if cancel.is_cancelled() {
+                return Err(CopyError::Cancelled);
+            }
+            let want = buf
+                .len()
+                .min(usize::try_from(len - done).unwrap_or(usize::MAX));
+            let k = match r.read(&mut buf[..want]) {
+                Ok(0) => {
+                    return Err(CopyError::Read(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the layer ends inside a sparse file's data",
+                    )))
+                }
+                Ok(k) => k,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(CopyError::Read(e)),
+            };
+            file.write_all_at(&buf[..k], offset + done)
+                .map_err(CopyError::Write)?;
+            done += k as u64;
+        }
+        written += len;
+    }
+    file.set_len(map.size).map_err(CopyError::Write)?;
+    Ok(written)
 }
 
 enum CopyError {

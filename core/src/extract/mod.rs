@@ -6,6 +6,7 @@
 //! target that looks complete.
 
 pub mod apply;
+pub mod guard;
 pub mod path;
 pub mod stream;
 
