@@ -33,7 +33,7 @@ use locald_tests::fixture::{
     self, noise, sha256_digest, Compression, Desc, Entry, ImageInfo, ImageSpec, Layer,
     LayoutBuilder, LongNames, MEDIA_OCI_INDEX, MEDIA_OCI_MANIFEST, REF_NAME,
 };
-use locald_tests::require;
+use locald_tests::{peers, require};
 use locald_tests::tree::{self, DiffOpts, Kind, Snapshot};
 use serde_json::json;
 use sha2::{Digest as _, Sha512};
@@ -1867,8 +1867,7 @@ fn absurdly_large_sparse_files_cost_nothing() {
 /// no bomb: what lands on disk is what the layer holds.
 #[test]
 fn sparse_files_from_gnu_tar() {
-    if !peers::have("tar") {
-        eprintln!("SKIP sparse_files_from_gnu_tar: tar is not installed");
+    if !require::tool("tar") {
         return;
     }
     let src = tempfile::tempdir().unwrap();
