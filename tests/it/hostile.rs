@@ -33,8 +33,8 @@ use locald_tests::fixture::{
     self, noise, sha256_digest, Compression, Desc, Entry, ImageInfo, ImageSpec, Layer,
     LayoutBuilder, LongNames, MEDIA_OCI_INDEX, MEDIA_OCI_MANIFEST, REF_NAME,
 };
-use locald_tests::{peers, require};
 use locald_tests::tree::{self, DiffOpts, Kind, Snapshot};
+use locald_tests::{peers, require};
 use serde_json::json;
 use sha2::{Digest as _, Sha512};
 

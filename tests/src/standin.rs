@@ -177,6 +177,9 @@ for a in "$@"; do
     -cache-dir) pre_next=pre_cache ;;
     esac
 done
+# (Bad values are left to the flag parsing below, which fails with exit 3.)
+case $pre_uid in *[!0-9]*) pre_uid= ;; esac
+case $pre_gid in *[!0-9]*) pre_gid= ;; esac
 if [ "$(id -u)" = 0 ] && [ -n "$pre_uid" ] && [ "$pre_uid" != 0 ]; then
     for d in "$pre_cache" "$pre_layers"; do
         [ -n "$d" ] && [ -d "$d" ] || continue
@@ -428,6 +431,14 @@ fi
 # fails, anything else is an error); the first group whose buildpacks all pass
 # is written to <layers>/group.toml.
 
+# Every buildpack of the order must be there (the lifecycle reads them all).
+while read -r g_no g_id g_version; do
+    [ -r "$(bp_dir_of "$g_id" "$g_version")/buildpack.toml" ] ||
+        fail "buildpack $g_id@$g_version is not at $(bp_dir_of "$g_id" "$g_version")"
+done <<EOF
+$order_lines
+EOF
+
 echo "===> ANALYZING"
 echo "Image with name \"$image\" not found"
 echo "===> DETECTING"
@@ -474,7 +485,8 @@ for g_no in $(printf '%s\n' "$order_lines" | cut -d' ' -f1 | uniq); do
             CNB_BUILD_PLAN_PATH=$plan_dir/plan.toml \
             "$g_dir/bin/detect" "$platform" "$plan_dir/plan.toml" </dev/null) >"$plan_dir/out" 2>&1
         code=$?
-        if [ "$log_level" = debug ] || { [ "$code" -ne 0 ] && [ "$code" -ne 100 ]; }; then
+        if [ -s "$plan_dir/out" ] &&
+            { [ "$log_level" = debug ] || { [ "$code" -ne 0 ] && [ "$code" -ne 100 ]; }; }; then
             echo "======== Output: $g_id@$g_version ========"
             cat "$plan_dir/out"
         fi
@@ -568,10 +580,18 @@ while read -r g_id g_version; do
     mkdir -p "$g_layers" || fail "cannot create $g_layers"
     : >"$layers/plan.toml"
     if [ -x "$g_dir/bin/build" ]; then
+        # In the background so that a SIGINT or SIGTERM reaches the buildpack too
+        # (the lifecycle dies of them; its buildpack must not outlive it).
         (cd "$app" && CNB_BUILDPACK_DIR=$g_dir CNB_LAYERS_DIR=$g_layers \
             CNB_PLATFORM_DIR=$platform CNB_BP_PLAN_PATH=$layers/plan.toml \
-            "$g_dir/bin/build" "$g_layers" "$platform" "$layers/plan.toml" </dev/null)
+            exec "$g_dir/bin/build" "$g_layers" "$platform" "$layers/plan.toml" </dev/null) &
+        bp_pid=$!
+        # (TERM for both: a background job starts with SIGINT ignored.)
+        trap 'kill -TERM "$bp_pid" 2>/dev/null; wait "$bp_pid"; exit 130' INT
+        trap 'kill -TERM "$bp_pid" 2>/dev/null; wait "$bp_pid"; exit 130' TERM
+        wait "$bp_pid"
         code=$?
+        trap - INT TERM
         if [ "$code" -ne 0 ]; then
             echo "ERROR: failed to build: exit status $code" >&2
             exit 51
@@ -802,6 +822,10 @@ exit 0
 
 /// The lifecycle's exit code for invalid arguments: every contract violation.
 pub const EXIT_INVALID_ARGS: i32 = 3;
+/// The lifecycle's exit code for a Platform API it does not support.
+pub const EXIT_INCOMPATIBLE_PLATFORM_API: i32 = 11;
+/// The lifecycle's exit code for a failure of its own (privileges, users).
+pub const EXIT_FAILED: i32 = 1;
 /// No buildpack group passed detection.
 pub const EXIT_FAILED_DETECT: i32 = 20;
 /// A buildpack's build failed.
@@ -832,8 +856,6 @@ pub const WAIT_FOR_SIGNAL: &str = "wait-for-signal";
 /// `id uid=N gid=N`, `pid N`, `pid1 <cmdline of pid 1, NULs as spaces>`,
 /// `dev-null ok|broken`.
 pub const PROBE_SANDBOX: &str = "probe-sandbox";
-/// The counter file in the cache dir.
-pub const CACHE_COUNTER: &str = "locald-standin-builds";
 /// What starts a probe line (possibly after a runner's `[creator] ` prefix).
 pub const PROBE_PREFIX: &str = "[probe] ";
 
@@ -1069,7 +1091,12 @@ pub fn app_layer_paths(dir: &Path) -> Result<Vec<String>, String> {
     let position = config["rootfs"]["diff_ids"]
         .as_array()
         .and_then(|d| d.iter().position(|x| x.as_str() == Some(app_diff)))
-        .ok_or_else(|| format!("{}: no layer has the app's diff id {app_diff}", dir.display()))?;
+        .ok_or_else(|| {
+            format!(
+                "{}: no layer has the app's diff id {app_diff}",
+                dir.display()
+            )
+        })?;
     let layer = manifest["layers"][position]["digest"]
         .as_str()
         .ok_or_else(|| format!("{}: no layer {position}: {manifest}", dir.display()))?;
@@ -1273,6 +1300,12 @@ mod tests {
             out
         }
 
+        /// Where the app's `rel` is in the image: the app directory the creator
+        /// was given (a host path, as the lifecycle run natively keeps it).
+        fn in_image(&self, rel: &str) -> String {
+            self.p("app").trim_start_matches('/').to_owned() + "/" + rel
+        }
+
         fn touch_app(&self, name: &str) {
             std::fs::write(self.root.join("app").join(name), "").unwrap();
         }
@@ -1330,16 +1363,18 @@ mod tests {
         bytes
     }
 
-    /// The exported image, checked from disk: one manifest named IMAGE, every
-    /// blob hashing to its digest, the run image's layers then the app layer,
-    /// diff ids matching. Returns the app layer's files.
+    /// The exported image, checked from disk as any CNB app image: one manifest
+    /// named by IMAGE's tag (as the lifecycle's layout export names it), every
+    /// blob hashing to its digest, the run image's layers first, then gzip layers
+    /// whose diff ids match, the `web` process as the entrypoint. Returns the
+    /// files of the layers added to the run image, by path (no leading `/`).
     fn check_export(rig: &Rig) -> BTreeMap<String, Vec<u8>> {
         let dir = rig.output_dir();
         assert!(dir.join("oci-layout").is_file());
         let index = read_json(&dir.join("index.json"));
         let manifests = index["manifests"].as_array().unwrap();
         assert_eq!(manifests.len(), 1, "{index}");
-        assert_eq!(manifests[0]["annotations"][REF_NAME], IMAGE);
+        assert_eq!(manifests[0]["annotations"][REF_NAME], "1");
         let mbytes = blob(&dir, manifests[0]["digest"].as_str().unwrap());
         assert_eq!(manifests[0]["size"], mbytes.len());
         let manifest: Value = serde_json::from_slice(&mbytes).unwrap();
@@ -1348,34 +1383,48 @@ mod tests {
                 .unwrap();
         let run = rig.spec.run_image_spec();
         let layers = manifest["layers"].as_array().unwrap();
-        assert_eq!(layers.len(), run.layers.len() + 1, "{manifest}");
+        // The buildpack's launch layer, the app, the launcher, the launch config
+        // and the process types at least.
+        assert!(layers.len() >= run.layers.len() + 5, "{manifest}");
         for (l, want) in layers.iter().zip(&run.layers) {
             assert_eq!(l["digest"], want.digest());
         }
         let mut diff_ids: Vec<String> = run.layers.iter().map(|l| l.diff_id()).collect();
-        let last = layers.last().unwrap();
-        assert_eq!(last["mediaType"], "application/vnd.oci.image.layer.v1.tar");
-        let tar_bytes = blob(&dir, last["digest"].as_str().unwrap());
-        assert_eq!(last["size"], tar_bytes.len());
-        diff_ids.push(sha256_digest(
-            &Compression::None.decompress(&tar_bytes).unwrap(),
-        ));
+        let mut files = BTreeMap::new();
+        for l in &layers[run.layers.len()..] {
+            assert_eq!(
+                l["mediaType"],
+                "application/vnd.oci.image.layer.v1.tar+gzip"
+            );
+            let gz = blob(&dir, l["digest"].as_str().unwrap());
+            assert_eq!(l["size"], gz.len());
+            let tar_bytes = Compression::Gzip.decompress(&gz).unwrap();
+            diff_ids.push(sha256_digest(&tar_bytes));
+            let mut a = tar::Archive::new(&tar_bytes[..]);
+            for e in a.entries().unwrap() {
+                let mut e = e.unwrap();
+                let path = e.path().unwrap().to_string_lossy().into_owned();
+                let mut content = Vec::new();
+                e.read_to_end(&mut content).unwrap();
+                let path = path
+                    .trim_start_matches("./")
+                    .trim_end_matches('/')
+                    .to_owned();
+                files.insert(path, content);
+            }
+        }
         assert_eq!(config["rootfs"]["diff_ids"], serde_json::json!(diff_ids));
         assert_eq!(config["architecture"], crate::builder::host_arch());
+        assert_eq!(
+            config["config"]["Entrypoint"],
+            serde_json::json!(["/cnb/process/web"])
+        );
         let labels = &config["config"]["Labels"];
         let md: Value =
             serde_json::from_str(labels["io.buildpacks.build.metadata"].as_str().unwrap()).unwrap();
         assert_eq!(md["buildpacks"][0]["id"], BUSYBOX_BUILDPACKS[0].0);
+        assert_eq!(md["processes"][0]["type"], "web");
         assert_eq!(labels["io.buildpacks.stack.id"], rig.spec.stack_id.as_str());
-        let mut files = BTreeMap::new();
-        let mut a = tar::Archive::new(&tar_bytes[..]);
-        for e in a.entries().unwrap() {
-            let mut e = e.unwrap();
-            let path = e.path().unwrap().to_string_lossy().into_owned();
-            let mut content = Vec::new();
-            e.read_to_end(&mut content).unwrap();
-            files.insert(path.trim_end_matches('/').to_owned(), content);
-        }
         files
     }
 
@@ -1461,16 +1510,23 @@ mod tests {
             "{out}"
         );
         let files = check_export(&rig);
-        assert_eq!(files["workspace/hello.txt"], b"hello from the app\n");
-        assert_eq!(files["workspace/sub/deep.txt"], b"deep\n");
+        assert_eq!(files[&rig.in_image("hello.txt")], b"hello from the app\n");
+        assert_eq!(files[&rig.in_image("sub/deep.txt")], b"deep\n");
         assert!(!files.keys().any(|k| k.contains("standin")), "{files:?}");
         // The app layer as app_layer_paths reads it.
         let paths = app_layer_paths(&rig.output_dir()).unwrap();
         assert!(
-            paths.iter().any(|p| p == "workspace/sub/deep.txt"),
+            paths.iter().any(|p| *p == rig.in_image("sub/deep.txt")),
             "{paths:?}"
         );
-        assert_eq!(paths.len(), files.len(), "{paths:?}");
+        assert!(
+            paths.iter().all(|p| files.contains_key(p)),
+            "{paths:?} vs {files:?}"
+        );
+        // The web process's program in the buildpack's launch layer, and its link.
+        let web = rig.p("layers/locald-test_first/web/bin/locald-web");
+        assert!(files.contains_key(web.trim_start_matches('/')), "{files:?}");
+        assert!(files.contains_key("cnb/process/web"), "{files:?}");
         // The group that passed detection, as the lifecycle writes it.
         let api = rig.spec.buildpack_apis.last().unwrap().clone();
         let (id, v) = BUSYBOX_BUILDPACKS[0];
@@ -1478,7 +1534,7 @@ mod tests {
         let leftovers: Vec<_> = std::fs::read_dir(rig.root.join("layers"))
             .unwrap()
             .map(|e| e.unwrap().file_name())
-            .filter(|n| n != "group.toml")
+            .filter(|n| n != "group.toml" && n != "plan.toml" && n != "locald-test_first")
             .collect();
         assert!(
             leftovers.is_empty(),
@@ -1495,17 +1551,29 @@ mod tests {
             Some(rig.p("cnb/build-config")),
             "{out}"
         );
-        // (That run counted a build: back to one.)
-        std::fs::write(rig.root.join("cache").join(CACHE_COUNTER), "1\n").unwrap();
+        // That run counted a second build (its cache layer came back).
+        assert_eq!(
+            probe_value(&out.stdout, "cache builds").as_deref(),
+            Some("2"),
+            "{out}"
+        );
 
-        // Again: the cache counter goes on, the export is replaced.
+        // Again, with the app changed: the counter goes on, the app layer is new,
+        // the buildpack's unchanged launch layer and the launcher are reused.
         std::fs::write(rig.root.join("app/hello.txt"), "changed\n").unwrap();
         let out = rig.run_ok();
         assert_eq!(
             probe_value(&out.stdout, "cache builds").as_deref(),
-            Some("2")
+            Some("3")
         );
-        assert_eq!(check_export(&rig)["workspace/hello.txt"], b"changed\n");
+        for want in [
+            "Reusing layer 'locald-test/first:web'",
+            "Reusing layer 'buildpacksio/lifecycle:launcher'",
+            "Adding 1/1 app layer(s)",
+        ] {
+            assert!(out.stdout.contains(want), "{want:?} missing:\n{out}");
+        }
+        assert_eq!(check_export(&rig)[&rig.in_image("hello.txt")], b"changed\n");
 
         // Real peers agree it is an image.
         let dir = rig.output_dir();
@@ -1513,13 +1581,13 @@ mod tests {
             let inspect =
                 crate::peers::skopeo(&["inspect", &format!("oci:{}", dir.display())]).unwrap();
             let v: Value = serde_json::from_str(&inspect).unwrap();
-            assert_eq!(v["Layers"].as_array().unwrap().len(), 3, "{v}");
+            assert!(v["Layers"].as_array().unwrap().len() >= 7, "{v}");
             assert_eq!(v["Architecture"], crate::builder::host_arch());
         }
         if crate::require::tool("umoci") && crate::require::tool("skopeo") {
             let copy = rig.root.join("copy");
             crate::peers::skopeo_copy(
-                &format!("oci:{}:{IMAGE}", dir.display()),
+                &format!("oci:{}:1", dir.display()),
                 &format!("oci:{}:app", copy.display()),
                 &[],
             )
@@ -1527,7 +1595,7 @@ mod tests {
             let rootfs =
                 crate::peers::umoci_unpack(&copy, "app", &rig.root.join("bundle")).unwrap();
             assert_eq!(
-                std::fs::read_to_string(rootfs.join("workspace/hello.txt")).unwrap(),
+                std::fs::read_to_string(rootfs.join(rig.in_image("hello.txt"))).unwrap(),
                 "changed\n"
             );
             assert!(rootfs.join("etc/locald-run-image").is_file());
@@ -1552,13 +1620,17 @@ mod tests {
         env[0].1 = bin.to_str().unwrap().to_owned();
         write(&rig.root.join("platform/env/FOO"), "bar", 0o644);
         rig.touch_app(PROBE_SANDBOX);
+        // As in the sandbox, where the creator starts as the build user.
         let out = output(
-            Command::new(&busybox)
-                .arg("sh")
-                .arg(rig.creator())
-                .args(rig.args())
-                .env_clear()
-                .envs(env.iter().map(|(k, v)| (k, v))),
+            std::os::unix::process::CommandExt::gid(
+                std::os::unix::process::CommandExt::uid(&mut Command::new(&busybox), rig.uid),
+                rig.gid,
+            )
+            .arg("sh")
+            .arg(rig.creator())
+            .args(rig.args())
+            .env_clear()
+            .envs(env.iter().map(|(k, v)| (k, v))),
         );
         assert_eq!(out.code, 0, "{out}");
         assert!(!out.stderr.contains("not found"), "{out}");
@@ -1575,7 +1647,7 @@ mod tests {
         );
         assert!(probe_value(&out.stdout, "pid1").is_some(), "{out}");
         let files = check_export(&rig);
-        assert_eq!(files["workspace/hello.txt"], b"hello from the app\n");
+        assert_eq!(files[&rig.in_image("hello.txt")], b"hello from the app\n");
     }
 
     #[test]
@@ -1624,10 +1696,9 @@ mod tests {
         name_first.insert(0, name);
         let mut no_name = base.clone();
         no_name.pop();
-        let (other_uid, other_gid) = (rig.uid + 1, rig.gid + 1);
 
         type Case<'a> = (&'a str, Vec<String>, Vec<(String, String)>, &'a str);
-        let cases: Vec<Case<'_>> = vec![
+        let mut cases: Vec<Case<'_>> = vec![
             ("unknown flag", unknown, env.clone(), "unknown flag -bogus"),
             (
                 "name not last",
@@ -1664,18 +1735,6 @@ mod tests {
                 with("-uid", "cnb"),
                 env.clone(),
                 "-uid 'cnb' is not a number",
-            ),
-            (
-                "no api",
-                base.clone(),
-                set("CNB_PLATFORM_API", None),
-                "CNB_PLATFORM_API is not set",
-            ),
-            (
-                "unsupported api",
-                base.clone(),
-                set("CNB_PLATFORM_API", Some("0.14")),
-                "CNB_PLATFORM_API=0.14 is not supported",
             ),
             (
                 "api too old for layout",
@@ -1774,21 +1833,6 @@ mod tests {
                 "does not hash to",
             ),
         ];
-        let mut cases = cases;
-        if !crate::peers::is_root() {
-            cases.push((
-                "wrong uid",
-                with("-uid", &other_uid.to_string()),
-                env.clone(),
-                "but -uid is",
-            ));
-            cases.push((
-                "wrong gid",
-                with("-gid", &other_gid.to_string()),
-                env.clone(),
-                "but -gid is",
-            ));
-        }
         if !Path::new("/cnb").exists() {
             cases.push((
                 "no -order off /cnb",
@@ -1814,9 +1858,27 @@ mod tests {
                 failed.push(format!("{what}: wanted exit 3 and {want:?}\n{out}"));
             }
         }
+        // A Platform API the lifecycle does not support: exit 11 as the
+        // lifecycle's (CodeForIncompatiblePlatformAPI), with its sentence.
+        for (what, api, want) in [
+            ("no api", None, "please set 'CNB_PLATFORM_API'"),
+            (
+                "unsupported api",
+                Some("0.14"),
+                "platform API version '0.14' is incompatible with the lifecycle",
+            ),
+        ] {
+            let out = rig.run(&base, &set("CNB_PLATFORM_API", api));
+            if out.code != EXIT_INCOMPATIBLE_PLATFORM_API
+                || !out.stderr.contains(want)
+                || out.stdout.contains("===> DETECTING")
+            {
+                failed.push(format!("{what}: wanted exit 11 and {want:?}\n{out}"));
+            }
+        }
         assert!(failed.is_empty(), "{}", failed.join("\n\n"));
         // None of it touched the cache.
-        assert!(!rig.root.join("cache").join(CACHE_COUNTER).exists());
+        assert!(!rig.root.join("cache/locald-standin-layers").exists());
         // And the rig itself passes.
         rig.run_ok();
         // `-flag=value` is Go's flag syntax, which the lifecycle accepts.
@@ -1826,6 +1888,44 @@ mod tests {
         eq[i] = format!("-app={v}");
         let out = rig.run(&eq, &rig.env());
         assert_eq!(out.code, 0, "{out}");
+    }
+
+    /// Started by root, the creator hands the layers and cache to the build
+    /// user, becomes it and takes HOME and USER from /etc/passwd, as the
+    /// lifecycle does; a uid the passwd does not know fails, exit 1.
+    #[test]
+    fn root_drops_to_the_build_user() {
+        if !crate::require::root("dropping privileges") {
+            return;
+        }
+        let rig = Rig::new();
+        std::os::unix::fs::chown(rig.root.join("cache"), Some(0), Some(0)).unwrap();
+        let out = rig.run_ok();
+        let user = probe_value(&out.stdout, "user").unwrap_or_default();
+        assert!(
+            user.starts_with(&format!("uid={} gid={} home=", rig.uid, rig.gid)),
+            "{out}"
+        );
+        let owner = std::os::unix::fs::MetadataExt::uid(
+            &std::fs::metadata(rig.root.join("cache")).unwrap(),
+        );
+        assert_eq!(owner, rig.uid, "the cache was not handed to the build user");
+        let unknown = 3_999_999u32;
+        assert!(!std::fs::read_to_string("/etc/passwd")
+            .unwrap()
+            .contains(&format!(":{unknown}:")));
+        let mut args = rig.args();
+        let i = args.iter().position(|x| x == "-uid").unwrap();
+        args[i + 1] = unknown.to_string();
+        let out = rig.run(&args, &rig.env());
+        assert_eq!(out.code, EXIT_FAILED, "{out}");
+        assert!(
+            out.stderr.contains(&format!(
+                "failed to set environment for user {unknown}: user: unknown userid {unknown}"
+            )),
+            "{out}"
+        );
+        assert!(!out.stdout.contains("===> DETECTING"), "{out}");
     }
 
     /// As root, the uid check is exercised as an unprivileged user.
@@ -1846,16 +1946,20 @@ mod tests {
             c.uid(user.uid).gid(user.gid);
             output(&mut c)
         };
+        // Not root, the lifecycle cannot switch to other ids (setresuid: EPERM).
         let out = run_as(user.uid + 1, user.gid);
-        assert_eq!(out.code, EXIT_INVALID_ARGS, "{out}");
+        assert_eq!(out.code, EXIT_FAILED, "{out}");
         assert!(
-            out.stderr
-                .contains(&format!("running as uid {} but -uid is", user.uid)),
+            out.stderr.contains(&format!(
+                "failed to exec as user {}:{}",
+                user.uid + 1,
+                user.gid
+            )),
             "{out}"
         );
         let out = run_as(user.uid, user.gid + 1);
-        assert_eq!(out.code, EXIT_INVALID_ARGS, "{out}");
-        assert!(out.stderr.contains("but -gid is"), "{out}");
+        assert_eq!(out.code, EXIT_FAILED, "{out}");
+        assert!(out.stderr.contains("failed to exec as user"), "{out}");
         let out = run_as(user.uid, user.gid);
         assert_eq!(out.code, 0, "{out}");
         assert_eq!(
@@ -1890,34 +1994,18 @@ mod tests {
         let out = rig.run(&rig.args(), &rig.env());
         assert_eq!(out.code, EXIT_FAILED_BUILD, "{out}");
         assert!(
-            out.stdout
-                .contains("Running build for buildpack locald-test/first@1.0.0"),
+            out.stdout.contains(
+                "Running build for buildpack locald-test/first@1.0.0\n\
+                 stand-in build: locald-test/first@1.0.0\n"
+            ),
             "{out}"
         );
-        assert!(!out.stdout.contains("stand-in build:"), "{out}");
+        assert!(
+            out.stderr.contains("locald-test/first: failing on purpose"),
+            "{out}"
+        );
         assert!(!rig.output_dir().exists());
         assert_eq!(rig.group(), Some(vec![bp(0)]));
-
-        std::fs::write(
-            rig.root.join("app").join(FAIL_BUILD),
-            "locald-test/second\n",
-        )
-        .unwrap();
-        let out = rig.run(&rig.args(), &rig.env());
-        assert_eq!(out.code, EXIT_FAILED_BUILD, "{out}");
-        assert!(
-            out.stdout
-                .contains("Running build for buildpack locald-test/second@2.0.0"),
-            "{out}"
-        );
-        assert!(!out.stdout.contains("locald-test/first@"), "{out}");
-        // Its group passed detection (the first did not).
-        assert_eq!(rig.group(), Some(vec![bp(1)]));
-        assert!(
-            out.stdout
-                .contains("1 of 1 buildpacks participating\nlocald-test/second 2.0.0\n"),
-            "{out}"
-        );
 
         // At the default log level (and at info) the lifecycle does not say
         // which buildpack it runs: group.toml is what names it.
@@ -1939,13 +2027,50 @@ mod tests {
                 "{level:?}: {out}"
             );
             assert!(!out.stdout.contains("Debug:"), "{level:?}: {out}");
-            assert_eq!(rig.group(), Some(vec![bp(1)]), "{level:?}");
+            assert_eq!(rig.group(), Some(vec![bp(0)]), "{level:?}");
         }
 
-        std::fs::write(rig.root.join("app").join(FAIL_BUILD), "nobody/else").unwrap();
+        // A detect that errs (not 0, not 100) fails detection with errors: 21.
+        std::fs::remove_file(rig.root.join("app").join(FAIL_BUILD)).unwrap();
+        for (id, v) in BUSYBOX_BUILDPACKS {
+            write(
+                &rig.root.join(buildpack_dir(id, v)).join("bin/detect"),
+                "#!/bin/sh\necho broken detect\nexit 3\n",
+                0o755,
+            );
+        }
         let out = rig.run(&rig.args(), &rig.env());
-        assert_eq!(out.code, EXIT_INVALID_ARGS, "{out}");
-        assert!(out.stderr.contains("fail-build names nobody/else"), "{out}");
+        assert_eq!(out.code, 21, "{out}");
+        assert!(
+            out.stdout.contains("err:  locald-test/first@1.0.0 (3)"),
+            "{out}"
+        );
+        assert!(out.stdout.contains("broken detect"), "{out}");
+
+        // A buildpack whose [[targets]] the run image does not satisfy is not
+        // run: an error of detection.
+        for (id, v) in BUSYBOX_BUILDPACKS {
+            let dir = rig.root.join(buildpack_dir(id, v));
+            write(&dir.join("bin/detect"), "#!/bin/sh\nexit 0\n", 0o755);
+            let toml = std::fs::read_to_string(dir.join("buildpack.toml")).unwrap();
+            let other = if crate::builder::host_arch() == "arm64" {
+                "amd64"
+            } else {
+                "arm64"
+            };
+            let toml = toml.replace(
+                &format!("arch = \"{}\"", crate::builder::host_arch()),
+                &format!("arch = \"{other}\""),
+            );
+            write(&dir.join("buildpack.toml"), toml, 0o644);
+        }
+        let out = rig.run(&rig.args(), &rig.env());
+        assert_eq!(out.code, 21, "{out}");
+        assert!(
+            out.stdout
+                .contains("unable to satisfy target os/arch constraints"),
+            "{out}"
+        );
     }
 
     /// An order group of two buildpacks: both build, both are in group.toml and
@@ -1961,9 +2086,8 @@ mod tests {
             .collect();
         let out = rig.run_ok();
         assert!(
-            out.stdout.contains(
-                "2 of 2 buildpacks participating\nlocald-test/first 1.0.0\nlocald-test/second 2.0.0\n"
-            ),
+            out.stdout
+                .contains("===> DETECTING\nlocald-test/first 1.0.0\nlocald-test/second 2.0.0\n"),
             "{out}"
         );
         let mut at = 0;
@@ -2020,13 +2144,19 @@ mod tests {
             "{out}"
         );
         assert!(
-            !out.stdout.contains("stand-in build: locald-test/second"),
+            out.stdout.trim_end().ends_with(
+                "Running build for buildpack locald-test/second@2.0.0\n\
+                 stand-in build: locald-test/second@2.0.0"
+            ),
             "{out}"
         );
         assert!(
-            out.stdout
-                .trim_end()
-                .ends_with("Running build for buildpack locald-test/second@2.0.0"),
+            out.stderr
+                .contains("locald-test/second: failing on purpose"),
+            "{out}"
+        );
+        assert!(
+            out.stderr.contains("ERROR: failed to build: exit status 1"),
             "{out}"
         );
         assert_eq!(rig.group(), Some(group));
@@ -2149,8 +2279,8 @@ mod tests {
         assert_eq!(p("dev-null"), "ok");
         assert_eq!(p("write /cnb"), "denied");
         assert!(p("pid").parse::<u32>().is_ok());
-        let id = rustix::process::geteuid().as_raw();
-        assert!(p("id").starts_with(&format!("uid={id} ")), "{out}");
+        // The build user (the creator dropped to it when started by root).
+        assert!(p("id").starts_with(&format!("uid={} ", rig.uid)), "{out}");
         let host_pid1 = std::fs::read("/proc/1/cmdline").unwrap_or_default();
         let host_pid1: String = String::from_utf8_lossy(&host_pid1).replace('\0', " ");
         assert_eq!(p("pid1"), host_pid1);
@@ -2185,13 +2315,19 @@ mod tests {
             .iter()
             .map(|l| l["mediaType"].as_str().unwrap())
             .collect();
+        // The run image's two layers in OCI types, then the build's gzip layers.
         assert_eq!(
-            types,
+            types[..2],
             [
                 "application/vnd.oci.image.layer.v1.tar+gzip",
                 "application/vnd.oci.image.layer.v1.tar",
-                "application/vnd.oci.image.layer.v1.tar"
             ]
+        );
+        assert!(
+            types[2..]
+                .iter()
+                .all(|t| *t == "application/vnd.oci.image.layer.v1.tar+gzip"),
+            "{types:?}"
         );
     }
 }
