@@ -479,15 +479,27 @@ pub const BUSYBOX_BUILDPACKS: &[(&str, &str)] = &[
 ];
 /// `bin/detect` of the busybox builder's buildpacks (POSIX sh, Buildpack API
 /// 0.7+; run by the stand-in and by a real lifecycle alike, in the app
-/// directory): fails (100) when the app holds [`crate::standin::FAIL_DETECT`].
+/// directory; `@ID@` is replaced): fails (100) when the app holds
+/// [`crate::standin::FAIL_DETECT`], or the marker file [`skip_marker`] of this
+/// buildpack.
 pub const BUSYBOX_DETECT: &str = r#"#!/bin/sh
-# locald-tests buildpack: detection passes unless the app asks it not to.
+# locald-tests buildpack @ID@: detection passes unless the app asks it not to.
 if [ -e fail-detect ]; then
     echo "fail-detect in the app: not participating"
     exit 100
 fi
+if [ -e "no-$(basename "@ID@")" ]; then
+    echo "no-$(basename "@ID@") in the app: not participating"
+    exit 100
+fi
 exit 0
 "#;
+
+/// The app file that makes buildpack `id` of the busybox builder fail detection:
+/// `no-` and the last part of the id (`no-first` for `locald-test/first`).
+pub fn skip_marker(id: &str) -> String {
+    format!("no-{}", id.rsplit('/').next().unwrap_or(id))
+}
 
 /// `bin/build` of the busybox builder's buildpacks (`@ID@` and `@VERSION@` are
 /// replaced): `stand-in build: ID@VERSION`; fails (exit 1) when the app's
@@ -615,7 +627,7 @@ pub fn busybox_scripts(id: &str, version: &str, first: bool) -> (String, String)
         .replace("@ID@", id)
         .replace("@VERSION@", version)
         .replace("@FIRST@", if first { "true" } else { "false" });
-    (BUSYBOX_DETECT.to_owned(), build)
+    (BUSYBOX_DETECT.replace("@ID@", id), build)
 }
 
 /// The real lifecycle directory `LOCALD_TEST_LIFECYCLE` names, if any.

@@ -382,7 +382,9 @@ pub async fn build(
     // re-read, they are cheap.
     let fresh = args.policy.policy == PullPolicy::Missing
         && run_source.is_remote()
-        && written_at(&placed_path.join("index.json"))
+        && std::fs::metadata(placed_path.join("index.json"))
+            .and_then(|m| m.modified())
+            .ok()
             .and_then(|t| t.elapsed().ok())
             .is_some_and(|age| age < args.policy.pull_interval);
     let placed = match locald_core::layout_out::placed_manifest(&placed_path) {
@@ -554,8 +556,14 @@ pub async fn build(
 }
 
 /// When a file was last written (None when absent).
-fn written_at(path: &Path) -> Option<std::time::SystemTime> {
-    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+/// When `path` last changed, as the kernel keeps it: inode and status-change
+/// time (which, unlike the modification time, no tool can set back: a copy that
+/// preserves timestamps, such as `mv` across filesystems, still shows).
+fn written_at(path: &Path) -> Option<(u64, i64, i64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path)
+        .map(|m| (m.ino(), m.ctime(), m.ctime_nsec()))
+        .ok()
 }
 
 /// `path` with its parent's symlinks resolved where it exists, as the app
