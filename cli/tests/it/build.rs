@@ -983,6 +983,36 @@ fn files_under(dir: &Path) -> Vec<PathBuf> {
     found
 }
 
+/// Started by an unprivileged user (as root, the tests' own user), a build works
+/// with every runner: the lifecycle runs as that user, natively or mapped to
+/// the builder's user in the sandbox.
+#[test]
+fn builds_as_an_unprivileged_user() {
+    let mut w = World::new();
+    let files = [("hello.txt", "built by a user\n")];
+    let Some((_, src, app)) = setup(&w, &files) else {
+        return;
+    };
+    let mut runners = vec![Runner::Native];
+    if peers::is_root() {
+        let Some(user) = require::ok(standin::test_user(), "the unprivileged test user") else {
+            return;
+        };
+        if require::ok(sandbox_possible(Some(&user)), "the container runner").is_some() {
+            runners.push(Runner::Container);
+        }
+        w.hand_to(user);
+    } else if require::ok(sandbox_possible(None), "the container runner").is_some() {
+        runners.push(Runner::Container);
+    }
+    for runner in runners {
+        let out = w.path(&format!("out-{runner:?}"));
+        let r = w.build(&app, runner, &out, &["--source", &src]);
+        let v = check_build(&w, &r, runner, &out);
+        check_layout_output(&w, &out, v["digest"].as_str(), &files);
+    }
+}
+
 #[test]
 fn sandbox_hides_the_host_as_root() {
     if !require::root("the sandbox started by root (the unprivileged test runs as this user)") {
