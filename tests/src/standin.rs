@@ -951,6 +951,8 @@ pub fn test_user() -> Result<TestUser, String> {
     if !crate::peers::is_root() {
         return Err("not running as root: cannot run anything as another user".into());
     }
+    // The builders' build uid first, so that the test user never takes it.
+    ensure_host_uid(crate::builder::BUSYBOX_UID)?;
     let _serial = USERADD.lock().unwrap_or_else(|e| e.into_inner());
     if let Ok(user) = lookup_user(TEST_USER) {
         return Ok(user);
