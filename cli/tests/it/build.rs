@@ -983,6 +983,41 @@ fn files_under(dir: &Path) -> Vec<PathBuf> {
     found
 }
 
+/// Run natively by root, the lifecycle switches to the builder's build user and
+/// looks it up in this host's /etc/passwd: a uid the host does not know is
+/// refused before anything runs, with what to do.
+#[test]
+fn native_as_root_needs_the_build_user_in_the_host_passwd() {
+    if !require::root("a native build that switches users") {
+        return;
+    }
+    let w = World::new();
+    let Some(mut spec) = busybox_spec(RUN) else {
+        return;
+    };
+    let unknown = 3_999_999;
+    assert!(!std::fs::read_to_string("/etc/passwd")
+        .unwrap()
+        .contains(&format!(":{unknown}:")));
+    spec.uid = unknown;
+    let src = layout_source(&w, &spec);
+    let app = w.app("app", &[("hello.txt", "hi\n")]);
+    let out = w.path("out");
+    let r = w.build(&app, Runner::Native, &out, &["--source", &src]);
+    assert_eq!(r.code, 1, "{r}");
+    let own = r.own_stderr();
+    assert!(
+        own.contains(&format!("uid {unknown}")) && own.contains("/etc/passwd"),
+        "{r}"
+    );
+    assert!(
+        own.contains("hint: ") && own.contains("container runner"),
+        "{r}"
+    );
+    assert!(!r.all().contains("[creator]"), "the lifecycle ran:\n{r}");
+    assert!(!out.exists());
+}
+
 /// Started by an unprivileged user (as root, the tests' own user), a build works
 /// with every runner: the lifecycle runs as that user, natively or mapped to
 /// the builder's user in the sandbox.

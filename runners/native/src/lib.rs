@@ -166,17 +166,17 @@ impl LifecycleRunner for NativeRunner {
     }
 }
 
-/// Whether `uid`/`gid` may search every directory from `/` down to `path`
-/// (ownership and mode bits; ACLs are not read). The first closed directory
-/// otherwise.
 /// The home directory of `uid` in the text of an `/etc/passwd`, if it has one.
 fn passwd_home(passwd: &str, uid: u32) -> Option<&str> {
     passwd.lines().find_map(|line| {
         let f: Vec<&str> = line.split(':').collect();
-        (f.len() >= 7 && f[2].parse::<u32>() == Ok(uid)).then_some(f[5])
+        (f.len() >= 7 && f[2].parse::<u32>() == Ok(uid)).then(|| f[5])
     })
 }
 
+/// Whether `uid`/`gid` may search every directory from `/` down to `path`
+/// (ownership and mode bits; ACLs are not read). The first closed directory
+/// otherwise.
 fn reachable_by(path: &Path, uid: u32, gid: u32) -> Result<(), std::path::PathBuf> {
     use std::os::unix::fs::MetadataExt;
     let mut dirs: Vec<&Path> = path.ancestors().collect();
