@@ -129,7 +129,7 @@ pub enum RunnerKind {
 /// `locald plugin ...`
 #[derive(Debug, Subcommand)]
 #[command(
-    after_help = "Plugins are *.so files in $XDG_DATA_HOME/locald/plugins (default\n~/.local/share/locald/plugins) and in the directories of LOCALD_PLUGIN_PATH\n(colon-separated). Each adds the schemes it serves to --source, e.g.\n--source oci-archive:./image.tar. Libraries that are not plugins, were built for\nanother ABI version or fail to start are ignored with a warning."
+    after_help = "Plugins are *.so files in $XDG_DATA_HOME/locald/plugins (default\n~/.local/share/locald/plugins) and in the directories of LOCALD_PLUGIN_PATH\n(colon-separated). Each adds the schemes it serves to --source, e.g.\n--source oci-archive:./image.tar. Plugins are opened only when --source names\na scheme no built-in source serves, and by `plugin ls`.\n\nA plugin is trusted, as ssh trusts a key file, only if it is a regular file (not\na symlink) owned by you or root and not writable by group or others, in a\ndirectory that, with every directory above it, is owned by you or root and not\nwritable by group or others (unless sticky, as /tmp). Others are refused\nwithout being opened; libraries that are not plugins, were built for another\nABI version or fail to start are ignored with a warning."
 )]
 pub enum PluginCommand {
     /// List plugins: name, version, schemes, path; and the ones refused, with why.

@@ -255,6 +255,9 @@ fn hint(e: &anyhow::Error) -> Option<String> {
                     "the image source is corrupt (or, for a plugin's scheme, the plugin is faulty); fetch or save the image again"
                 }
                 E::UnknownScheme { .. } => "use --source oci-layout:DIR",
+                E::NoSourceForScheme { .. } => {
+                    "`locald plugin ls` lists the plugins found and why any was refused; the built-in sources are registry:, oci-layout:DIR and docker-archive:FILE"
+                }
                 E::CacheUnusable { .. } => {
                     "the cache lives in $XDG_DATA_HOME/locald (default ~/.local/share/locald); point XDG_DATA_HOME at a writable directory"
                 }

@@ -183,6 +183,21 @@ pub enum Error {
         /// The schemes that are registered.
         known: Vec<String>,
     },
+    /// No built-in source serves a spec's scheme, and no plugin does either
+    /// (after the plugins were loaded to find one).
+    #[error("no built-in source or plugin serves scheme {scheme:?} of {spec:?} (schemes: {}; plugins are looked for in {}){}", known.join(", "), plugin_dirs(dirs), refused_plugins(refused))]
+    NoSourceForScheme {
+        /// The scheme.
+        scheme: String,
+        /// The whole spec.
+        spec: String,
+        /// The schemes that are served, built-in and by plugins.
+        known: Vec<String>,
+        /// The plugin directories searched.
+        dirs: Vec<PathBuf>,
+        /// The plugins that were refused (one of them may have been meant).
+        refused: Vec<crate::plugin_host::RefusedPlugin>,
+    },
     /// Two parties registered the same scheme.
     #[error("source scheme {scheme:?} is registered twice: by {first} and by {second}")]
     SchemeClash {
@@ -292,6 +307,32 @@ pub enum Error {
     /// A background task died.
     #[error("internal error: a worker task failed: {0}")]
     Join(String),
+}
+
+fn plugin_dirs(dirs: &[PathBuf]) -> String {
+    if dirs.is_empty() {
+        return "no directory".to_owned();
+    }
+    dirs.iter()
+        .map(|d| d.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn refused_plugins(refused: &[crate::plugin_host::RefusedPlugin]) -> String {
+    if refused.is_empty() {
+        return String::new();
+    }
+    let list = refused
+        .iter()
+        .map(|p| format!("{}: {}", p.path.display(), p.reason))
+        .collect::<Vec<_>>()
+        .join("; ");
+    let n = refused.len();
+    format!(
+        "; {n} plugin{} refused: {list}",
+        if n == 1 { " was" } else { "s were" }
+    )
 }
 
 /// Shorthand for core results.

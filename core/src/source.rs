@@ -422,6 +422,11 @@ impl SchemeRegistry {
         Ok(())
     }
 
+    /// Whether a registered factory serves `scheme`.
+    pub fn serves(&self, scheme: &str) -> bool {
+        self.factories.contains_key(scheme)
+    }
+
     /// The registered schemes, sorted.
     pub fn schemes(&self) -> Vec<String> {
         self.factories.keys().cloned().collect()
@@ -489,5 +494,6 @@ mod tests {
         assert!(e.contains("nope") && e.contains("known: x"), "{e}");
         let e = r.open("x:loc").err().unwrap().to_string();
         assert_eq!(e, "first cannot open loc");
+        assert!(r.serves("x") && !r.serves("nope") && !r.serves("registry"));
     }
 }

@@ -12,21 +12,6 @@ use locald_core::plugin_host;
 use locald_core::source::{ImageSource, SchemeRegistry, SourceSpec};
 use locald_core::Platform;
 
-/// The scheme registry with every built-in source.
-pub fn schemes(registry: &RegistryArgs) -> anyhow::Result<SchemeRegistry> {
-    let mut r = SchemeRegistry::new();
-    builtin_schemes(&mut r, registry)?;
-    let report = plugin_host::load_plugins(&mut r, &plugin_host::plugin_dirs());
-    for p in &report.refused {
-        tracing::warn!(
-            "ignoring plugin {}: {} (`locald plugin ls` lists plugins)",
-            p.path.display(),
-            p.reason
-        );
-    }
-    Ok(r)
-}
-
 /// Registers the built-in sources.
 pub fn builtin_schemes(r: &mut SchemeRegistry, registry: &RegistryArgs) -> anyhow::Result<()> {
     locald_source_oci_layout::register(r)?;
@@ -65,9 +50,22 @@ pub fn open_source(
     } else {
         spec.to_owned()
     };
-    schemes(registry)?
-        .open(&opened)
-        .with_context(|| format!("could not open image source {spec:?}"))
+    let context = || format!("could not open image source {spec:?}");
+    let mut schemes = SchemeRegistry::new();
+    builtin_schemes(&mut schemes, registry)?;
+    // Plugins are opened only here, when no built-in source serves the scheme.
+    let served = plugin_host::ensure_scheme(&mut schemes, &opened, &plugin_host::plugin_dirs())
+        .with_context(context)?;
+    if let plugin_host::Served::ByPlugin(report) = served {
+        for p in &report.refused {
+            tracing::warn!(
+                "ignoring plugin {}: {} (`locald plugin ls` lists plugins)",
+                p.path.display(),
+                p.reason
+            );
+        }
+    }
+    schemes.open(&opened).with_context(context)
 }
 
 /// `spec` with a local source's path made absolute (symlinks resolved when the

@@ -5,7 +5,9 @@ use locald_core::source::SchemeRegistry;
 
 use crate::args::{PluginLsArgs, RegistryArgs};
 
-/// `locald plugin ls`
+/// `locald plugin ls`: loads every trusted plugin to list it (the only command
+/// that opens plugins whatever its source), and lists the refused ones with the
+/// reason; untrusted ones are listed without being opened.
 pub fn ls(args: PluginLsArgs) -> anyhow::Result<()> {
     // Built-in schemes first, so a plugin claiming one is reported as refused.
     let mut registry = SchemeRegistry::new();
@@ -69,7 +71,8 @@ pub fn ls(args: PluginLsArgs) -> anyhow::Result<()> {
         );
     }
     for p in &report.refused {
-        println!("refused {}: {}", p.path.display(), p.reason);
+        let when = if p.opened { "" } else { " (not opened)" };
+        println!("refused {}{when}: {}", p.path.display(), p.reason);
     }
     Ok(())
 }

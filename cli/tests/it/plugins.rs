@@ -7,11 +7,17 @@
 //! - `locald plugin ls [--json]` with good and broken libraries;
 //! - a plugin that panics, lies about digests or sizes: exit 1 with a message
 //!   naming it, nothing published, built-in sources and good plugins unaffected;
-//! - refused libraries never stop other commands, they only warn.
+//! - refused libraries never stop other commands, they only warn;
+//! - plugins are opened only when a source's scheme is not built in, or by
+//!   `plugin ls` (the misbehaving plugin marks a file when it is loaded);
+//! - untrusted plugins (another user's, writable by group or others, in such a
+//!   directory, symlinks, not regular files) are refused with the reason and
+//!   never opened.
 //!
 //! Not covered: an entry point that fails (returns null), which needs a library
 //! of its own.
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
@@ -95,6 +101,34 @@ fn build_plugins() -> Result<PathBuf, String> {
     Ok(out)
 }
 
+/// The environment variable that makes the misbehaving plugin mark its loading.
+const LOAD_MARKER: &str = "LOCALD_TEST_LOAD_MARKER";
+
+fn chmod(p: &Path, mode: u32) {
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// Whether this process can give files away to another user, which the cases
+/// with another user's files need. CI runs as root: there, not being root fails
+/// the test; elsewhere it prints one SKIP line and the caller skips those cases.
+fn can_chown(test: &str) -> bool {
+    if rustix::process::geteuid().is_root() {
+        return true;
+    }
+    if std::env::var_os("CI").is_some_and(|v| v == "true") {
+        panic!("{test}: the cases with files of another user need root (to chown), and CI runs as root");
+    }
+    eprintln!("SKIP {test}: the cases with files of another user need root (to chown)");
+    false
+}
+
+/// Another user's uid (nobody).
+const OTHER_UID: u32 = 65534;
+
+fn chown_other(p: &Path) {
+    rustix::fs::chown(p, Some(rustix::fs::Uid::from_raw(OTHER_UID)), None).unwrap();
+}
+
 /// A plain shared library of this system (zlib).
 fn not_a_plugin() -> &'static Path {
     NOT_A_PLUGIN
@@ -102,6 +136,65 @@ fn not_a_plugin() -> &'static Path {
         .map(Path::new)
         .find(|p| p.is_file())
         .expect("no libz.so.1 to use as a library that is not a plugin")
+}
+
+/// How long one locald command of these tests may take.
+const RUN_LIMIT: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// Runs `c` to its end, or kills it after `limit` (then no status): its exit
+/// status, stdout and stderr.
+fn output_within(
+    mut c: Command,
+    limit: std::time::Duration,
+) -> (Option<std::process::ExitStatus>, String, String) {
+    use std::io::Read;
+    use std::process::Stdio;
+    let mut child = c
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let drain = |r: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(mut r) = r {
+                let _ = r.read_to_end(&mut buf);
+            }
+            String::from_utf8_lossy(&buf).into_owned()
+        })
+    };
+    let out = drain(
+        child
+            .stdout
+            .take()
+            .map(|r| Box::new(r) as Box<dyn Read + Send>),
+    );
+    let err = drain(
+        child
+            .stderr
+            .take()
+            .map(|r| Box::new(r) as Box<dyn Read + Send>),
+    );
+    let deadline = std::time::Instant::now() + limit;
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break Some(s);
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    (status, out.join().unwrap(), err.join().unwrap())
+}
+
+/// Copies the built library `lib` to `to`, mode 0755.
+fn place(lib: &str, to: &Path) {
+    std::fs::copy(built().join(lib), to).unwrap();
+    chmod(to, 0o755);
 }
 
 /// One test's world: a plugin directory, a data home, room for files.
@@ -115,8 +208,10 @@ impl Lab {
         let lab = Lab {
             t: tempfile::tempdir().unwrap(),
         };
-        std::fs::create_dir_all(lab.plugins()).unwrap();
-        std::fs::create_dir_all(lab.path("data")).unwrap();
+        // Modes set, not left to the umask: a group-writable plugin directory
+        // would be refused.
+        lab.mkdir("plugins");
+        lab.mkdir("data");
         for lib in libs {
             lab.add(lib, lib);
         }
@@ -131,10 +226,20 @@ impl Lab {
         self.path("plugins")
     }
 
+    /// Creates `rel` and the directories up to it in the lab, mode 0755.
+    fn mkdir(&self, rel: &str) -> PathBuf {
+        let to = self.path(rel);
+        std::fs::create_dir_all(&to).unwrap();
+        for d in to.ancestors().take_while(|d| *d != self.t.path()) {
+            chmod(d, 0o755);
+        }
+        to
+    }
+
     /// Copies the built library `lib` into the plugin directory as `name`.
     fn add(&self, lib: &str, name: &str) -> PathBuf {
         let to = self.plugins().join(name);
-        std::fs::copy(built().join(lib), &to).unwrap();
+        place(lib, &to);
         to
     }
 
@@ -142,6 +247,7 @@ impl Lab {
     fn add_file(&self, from: &Path, name: &str) -> PathBuf {
         let to = self.plugins().join(name);
         std::fs::copy(from, &to).unwrap();
+        chmod(&to, 0o644);
         to
     }
 
@@ -151,22 +257,34 @@ impl Lab {
         c.args(args)
             .env_remove("LOCALD_LOG")
             .env_remove("LOCALD_TEST_ABI")
+            .env_remove(LOAD_MARKER)
             .env("LOCALD_PLUGIN_PATH", self.plugins())
             .env("XDG_DATA_HOME", self.path("data"))
             .env("HOME", self.t.path());
         for (k, v) in env {
             c.env(k, v);
         }
-        let o = c.output().unwrap();
-        let run = Run {
-            code: o.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        let (status, stdout, stderr) = output_within(c, RUN_LIMIT);
+        let Some(status) = status else {
+            // Hung (say, opening a FIFO named *.so): a failure, not a hang.
+            return Run {
+                code: -1,
+                stdout,
+                stderr: format!(
+                    "{stderr}\n(locald {args:?} did not finish in {} s and was killed)",
+                    RUN_LIMIT.as_secs()
+                ),
+            };
         };
-        if o.status.code().is_none() {
+        let run = Run {
+            code: status.code().unwrap_or(-1),
+            stdout,
+            stderr,
+        };
+        if status.code().is_none() {
             panic!(
-                "locald {args:?} was killed by a signal ({}):\n{}",
-                o.status, run.stderr
+                "locald {args:?} was killed by a signal ({status}):\n{}",
+                run.stderr
             );
         }
         run
@@ -671,6 +789,10 @@ fn plugin_ls_lists_loaded_and_refused() {
             .to_owned()
     };
     assert_eq!(refused.len(), 4, "{v:#}");
+    for p in refused {
+        // Trusted files, refused after loading.
+        assert_eq!(p["opened"], true, "{p:#}");
+    }
     assert!(reason(&libz).contains("not a locald plugin"), "{v:#}");
     assert!(
         reason(&null_entry).contains("the entry point failed"),
@@ -732,13 +854,10 @@ fn plugin_ls_without_plugins_and_with_several_directories() {
 
     // LOCALD_PLUGIN_PATH is colon-separated (a missing directory is fine), and
     // $XDG_DATA_HOME/locald/plugins is searched too.
-    let a = lab.path("a");
-    let data_plugins = lab.path("data/locald/plugins");
-    for d in [&a, &data_plugins] {
-        std::fs::create_dir_all(d).unwrap();
-    }
-    std::fs::copy(built().join(MISBEHAVING), a.join(MISBEHAVING)).unwrap();
-    std::fs::copy(built().join(OCI_ARCHIVE), data_plugins.join(OCI_ARCHIVE)).unwrap();
+    let a = lab.mkdir("a");
+    let data_plugins = lab.mkdir("data/locald/plugins");
+    place(MISBEHAVING, &a.join(MISBEHAVING));
+    place(OCI_ARCHIVE, &data_plugins.join(OCI_ARCHIVE));
     let path = format!(
         "{}:{}:{}",
         lab.path("missing").display(),
@@ -892,8 +1011,9 @@ fn plugin_errors_are_sentences() {
     assert_no_host_panic(&r);
 }
 
-/// Broken libraries in the plugin directory are warned about and skipped; every
-/// other command works, through plugins and built-in sources alike.
+/// Broken libraries in the plugin directory are warned about and skipped when
+/// plugins are loaded; every other command works, through plugins and built-in
+/// sources alike (which do not look at plugins at all).
 #[test]
 fn refused_libraries_do_not_stop_other_commands() {
     let lab = Lab::new(&[OCI_ARCHIVE, MISBEHAVING, NO_ENTRY]);
@@ -932,6 +1052,15 @@ fn refused_libraries_do_not_stop_other_commands() {
             assert_eq!(r.code, 0, "{source}: {}", r.stderr);
             assert_no_host_panic(&r);
             tree::assert_same_snapshot(&tree::snapshot(&out), &theirs, &DiffOpts::default());
+            if source.starts_with("oci-layout:") {
+                // A built-in source: the plugins are not even looked at.
+                assert!(
+                    !r.stderr.contains("plugin"),
+                    "{source}: plugins were looked at:\n{}",
+                    r.stderr
+                );
+                continue;
+            }
             for (lib, reason) in [
                 (&libz, "not a locald plugin"),
                 (&no_entry, no_entry_reason),
@@ -973,4 +1102,441 @@ fn refused_libraries_do_not_stop_other_commands() {
     assert_eq!(r.code, 0, "{}", r.stderr);
     serde_json::from_str::<serde_json::Value>(&r.stdout).unwrap();
     assert!(r.stderr.contains("ignoring plugin"), "{}", r.stderr);
+}
+
+/// A command whose source is built in (oci-layout:, docker-archive:, the
+/// registry by default) never opens a plugin: the misbehaving plugin, which
+/// marks a file when loaded, stays unloaded, and the broken libraries beside it
+/// are not even warned about. A plugin scheme then loads it (the marker works).
+#[test]
+fn builtin_sources_never_open_plugins() {
+    let lab = Lab::new(&[MISBEHAVING, NO_ENTRY]);
+    lab.add_file(not_a_plugin(), "libz.so");
+    let layout = lab.path("layout");
+    write_layout(&layout);
+    let docker = lab.path("builder-docker.tar");
+    peers::skopeo_copy(
+        &format!("oci:{}:builder", layout.display()),
+        &format!("docker-archive:{}:builder:latest", docker.display()),
+        &[],
+    )
+    .unwrap();
+    let marker = lab.path("loaded");
+    let marker_env = [(LOAD_MARKER, marker.to_str().unwrap())];
+    let oci_layout = format!("oci-layout:{}", layout.display());
+    let docker_archive = format!("docker-archive:{}", docker.display());
+    let out = lab.path("out");
+    let cases: &[(&str, Vec<&str>, i32)] = &[
+        (
+            "image inspect, oci-layout:",
+            vec!["image", "inspect", "builder", "--source", &oci_layout],
+            0,
+        ),
+        (
+            "image inspect, docker-archive:",
+            vec!["image", "inspect", "--source", &docker_archive, "--json"],
+            0,
+        ),
+        (
+            "image extract, oci-layout:",
+            vec![
+                "image",
+                "extract",
+                "builder",
+                "--source",
+                &oci_layout,
+                "--to",
+                out.to_str().unwrap(),
+            ],
+            0,
+        ),
+        // The default source; nothing listens there, so it fails, but as the
+        // registry, without looking for plugins.
+        (
+            "image inspect, the registry (default)",
+            vec!["image", "inspect", "127.0.0.1:1/nothing/here:latest"],
+            1,
+        ),
+    ];
+    for (what, args, code) in cases {
+        let r = lab.run_env(args, &marker_env);
+        assert_eq!(r.code, *code, "{what}: {}", r.stderr);
+        assert_no_host_panic(&r);
+        assert!(
+            !marker.exists(),
+            "{what}: a plugin was loaded:\n{}",
+            r.stderr
+        );
+        assert!(
+            !r.stderr.contains("plugin"),
+            "{what}: plugins were looked at:\n{}",
+            r.stderr
+        );
+        if *code != 0 {
+            // The registry's failure, not an unknown scheme.
+            assert!(r.stderr.contains("127.0.0.1:1"), "{what}: {}", r.stderr);
+        }
+    }
+
+    // Control: a plugin scheme loads the plugins, and the marker shows it.
+    let r = lab.run_env(
+        &[
+            "image",
+            "inspect",
+            "builder",
+            "--source",
+            &format!("misbehaving:ok:{}", layout.display()),
+        ],
+        &marker_env,
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(
+        std::fs::read_to_string(&marker).unwrap_or_default(),
+        "misbehaving loaded\n",
+        "the plugin scheme should load the plugin once"
+    );
+    // Loading the plugins warns about the broken ones.
+    assert!(r.stderr.contains("ignoring plugin"), "{}", r.stderr);
+}
+
+/// A scheme that neither a built-in source nor a plugin serves: the error says
+/// so, lists the schemes there are and the refused plugins with their reasons,
+/// and points at `locald plugin ls`. Fixing what the reason says makes it work.
+#[test]
+fn unknown_scheme_names_refused_plugins() {
+    let lab = Lab::new(&[OCI_ARCHIVE, MISBEHAVING]);
+    let misbehaving = lab.plugins().join(MISBEHAVING);
+    chmod(&misbehaving, 0o775);
+    let libz = lab.add_file(not_a_plugin(), "libz.so");
+    let layout = lab.path("layout");
+    write_layout(&layout);
+    let marker = lab.path("loaded");
+    let marker_env = [(LOAD_MARKER, marker.to_str().unwrap())];
+
+    let r = lab.run_env(
+        &["image", "inspect", "--source", "nope:somewhere"],
+        &marker_env,
+    );
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert_no_host_panic(&r);
+    let m = misbehaving.display().to_string();
+    for want in [
+        "error: could not open image source \"nope:somewhere\"".to_owned(),
+        "no built-in source or plugin serves scheme \"nope\"".to_owned(),
+        // The loaded plugin's scheme is among the known ones.
+        "schemes: docker-archive, oci-archive, oci-layout, registry".to_owned(),
+        format!(
+            "plugins are looked for in {}, {})",
+            lab.path("data/locald/plugins").display(),
+            lab.plugins().display()
+        ),
+        "2 plugins were refused".to_owned(),
+        format!("{m}: plugin {m} is writable by group or others (mode 0775): chmod go-w {m}"),
+        format!("{}: not a locald plugin", libz.display()),
+        "hint: `locald plugin ls` lists the plugins found and why any was refused".to_owned(),
+    ] {
+        assert!(
+            r.stderr.contains(&want),
+            "{want:?} missing from:\n{}",
+            r.stderr
+        );
+    }
+    assert!(!marker.exists(), "the untrusted plugin was loaded");
+
+    // The refused plugin's own scheme: the same error, saying why.
+    let source = format!("misbehaving:ok:{}", layout.display());
+    let r = lab.run_env(&["image", "inspect", "--source", &source], &marker_env);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    for want in [
+        "no built-in source or plugin serves scheme \"misbehaving\"".to_owned(),
+        format!("chmod go-w {m}"),
+    ] {
+        assert!(
+            r.stderr.contains(&want),
+            "{want:?} missing from:\n{}",
+            r.stderr
+        );
+    }
+    assert!(!marker.exists(), "the untrusted plugin was loaded");
+
+    // Done as the message says: trusted, loaded, working.
+    chmod(&misbehaving, 0o755);
+    let r = lab.run_env(&["image", "inspect", "--source", &source], &marker_env);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(marker.exists(), "the plugin was not loaded");
+}
+
+/// Where a test plugin is put, and what `locald` must say about it.
+struct Placement {
+    what: &'static str,
+    /// Arranges the case in its (empty, mode 0755) directory; returns the
+    /// plugin's path, whose directory is then the only plugin directory.
+    setup: fn(&Path) -> PathBuf,
+    /// `None`: trusted and loaded; else the refusal's words.
+    refused: Option<&'static [&'static str]>,
+    /// Gives files to another user.
+    needs_root: bool,
+}
+
+/// `DIR/plugins/NAME`: a trusted copy of the misbehaving plugin.
+fn trusted_copy(case: &Path, name: &str) -> PathBuf {
+    let dir = case.join("plugins");
+    std::fs::create_dir_all(&dir).unwrap();
+    chmod(&dir, 0o755);
+    let so = dir.join(name);
+    place(MISBEHAVING, &so);
+    so
+}
+
+const PLACEMENTS: &[Placement] = &[
+    Placement {
+        what: "a trusted plugin (the control)",
+        setup: |c| trusted_copy(c, "ok.so"),
+        refused: None,
+        needs_root: false,
+    },
+    Placement {
+        what: "a plugin in a sticky world-writable directory (as /tmp)",
+        setup: |c| {
+            let so = trusted_copy(c, "sticky.so");
+            chmod(so.parent().unwrap(), 0o1777);
+            so
+        },
+        refused: None,
+        needs_root: false,
+    },
+    Placement {
+        what: "a plugin writable by group",
+        setup: |c| {
+            let so = trusted_copy(c, "group-writable.so");
+            chmod(&so, 0o775);
+            so
+        },
+        refused: Some(&["is writable by group or others (mode 0775): chmod go-w "]),
+        needs_root: false,
+    },
+    Placement {
+        what: "a plugin writable by others",
+        setup: |c| {
+            let so = trusted_copy(c, "other-writable.so");
+            chmod(&so, 0o757);
+            so
+        },
+        refused: Some(&["is writable by group or others (mode 0757): chmod go-w "]),
+        needs_root: false,
+    },
+    Placement {
+        what: "a plugin owned by another user",
+        setup: |c| {
+            let so = trusted_copy(c, "theirs.so");
+            chown_other(&so);
+            so
+        },
+        refused: Some(&["is owned by uid 65534, not by you (uid 0) or root"]),
+        needs_root: true,
+    },
+    Placement {
+        what: "a plugin directory writable by others",
+        setup: |c| {
+            let so = trusted_copy(c, "in-open-dir.so");
+            chmod(so.parent().unwrap(), 0o757);
+            so
+        },
+        refused: Some(&[
+            "/plugins is writable by group or others (mode 0757) and is not sticky",
+            "chmod go-w ",
+        ]),
+        needs_root: false,
+    },
+    Placement {
+        what: "a plugin directory writable by group",
+        setup: |c| {
+            let so = trusted_copy(c, "in-group-dir.so");
+            chmod(so.parent().unwrap(), 0o775);
+            so
+        },
+        refused: Some(&["/plugins is writable by group or others (mode 0775) and is not sticky"]),
+        needs_root: false,
+    },
+    Placement {
+        what: "a plugin below a directory of another user",
+        setup: |c| {
+            let theirs = c.join("theirs");
+            std::fs::create_dir(&theirs).unwrap();
+            chmod(&theirs, 0o755);
+            let so = trusted_copy(&theirs, "below-theirs.so");
+            chown_other(&theirs);
+            so
+        },
+        refused: Some(&["/theirs is owned by uid 65534, not by you (uid 0) or root"]),
+        needs_root: true,
+    },
+    Placement {
+        what: "a symlink to a trusted plugin",
+        setup: |c| {
+            let real = trusted_copy(&c.join("elsewhere"), "real.so");
+            let dir = c.join("plugins");
+            std::fs::create_dir(&dir).unwrap();
+            chmod(&dir, 0o755);
+            let link = dir.join("link.so");
+            std::os::unix::fs::symlink(&real, &link).unwrap();
+            link
+        },
+        refused: Some(&[
+            "is a symbolic link (to ",
+            "elsewhere/plugins/real.so)",
+            "copy the library into the plugin directory instead",
+        ]),
+        needs_root: false,
+    },
+    Placement {
+        what: "a directory named *.so",
+        setup: |c| {
+            let so = trusted_copy(c, "unused.so");
+            std::fs::remove_file(&so).unwrap();
+            let d = so.with_file_name("dir.so");
+            std::fs::create_dir(&d).unwrap();
+            chmod(&d, 0o755);
+            d
+        },
+        refused: Some(&["is a directory, not a regular file"]),
+        needs_root: false,
+    },
+    Placement {
+        // Opening a FIFO for reading would block (the test would hang).
+        what: "a FIFO named *.so",
+        setup: |c| {
+            let so = trusted_copy(c, "unused.so");
+            std::fs::remove_file(&so).unwrap();
+            let f = so.with_file_name("fifo.so");
+            rustix::fs::mknodat(
+                rustix::fs::CWD,
+                &f,
+                rustix::fs::FileType::Fifo,
+                rustix::fs::Mode::from_raw_mode(0o644),
+                0,
+            )
+            .unwrap();
+            f
+        },
+        refused: Some(&["is a FIFO, not a regular file"]),
+        needs_root: false,
+    },
+];
+
+/// Each way a plugin can be untrusted: refused with a sentence naming the path,
+/// the reason and the fix, by `plugin ls` (text and JSON) and by a command using
+/// its scheme, and never opened (the plugin marks a file when loaded, and the
+/// trusted placements show that it does).
+#[test]
+fn untrusted_plugins_are_refused_and_never_opened() {
+    let test = "untrusted_plugins_are_refused_and_never_opened";
+    let root = can_chown(test);
+    let lab = Lab::new(&[]);
+    let layout = lab.path("layout");
+    write_layout(&layout);
+    let source = format!("misbehaving:ok:{}", layout.display());
+    let mut failures = Vec::new();
+    for (i, case) in PLACEMENTS.iter().enumerate() {
+        if case.needs_root && !root {
+            continue;
+        }
+        let what = case.what;
+        let dir = lab.mkdir(&format!("case-{i}"));
+        let plugin = (case.setup)(&dir);
+        let plugin_dir = plugin.parent().unwrap().to_str().unwrap().to_owned();
+        let marker = lab.path(&format!("loaded-{i}"));
+        let env = [
+            ("LOCALD_PLUGIN_PATH", plugin_dir.as_str()),
+            (LOAD_MARKER, marker.to_str().unwrap()),
+        ];
+        let mut problems = Vec::new();
+
+        let r = lab.run_env(&["plugin", "ls", "--json"], &env);
+        if r.code != 0 {
+            failures.push(format!(
+                "{what}: plugin ls --json exit {}: {}",
+                r.code, r.stderr
+            ));
+            continue;
+        }
+        let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+        let loaded = v["loaded"].as_array().unwrap();
+        let refused = v["refused"].as_array().unwrap();
+        let ls = lab.run_env(&["plugin", "ls"], &env);
+        let inspect = lab.run_env(&["image", "inspect", "--source", &source], &env);
+        let p = plugin.to_str().unwrap();
+        match case.refused {
+            None => {
+                if !(loaded.len() == 1 && loaded[0]["path"] == p && refused.is_empty()) {
+                    problems.push(format!("not loaded alone: {v:#}"));
+                }
+                if !marker.exists() {
+                    problems.push("loaded, but the marker is missing".to_owned());
+                }
+                if inspect.code != 0 {
+                    problems.push(format!("inspect through it failed: {}", inspect.stderr));
+                }
+            }
+            Some(words) => {
+                if !loaded.is_empty() || refused.len() != 1 {
+                    problems.push(format!("want one refusal and nothing loaded: {v:#}"));
+                } else {
+                    let reason = refused[0]["reason"].as_str().unwrap_or_default();
+                    if refused[0]["path"] != p {
+                        problems.push(format!("refused the wrong path: {v:#}"));
+                    }
+                    if refused[0]["opened"] != false {
+                        problems.push(format!("says it was opened: {v:#}"));
+                    }
+                    // The sentence names the plugin or the directory at fault.
+                    if !(reason.contains(p)
+                        || reason.contains(&plugin_dir)
+                        || reason.contains(dir.to_str().unwrap()))
+                    {
+                        problems.push(format!("the reason names no path: {reason}"));
+                    }
+                    for w in words {
+                        if !reason.contains(w) {
+                            problems.push(format!("the reason {reason:?} does not say {w:?}"));
+                        }
+                    }
+                    let line = format!("refused {p} (not opened): {reason}");
+                    if !ls.stdout.lines().any(|l| l == line) {
+                        problems.push(format!("plugin ls has no line {line:?}:\n{}", ls.stdout));
+                    }
+                    if inspect.code != 1
+                        || !inspect
+                            .stderr
+                            .contains("no built-in source or plugin serves scheme \"misbehaving\"")
+                        || !inspect.stderr.contains(reason)
+                    {
+                        problems.push(format!(
+                            "using its scheme: exit {}, want 1 with the reason:\n{}",
+                            inspect.code, inspect.stderr
+                        ));
+                    }
+                }
+                if marker.exists() {
+                    problems.push("the plugin was opened (it marked its loading)".to_owned());
+                }
+            }
+        }
+        if ls.code != 0 {
+            problems.push(format!("plugin ls exit {}: {}", ls.code, ls.stderr));
+        }
+        for r in [&r, &ls, &inspect] {
+            if !host_panics(&r.stderr).is_empty() {
+                problems.push(format!("locald panicked: {}", r.stderr));
+            }
+        }
+        if !problems.is_empty() {
+            failures.push(format!(
+                "{what} ({}):\n  {}",
+                plugin.display(),
+                problems.join("\n  ")
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "\n{}", failures.join("\n\n"));
 }

@@ -53,12 +53,19 @@ fn owned(s: &Str, what: &str) -> Result<String, String> {
 }
 
 impl Library {
-    /// Loads `path` and checks that it is a plugin of our ABI version.
-    pub fn load(path: &Path) -> Result<Library, String> {
+    /// Loads `path` and checks that it is a plugin of our ABI version. `shown`
+    /// is the path to name in messages (the host loads through
+    /// `/proc/self/fd/N`, which means nothing to a user).
+    pub fn load(path: &Path, shown: &Path) -> Result<Library, String> {
         // SAFETY: loading runs the library's initialisers. This is the trust the
-        // user gave by putting it in a plugin directory; nothing we can check.
-        let lib = unsafe { libloading::Library::new(path) }
-            .map_err(|e| format!("cannot be loaded: {e}"))?;
+        // user gave by putting it in a plugin directory, which the host checked
+        // (owner and modes of the file and its directories) before calling this.
+        let lib = unsafe { libloading::Library::new(path) }.map_err(|e| {
+            let e = e
+                .to_string()
+                .replace(&*path.to_string_lossy(), &shown.to_string_lossy());
+            format!("cannot be loaded: {e}")
+        })?;
         // SAFETY: the symbol, when present, is `extern "C" fn() -> u32` by the ABI.
         let version: libloading::Symbol<'_, extern "C" fn() -> u32> =
             unsafe { lib.get(ABI_VERSION_SYMBOL.as_bytes()) }

@@ -1,10 +1,16 @@
-//! The plugin host: finds plugin libraries, loads them, and registers the schemes
-//! they serve as image sources.
+//! The plugin host: finds plugin libraries, checks that they can be trusted,
+//! loads them, and registers the schemes they serve as image sources.
 //!
 //! Plugins live in `$XDG_DATA_HOME/locald/plugins` (default
 //! `~/.local/share/locald/plugins`) and in the directories of `LOCALD_PLUGIN_PATH`
-//! (colon-separated), as `*.so` files. A library that is not a plugin, was built
-//! for another ABI version, whose entry point fails or whose scheme is taken is
+//! (colon-separated), as `*.so` files. They are opened only when asked for:
+//! [`ensure_scheme`] loads them only when no registered (built-in) source serves
+//! a spec's scheme, and `locald plugin ls` loads them to list them. Before a
+//! library is opened, [`trust`] checks that nobody but the user and root could
+//! have written it (owner and modes of the file and of every directory above
+//! it, no symlink), and the host loads the very file it checked, through its
+//! descriptor. A library that is not trusted, is not a plugin, was built for
+//! another ABI version, whose entry point fails or whose scheme is taken is
 //! refused with a reason; `locald` keeps working without it. Resolving and blob
 //! reads run on the blocking pool (opening a location runs where the source is
 //! opened), and what a plugin returns goes through the same digest and size
@@ -12,7 +18,9 @@
 //! loaded for the life of the process.
 
 mod ffi;
+pub mod trust;
 
+use std::os::fd::{IntoRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -23,7 +31,9 @@ use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::manifest::MAX_JSON_BYTES;
 use crate::platform::Platform;
-use crate::source::{BlobReader, BoxFuture, Document, ImageSource, SchemeRegistry, SourceFactory};
+use crate::source::{
+    BlobReader, BoxFuture, Document, ImageSource, SchemeRegistry, SourceFactory, SourceSpec,
+};
 
 /// The environment variable with extra plugin directories.
 pub const PLUGIN_PATH_ENV: &str = "LOCALD_PLUGIN_PATH";
@@ -46,8 +56,11 @@ pub struct LoadedPlugin {
 pub struct RefusedPlugin {
     /// The library.
     pub path: PathBuf,
-    /// Why it was refused.
+    /// Why it was refused: a sentence.
     pub reason: String,
+    /// Whether the library was opened (loaded) before it was refused. A library
+    /// refused by the trust check ([`trust`]) never is.
+    pub opened: bool,
 }
 
 /// What [`load_plugins`] found.
@@ -72,8 +85,10 @@ pub fn plugin_dirs() -> Vec<PathBuf> {
     dirs
 }
 
-/// The `*.so` files in `dirs`, each directory's sorted by name; missing
-/// directories are skipped.
+/// The entries named `*.so` in `dirs`, each directory's sorted by name; missing
+/// directories are skipped. Whatever their type: a symlink, directory or FIFO
+/// named `*.so` is listed so that it is refused with a reason, not skipped
+/// without one.
 pub fn discover(dirs: &[PathBuf]) -> Vec<PathBuf> {
     let mut out = Vec::new();
     for d in dirs {
@@ -82,7 +97,7 @@ pub fn discover(dirs: &[PathBuf]) -> Vec<PathBuf> {
             .flatten()
             .flatten()
             .map(|e| e.path())
-            .filter(|p| p.extension().is_some_and(|x| x == "so") && p.is_file())
+            .filter(|p| p.extension().is_some_and(|x| x == "so"))
             .collect();
         found.sort();
         out.extend(found);
@@ -90,23 +105,94 @@ pub fn discover(dirs: &[PathBuf]) -> Vec<PathBuf> {
     out
 }
 
-/// Loads every plugin in `dirs` and registers its schemes in `registry`.
+/// Where a process's open descriptors are, as paths.
+const PROC_FDS: &str = "/proc/self/fd";
+
+/// Loads every trusted plugin in `dirs` and registers its schemes in
+/// `registry`; the untrusted ones are refused without being opened.
 pub fn load_plugins(registry: &mut SchemeRegistry, dirs: &[PathBuf]) -> PluginReport {
     let mut report = PluginReport::default();
-    for path in discover(dirs) {
-        match load_one(registry, &path) {
+    let paths = discover(dirs);
+    let have_proc = Path::new(PROC_FDS).is_dir();
+    for path in paths {
+        let refuse = |reason: String, opened: bool| RefusedPlugin {
+            path: path.clone(),
+            reason,
+            opened,
+        };
+        if !have_proc {
+            report.refused.push(refuse(
+                format!("locald loads plugins through {PROC_FDS}, and /proc is not mounted here"),
+                false,
+            ));
+            continue;
+        }
+        let fd = match trust::open_checked(&path) {
+            Ok(fd) => fd,
+            Err(e) => {
+                report.refused.push(refuse(e.to_string(), false));
+                continue;
+            }
+        };
+        match load_one(registry, &path, fd) {
             Ok(p) => report.loaded.push(p),
-            Err(reason) => report.refused.push(RefusedPlugin { path, reason }),
+            Err(reason) => report.refused.push(refuse(reason, true)),
         }
     }
     report
 }
 
+/// How [`ensure_scheme`] found a source for a spec's scheme.
+#[derive(Debug)]
+pub enum Served {
+    /// A registered (built-in) source serves it; no plugin was looked at.
+    Registered,
+    /// A plugin serves it: the plugins were loaded, with this outcome.
+    ByPlugin(PluginReport),
+}
+
+/// Makes `registry` serve the scheme of `spec`. Plugins are loaded (from
+/// `dirs`) only when no registered source serves the scheme, so a command whose
+/// source is built in never opens a plugin. When no plugin serves it either, the
+/// error names the schemes there are and the plugins that were refused.
+pub fn ensure_scheme(
+    registry: &mut SchemeRegistry,
+    spec: &str,
+    dirs: &[PathBuf],
+) -> Result<Served> {
+    let scheme = SourceSpec::parse(spec).scheme;
+    if registry.serves(&scheme) {
+        return Ok(Served::Registered);
+    }
+    let report = load_plugins(registry, dirs);
+    if registry.serves(&scheme) {
+        return Ok(Served::ByPlugin(report));
+    }
+    Err(Error::NoSourceForScheme {
+        scheme,
+        spec: spec.to_owned(),
+        known: registry.schemes(),
+        dirs: dirs.to_vec(),
+        refused: report.refused,
+    })
+}
+
+/// Loads the library `fd` is open on (`path`, checked by [`trust`]).
 fn load_one(
     registry: &mut SchemeRegistry,
     path: &Path,
+    fd: OwnedFd,
 ) -> std::result::Result<LoadedPlugin, String> {
-    let lib = Arc::new(ffi::Library::load(path)?);
+    // Load the very file that was checked, through its descriptor rather than
+    // by name: whatever is put at `path` after the check is not what gets
+    // loaded. dlopen opens `/proc/self/fd/N`, which reaches that descriptor's
+    // file whatever its name is now (an O_PATH descriptor can be reopened so).
+    // The descriptor is never closed: glibc knows loaded libraries by the name
+    // they were opened under, so a later plugin given the same descriptor
+    // number, and so the same name, would be taken for this one and not loaded.
+    let raw = fd.into_raw_fd();
+    let through = PathBuf::from(format!("{PROC_FDS}/{raw}"));
+    let lib = Arc::new(ffi::Library::load(&through, path)?);
     let (name, version, schemes) = lib.describe()?;
     if schemes.is_empty() {
         return Err("the plugin serves no scheme".to_owned());

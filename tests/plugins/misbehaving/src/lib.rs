@@ -14,6 +14,11 @@
 //! | `long-blob` | appends bytes to every blob |
 //! | `bad-blob` | flips a byte in the middle of every blob |
 //!
+//! Loading the library has a visible effect when `LOCALD_TEST_LOAD_MARKER` names a
+//! file: an ELF constructor, which `dlopen` runs before the host sees a symbol,
+//! appends a line to it. The host's tests use it to show that a library was (or
+//! was never) opened.
+//!
 //! It depends on `locald-plugin` only, so it carries a small JSON reader of its
 //! own and takes digests from the layout's descriptors instead of hashing.
 
@@ -324,6 +329,26 @@ impl Read for Misread {
 }
 
 export_plugin!(Misbehaving);
+
+/// Runs when the library is loaded (see the crate docs): a pointer in
+/// `.init_array`, which the dynamic loader calls on `dlopen`.
+#[used]
+#[allow(unsafe_code)]
+#[unsafe(link_section = ".init_array")]
+static MARK_LOAD: extern "C" fn() = mark_load;
+
+extern "C" fn mark_load() {
+    use std::io::Write;
+    if let Some(marker) = std::env::var_os("LOCALD_TEST_LOAD_MARKER") {
+        // Nothing here may panic (there is no unwinding out of a constructor);
+        // a marker that cannot be written shows as "not loaded" in the tests.
+        let _ = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(marker)
+            .and_then(|mut f| f.write_all(b"misbehaving loaded\n"));
+    }
+}
 
 /// Just enough JSON for index.json and manifests.
 #[derive(Debug, Clone, PartialEq)]
