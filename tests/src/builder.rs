@@ -192,14 +192,7 @@ impl BuilderSpec {
         let mut layers = vec![
             gz(self.rootfs.clone()),
             gz(self.dirs_entries()),
-            Layer::new(
-                self.lifecycle_entries(),
-                if self.real_lifecycle.is_some() {
-                    Compression::None
-                } else {
-                    Compression::Gzip
-                },
-            ),
+            gz(self.lifecycle_entries()),
         ];
         let bp_layers = self.buildpack_layers();
         layers.extend(bp_layers.iter().map(|(_, _, l)| l.clone()));
@@ -1556,19 +1549,35 @@ mod tests {
         for d in ["dev/", "proc/", "sys/"] {
             assert!(r.find(d).is_some(), "{d}");
         }
-        assert_eq!(
-            r.find("cnb/lifecycle/creator").unwrap().1.content,
-            crate::standin::CREATOR.as_bytes()
-        );
-        let lt = toml_value(&r.text("cnb/lifecycle/lifecycle.toml"));
-        let apis: Vec<&str> = lt["apis"]["platform"]["supported"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_str().unwrap())
-            .collect();
-        assert!(apis.contains(&"0.12") && apis.contains(&"0.13"), "{apis:?}");
-        assert!(!apis.contains(&"0.14"), "{apis:?}");
+        match &spec.real_lifecycle {
+            None => {
+                assert_eq!(
+                    r.find("cnb/lifecycle/creator").unwrap().1.content,
+                    crate::standin::CREATOR.as_bytes()
+                );
+                let lt = toml_value(&r.text("cnb/lifecycle/lifecycle.toml"));
+                let apis: Vec<&str> = lt["apis"]["platform"]["supported"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.as_str().unwrap())
+                    .collect();
+                assert!(apis.contains(&"0.12") && apis.contains(&"0.13"), "{apis:?}");
+                assert!(!apis.contains(&"0.14"), "{apis:?}");
+            }
+            // LOCALD_TEST_LIFECYCLE: its files, as its release tarball lays them.
+            Some(dir) => {
+                let (_, creator) = r.find("cnb/lifecycle/creator").unwrap();
+                assert_eq!(creator.link.as_deref(), Some("lifecycle"));
+                for f in ["lifecycle", "launcher", "lifecycle.toml"] {
+                    assert_eq!(
+                        r.find(&format!("cnb/lifecycle/{f}")).unwrap().1.content,
+                        std::fs::read(dir.join(f)).unwrap(),
+                        "{f}"
+                    );
+                }
+            }
+        }
         let runtoml = toml_value(&r.text("cnb/run.toml"));
         assert_eq!(runtoml["images"][0]["image"].as_str(), Some(run));
         let order = toml_value(&r.text("cnb/order.toml"));

@@ -109,17 +109,12 @@ fn chmod(p: &Path, mode: u32) {
 }
 
 /// Whether this process can give files away to another user, which the cases
-/// with another user's files need. CI runs as root: there, not being root fails
-/// the test; elsewhere it prints one SKIP line and the caller skips those cases.
+/// with another user's files need (a `require::root` skip otherwise).
+#[track_caller]
 fn can_chown(test: &str) -> bool {
-    if rustix::process::geteuid().is_root() {
-        return true;
-    }
-    if std::env::var_os("CI").is_some_and(|v| v == "true") {
-        panic!("{test}: the cases with files of another user need root (to chown), and CI runs as root");
-    }
-    eprintln!("SKIP {test}: the cases with files of another user need root (to chown)");
-    false
+    require::root(&format!(
+        "{test}: the cases with files of another user (to chown)"
+    ))
 }
 
 /// Another user's uid (nobody).
@@ -1539,4 +1534,64 @@ fn untrusted_plugins_are_refused_and_never_opened() {
         }
     }
     assert!(failures.is_empty(), "\n{}", failures.join("\n\n"));
+}
+
+/// A build whose builder and run image come from a plugin's source
+/// (`oci-archive:`, one archive holding both): the stand-in or a real lifecycle
+/// builds from it as from any built-in source.
+#[test]
+fn builds_from_a_plugin_source() {
+    let Some(spec) = require::ok(
+        locald_tests::builder::BuilderSpec::busybox("locald-test/run:1"),
+        "the busybox test builder",
+    ) else {
+        return;
+    };
+    // Run natively by root, the lifecycle switches to the build user.
+    locald_tests::standin::ensure_host_uid(spec.uid).unwrap();
+    let lab = Lab::new(&[OCI_ARCHIVE]);
+    let layout = lab.path("layout");
+    spec.write_build_layout(&layout, "locald-test/builder:1")
+        .unwrap();
+    // An oci-archive is an OCI layout in a tar; this one names both images.
+    let archive = lab.path("images.tar");
+    peers::run(
+        "tar",
+        [
+            "-C".as_ref(),
+            layout.as_os_str(),
+            "-cf".as_ref(),
+            archive.as_os_str(),
+            ".".as_ref(),
+        ],
+    )
+    .unwrap();
+    let app = lab.path("app");
+    std::fs::create_dir_all(&app).unwrap();
+    std::fs::write(app.join("hello.txt"), "from a plugin's source\n").unwrap();
+    let out = lab.path("out");
+    let r = lab.run(&[
+        "build",
+        app.to_str().unwrap(),
+        "--builder",
+        "locald-test/builder:1",
+        "--source",
+        &format!("oci-archive:{}", archive.display()),
+        "--runner",
+        "native",
+        "--image",
+        "locald-test/from-plugin:1",
+        "--output",
+        &format!("oci-layout:{}", out.display()),
+        "--json",
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(v["runner"], "native", "{v}");
+    assert!(out.join("index.json").is_file(), "{}", r.stderr);
+    let paths = locald_tests::standin::app_layer_paths(&out).unwrap();
+    assert!(
+        paths.iter().any(|p| p.ends_with("workspace/hello.txt")),
+        "{paths:?}"
+    );
 }
