@@ -244,7 +244,9 @@ fn errors_are_sentences_with_hints_and_exit_1() {
     let r = run(&["image", "inspect", "x", "--source", "ftp:somewhere"]);
     assert_eq!(r.code, 1);
     assert!(
-        r.stderr.contains("unknown source scheme \"ftp\""),
+        r.stderr
+            .contains("no built-in source or plugin serves scheme \"ftp\"")
+            && r.stderr.contains("hint: `locald plugin ls`"),
         "{}",
         r.stderr
     );
