@@ -1752,7 +1752,7 @@ mod tests {
             .join(crate::standin::layout_path_for(image));
         let index = read_json_file(&out_dir.join("index.json"));
         assert_eq!(index["manifests"].as_array().unwrap().len(), 1);
-        if crate::peers::have("skopeo") {
+        if crate::require::tool("skopeo") {
             crate::peers::skopeo(&["inspect", &format!("oci:{}", out_dir.display())]).unwrap();
         }
     }

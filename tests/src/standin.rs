@@ -19,13 +19,18 @@
 //!   the `lifecycle.toml` next to the script (and 0.12 or later),
 //!   `CNB_EXPERIMENTAL_MODE=warn`, `LOCALD_TEST_BUILDER_ENV=from-builder-config`
 //!   (from the builder's config `Env`), `CNB_USER_ID` and `CNB_GROUP_ID` set;
-//! - user: `id -u`/`id -g` equal `-uid`/`-gid`, unless running as root (noted
-//!   as a probe: the real lifecycle drops privileges itself);
+//! - user: started by root, it hands the layers and cache directories to
+//!   `-uid`/`-gid` and becomes them (util-linux `setpriv`), as the lifecycle's
+//!   `priv.EnsureOwner`/`priv.RunAs` do; not root, `-uid`/`-gid` must be its own
+//!   ids (else exit [`EXIT_FAILED`], `failed to exec as user`); either way the uid
+//!   is looked up in `/etc/passwd` for `HOME` and `USER` (unknown: exit
+//!   [`EXIT_FAILED`], `user: unknown userid N`); a `CNB_PLATFORM_API` the
+//!   lifecycle does not list exits [`EXIT_INCOMPATIBLE_PLATFORM_API`];
 //! - directories: app readable and writable, layers, cache and layout dir
-//!   writable (a file is created and removed), platform readable; the order
-//!   file, and every buildpack of the group that will pass detection under the
-//!   buildpacks dir (with an `api` in its `buildpack.toml`); the launcher
-//!   (`-launcher`, else `/cnb/lifecycle/launcher`) an executable file;
+//!   writable (a file is created and removed, as the build user), platform
+//!   readable; the order file, and every buildpack it names under the
+//!   buildpacks dir; the launcher (`-launcher`, else `/cnb/lifecycle/launcher`)
+//!   an executable file;
 //! - run image: a single-manifest OCI layout at
 //!   `<layout-dir>/<layout path of -run-image>` ([`layout_path_for`]), every
 //!   blob present and hashing to its digest.
@@ -33,27 +38,32 @@
 //! It reports `[probe] launcher PATH` and `[probe] build-config-dir DIR` (the
 //! value of `CNB_BUILD_CONFIG_DIR`, `unset` without it: never required).
 //!
-//! Then it plays a build (`===> DETECTING`, `===> BUILDING`, `===> EXPORTING`,
-//! `Saving <image>...`). "Detection" passes the first `[[order]]` group (or the
-//! one holding the buildpack [`FAIL_BUILD`] names) and writes it to
-//! `<layers>/group.toml` as the lifecycle does (`[[group]]` with `id`, `version`,
-//! `api`); nothing is written when detection fails. The build runs each
-//! buildpack's `bin/build` in turn, logging `Running build for buildpack
-//! ID@VERSION` first at `-log-level debug` only (the lifecycle logs it with
-//! Debugf). Then it prints each `<platform>/env/NAME` as `[probe] env
-//! NAME=VALUE`, bumps a counter in the cache dir (`[probe] cache builds=N`), and
-//! writes the output image as a single-manifest OCI layout at
-//! `<layout-dir>/<layout path of the image name>`: the run image's layers (blobs
-//! copied, Docker layer media types rewritten to OCI) plus an uncompressed layer
-//! holding the app under `workspace/`, a config whose `rootfs.diff_ids` are the
-//! run image's plus the new layer's and whose labels hold
-//! `io.buildpacks.build.metadata` (the group's buildpacks) and the run image's
-//! stack id, and an `index.json` naming it (`org.opencontainers.image.ref.name`
-//! = the image name as given).
+//! Then it builds as the lifecycle does, in miniature (`===> DETECTING`,
+//! `===> RESTORING`, `===> BUILDING`, `===> EXPORTING`, `Saving <image>...`):
+//! each `[[order]]` group in turn, each buildpack's `bin/detect` run in the app
+//! directory unless its `[[targets]]` miss the run image's os/arch (an error, as
+//! is a detect exit other than 0 or 100: exit 21); the first group that passes
+//! goes to `<layers>/group.toml` (`[[group]]` with `id`, `version`, `api`;
+//! nothing when detection fails, exit 20). Layers marked `cache = true` in an
+//! earlier build come back from the cache directory (not with `-skip-restore`).
+//! Each buildpack's `bin/build LAYERS PLATFORM PLAN` runs in the app directory
+//! (`Running build for buildpack ID@VERSION` first, at `-log-level debug` only;
+//! a failure is exit 51). The export writes a single-manifest OCI layout at
+//! `<layout-dir>/<layout path of the image name>`: the run image's layers (Docker
+//! media types rewritten to OCI), then a gzip layer for each `launch = true`
+//! layer, the app (at the `-app` path), the launcher, the launch config and the
+//! process types (`/cnb/process/TYPE`, the default process the entrypoint); the
+//! labels `io.buildpacks.build.metadata` (buildpacks, processes) and
+//! `io.buildpacks.lifecycle.metadata` (each layer's diff id by role), and the tag
+//! as `org.opencontainers.image.ref.name`, as the lifecycle's layout export
+//! names it. A layer whose content the previous image at that path already has
+//! is reused (`Reusing layer 'ID'`).
 //!
-//! Files in the app select behaviours: [`FAIL_DETECT`], [`FAIL_BUILD`],
-//! [`WAIT_FOR_SIGNAL`], [`PROBE_SANDBOX`]. Lines starting with `[probe] ` are
-//! for the tests ([`probes`], [`probe_value`]).
+//! What a build does is the test buildpacks' business
+//! ([`crate::builder::BUSYBOX_BUILD`]): files in the app select behaviours
+//! ([`FAIL_DETECT`], [`FAIL_BUILD`], [`WAIT_FOR_SIGNAL`], [`PROBE_SANDBOX`]),
+//! and lines starting with `[probe] ` are for the tests ([`probes`],
+//! [`probe_value`]).
 
 use std::io;
 use std::path::Path;
@@ -67,17 +77,12 @@ pub const CREATOR: &str = r##"#!/bin/sh
 # The real lifecycle cannot be installed where locald's tests run, so this script
 # checks the contract locald gives it (flags, environment, user, directories, the
 # launcher, the run image in the layout dir) and fails loudly, exit 3 (the
-# lifecycle's invalid-arguments code), naming what is wrong. Then it does what a
-# build does in miniature: "detect" (the first order group passes; written to
-# <layers>/group.toml), "build" (each buildpack's bin/build; "Running build for
-# buildpack" at debug level only), bump a counter in the cache dir, and export an
-# OCI image (the run image's layers plus a layer holding the app under workspace/)
-# into the layout dir where the real lifecycle would put it.
-#
-# Files in the app select behaviours: fail-detect (exit 20), fail-build (exit 51;
-# the file may name the failing buildpack, whose group then passes detection),
-# wait-for-signal (until SIGINT/SIGTERM, then exit 130), probe-sandbox (report what
-# the process can see). Lines starting with `[probe] ` are for the tests.
+# lifecycle's invalid-arguments code), naming what is wrong. Then it does what the
+# lifecycle does where a build depends on it: drop privileges, detect (each
+# buildpack's bin/detect, with [[targets]] filtering), restore cache layers,
+# build (each bin/build), and export an OCI image into the layout dir (gzip
+# layers, layers of the previous image reused). Lines starting with `[probe] `
+# are for the tests.
 #
 # POSIX sh only: it runs under dash with coreutils on the host (native runner) and
 # under busybox sh inside the sandbox (container runner).
@@ -85,6 +90,7 @@ set -u
 
 fail() {
     echo "ERROR: stand-in creator: $*" >&2
+    [ -z "${plan_dir:-}" ] || rm -rf "$plan_dir"
     exit 3
 }
 probe() {
@@ -180,7 +186,9 @@ done
 # (Bad values are left to the flag parsing below, which fails with exit 3.)
 case $pre_uid in *[!0-9]*) pre_uid= ;; esac
 case $pre_gid in *[!0-9]*) pre_gid= ;; esac
-if [ "$(id -u)" = 0 ] && [ -n "$pre_uid" ] && [ "$pre_uid" != 0 ]; then
+# (util-linux setpriv: busybox's cannot switch ids. Inside the sandbox the creator
+# starts as the build user, so only a native run by root gets here.)
+if [ "$(id -u)" = 0 ] && [ -n "$pre_uid" ] && [ -n "$pre_gid" ] && [ "$pre_uid" != 0 ]; then
     for d in "$pre_cache" "$pre_layers"; do
         [ -n "$d" ] && [ -d "$d" ] || continue
         d_owner=$(stat -c %u "$d")
@@ -357,13 +365,16 @@ launcher_path=${launcher:-/cnb/lifecycle/launcher}
 # The order: one line "N ID VERSION" per buildpack, N the number of its [[order]]
 # group (id before version in each [[order.group]], as pack writes them).
 order_lines=$(awk '
-    /^[[:space:]]*\[\[order\]\]/ { n++; next }
-    /^[[:space:]]*id[[:space:]]*=/ { id = $0; sub(/^[^"]*"/, "", id); sub(/".*/, "", id); next }
-    /^[[:space:]]*version[[:space:]]*=/ {
-        v = $0; sub(/^[^"]*"/, "", v); sub(/".*/, "", v)
-        if (id != "" && v != "") print n + 0, id, v
-        id = ""
+    function flush() {
+        if (id != "" && v != "") print n + 0, id, v, (opt ? "optional" : "required")
+        id = ""; v = ""; opt = 0
     }
+    /^[[:space:]]*\[\[order\]\]/ { flush(); n++; next }
+    /^[[:space:]]*\[\[order\.group\]\]/ { flush(); next }
+    /^[[:space:]]*id[[:space:]]*=/ { id = $0; sub(/^[^"]*"/, "", id); sub(/".*/, "", id); next }
+    /^[[:space:]]*version[[:space:]]*=/ { v = $0; sub(/^[^"]*"/, "", v); sub(/".*/, "", v); next }
+    /^[[:space:]]*optional[[:space:]]*=[[:space:]]*true/ { opt = 1 }
+    END { flush() }
 ' "$order_file") || fail "cannot read $order_file"
 [ -n "$order_lines" ] || fail "$order_file names no buildpack"
 
@@ -432,7 +443,7 @@ fi
 # is written to <layers>/group.toml.
 
 # Every buildpack of the order must be there (the lifecycle reads them all).
-while read -r g_no g_id g_version; do
+while read -r g_no g_id g_version g_opt; do
     [ -r "$(bp_dir_of "$g_id" "$g_version")/buildpack.toml" ] ||
         fail "buildpack $g_id@$g_version is not at $(bp_dir_of "$g_id" "$g_version")"
 done <<EOF
@@ -447,9 +458,12 @@ mkdir -p "$plan_dir" || fail "cannot create $plan_dir"
 group=
 detect_errors=false
 for g_no in $(printf '%s\n' "$order_lines" | cut -d' ' -f1 | uniq); do
-    members=$(printf '%s\n' "$order_lines" | awk -v n="$g_no" '$1 == n { print $2, $3 }')
+    members=$(printf '%s\n' "$order_lines" | awk -v n="$g_no" '$1 == n { print $2, $3, $4 }')
+    # A group passes when every required buildpack passes and at least one does;
+    # an optional one that fails is left out of it.
     passed=true
-    while read -r g_id g_version; do
+    participants=
+    while read -r g_id g_version g_opt; do
         g_dir=$(bp_dir_of "$g_id" "$g_version")
         [ -r "$g_dir/buildpack.toml" ] || fail "buildpack $g_id@$g_version is not at $g_dir"
         [ -x "$g_dir/bin/detect" ] || fail "buildpack $g_id@$g_version has no bin/detect"
@@ -472,7 +486,7 @@ for g_no in $(printf '%s\n' "$order_lines" | cut -d' ' -f1 | uniq); do
                 g_match=true
             fi
         done
-        if [ "$g_match" = false ]; then
+        if [ "$g_match" = false ] && [ "$g_opt" = required ]; then
             echo "======== Error: $g_id@$g_version ========"
             echo "unable to satisfy target os/arch constraints; run image: {\"os\":\"$run_os\",\"arch\":\"$run_arch\"}, buildpack: $g_targets"
             echo "err:  $g_id@$g_version"
@@ -491,19 +505,25 @@ for g_no in $(printf '%s\n' "$order_lines" | cut -d' ' -f1 | uniq); do
             cat "$plan_dir/out"
         fi
         case $code in
-        0) ;;
-        100) passed=false ;;
+        0)
+            participants="$participants$g_id $g_version
+"
+            ;;
+        100) [ "$g_opt" = optional ] || passed=false ;;
         *)
             echo "err:  $g_id@$g_version ($code)"
             detect_errors=true
-            passed=false
+            [ "$g_opt" = optional ] || passed=false
             ;;
         esac
     done <<EOF
 $members
 EOF
-    if [ "$passed" = true ]; then
-        group=$members
+    if [ "$passed" = true ] && [ -n "$participants" ]; then
+        group=${participants%?}
+        n_members=$(printf '%s\n' "$members" | wc -l | tr -d ' ')
+        n_group=$(printf '%s\n' "$group" | wc -l | tr -d ' ')
+        [ "$n_group" = "$n_members" ] || echo "$n_group of $n_members buildpacks participating"
         break
     fi
 done
@@ -582,13 +602,14 @@ while read -r g_id g_version; do
     if [ -x "$g_dir/bin/build" ]; then
         # In the background so that a SIGINT or SIGTERM reaches the buildpack too
         # (the lifecycle dies of them; its buildpack must not outlive it).
+        # (TERM for both: a background job starts with SIGINT ignored.) The traps
+        # are set first, so that no signal falls between the start and them.
+        bp_pid=
+        trap '[ -z "$bp_pid" ] || { kill -TERM "$bp_pid" 2>/dev/null; wait "$bp_pid"; }; exit 130' INT TERM
         (cd "$app" && CNB_BUILDPACK_DIR=$g_dir CNB_LAYERS_DIR=$g_layers \
             CNB_PLATFORM_DIR=$platform CNB_BP_PLAN_PATH=$layers/plan.toml \
             exec "$g_dir/bin/build" "$g_layers" "$platform" "$layers/plan.toml" </dev/null) &
         bp_pid=$!
-        # (TERM for both: a background job starts with SIGINT ignored.)
-        trap 'kill -TERM "$bp_pid" 2>/dev/null; wait "$bp_pid"; exit 130' INT
-        trap 'kill -TERM "$bp_pid" 2>/dev/null; wait "$bp_pid"; exit 130' TERM
         wait "$bp_pid"
         code=$?
         trap - INT TERM
@@ -649,6 +670,7 @@ if [ -f "$out/index.json" ]; then
 fi
 
 content_key() { # DIR: a hash of the tree's names, types, modes and contents
+    [ -d "$1" ] || return 1
     (cd "$1" && find . | LC_ALL=C sort | while IFS= read -r f; do
         if [ -L "$f" ]; then
             echo "l $f $(readlink "$f")"
@@ -665,18 +687,24 @@ new_diff_ids=
 new_keys=
 add_layer() { # ID ROOT: ROOT holds the layer's files at their paths under /
     al_id=$1
-    al_key=$(content_key "$2") || export_fail "cannot read layer $al_id"
-    al_prev=$(printf '%s\n' "$prev_keys" | awk -v id="$al_id" -v k="$al_key" '$1 == id && $2 == k { print $3, $4, $5; exit }')
+    al_root=$2
+    al_key=$(content_key "$al_root")
+    case $al_key in
+    [0-9a-f]*) [ ${#al_key} -eq 64 ] || export_fail "cannot read layer $al_id" ;;
+    *) export_fail "cannot read layer $al_id" ;;
+    esac
     al_digest= al_diff= al_size= al_reused=false
-    if [ -n "$al_prev" ]; then
-        set -- $al_prev
-        if [ -f "$(blob_path "$out" "$1")" ]; then
-            al_digest=$1 al_diff=$2 al_size=$3 al_reused=true
-            echo "Reusing layer '$al_id'"
-        fi
+    read -r al_pdigest al_pdiff al_psize <<EOF_PREV
+$(printf '%s\n' "$prev_keys" | awk -v id="$al_id" -v k="$al_key" '$1 == id && $2 == k { print $3, $4, $5; exit }')
+EOF_PREV
+    if [ -n "$al_pdigest" ] && [ -f "$(blob_path "$out" "$al_pdigest")" ]; then
+        al_digest=$al_pdigest al_diff=$al_pdiff al_size=$al_psize al_reused=true
+        echo "Reusing layer '$al_id'"
     fi
     if [ -z "$al_digest" ]; then
-        (cd "$2" && tar -cf - $(ls -A)) >"$scratch/layer.tar" || export_fail "cannot tar layer $al_id"
+        # The root's top-level names (no word splitting of paths with spaces).
+        (cd "$al_root" && set -- * && [ -e "$1" ] && tar -cf - "$@") >"$scratch/layer.tar" ||
+            export_fail "cannot tar layer $al_id"
         al_diff=sha256:$(sha256sum <"$scratch/layer.tar" | cut -d' ' -f1)
         gzip -c <"$scratch/layer.tar" >"$scratch/layer.tar.gz" || export_fail "cannot compress layer $al_id"
         al_digest=sha256:$(sha256sum <"$scratch/layer.tar.gz" | cut -d' ' -f1)
@@ -835,15 +863,15 @@ pub const EXIT_FAILED_EXPORT: i32 = 62;
 /// Stopped by SIGINT or SIGTERM during [`WAIT_FOR_SIGNAL`].
 pub const EXIT_INTERRUPTED: i32 = 130;
 
-/// App file: detection fails (`ERROR: No buildpack groups passed detection.`),
-/// exit [`EXIT_FAILED_DETECT`].
+/// App file: every test buildpack's `bin/detect` fails, so no group passes
+/// (`ERROR: No buildpack groups passed detection.`), exit [`EXIT_FAILED_DETECT`].
 pub const FAIL_DETECT: &str = "fail-detect";
-/// App file: a buildpack's build fails, exit [`EXIT_FAILED_BUILD`]. The
-/// buildpack is the one whose id the file holds (it must be in the order; the
-/// first group holding it is the one that passes detection, in
-/// `<layers>/group.toml`), else the first of the first group. The buildpacks
-/// before it in its group build; `Running build for buildpack <id>@<version>`
-/// is logged for each at `-log-level debug` only, as the lifecycle does.
+/// App file: the test buildpack whose id the file holds fails its build (all of
+/// them when it is empty), exit [`EXIT_FAILED_BUILD`]. Detection is not changed:
+/// to have a later group pass, the app also holds the earlier buildpacks'
+/// [`crate::builder::skip_marker`]. The buildpacks before it in its group build;
+/// `Running build for buildpack <id>@<version>` is logged for each at
+/// `-log-level debug` only, as the lifecycle does.
 pub const FAIL_BUILD: &str = "fail-build";
 /// App file: `[probe] waiting`, then wait until SIGINT/SIGTERM, which print
 /// `[probe] got signal` and exit [`EXIT_INTERRUPTED`].
@@ -1016,7 +1044,8 @@ pub fn ensure_host_uid(uid: u32) -> Result<(), String> {
     ))
 }
 
-fn lookup_user(name: &str) -> Result<TestUser, String> {
+/// The user `name`'s uid and primary gid, as `id` reports them.
+pub fn lookup_user(name: &str) -> Result<TestUser, String> {
     let id = |flag: &str| -> Result<u32, String> {
         let out = crate::peers::run("id", [flag, name])?;
         out.trim()
@@ -1334,11 +1363,16 @@ mod tests {
 
         /// One group of every buildpack, in order, as the only order group.
         fn one_group_of_all(&self) {
+            self.one_group_with_optional(&[]);
+        }
+
+        /// One order group of every buildpack, those in `optional` optional.
+        fn one_group_with_optional(&self, optional: &[&str]) {
             let mut spec = self.spec.clone();
             spec.order = vec![spec
                 .buildpacks
                 .iter()
-                .map(|(id, v)| (id.clone(), v.clone(), false))
+                .map(|(id, v)| (id.clone(), v.clone(), optional.contains(&id.as_str())))
                 .collect()];
             write(&self.root.join("cnb/order.toml"), spec.order_toml(), 0o644);
         }
@@ -2073,6 +2107,38 @@ mod tests {
                 .contains("unable to satisfy target os/arch constraints"),
             "{out}"
         );
+    }
+
+    /// An optional buildpack that fails detection is left out of its group, which
+    /// passes with the others; a required one that fails fails the group.
+    #[test]
+    fn optional_buildpacks_may_fail_detection() {
+        let rig = Rig::new();
+        let (first, v1) = BUSYBOX_BUILDPACKS[0];
+        let (second, v2) = BUSYBOX_BUILDPACKS[1];
+        rig.one_group_with_optional(&[first]);
+        rig.touch_app(&crate::builder::skip_marker(first));
+        let out = rig.run(&rig.args(), &rig.env());
+        assert_eq!(out.code, 0, "{out}");
+        assert!(
+            out.stdout
+                .contains(&format!("1 of 2 buildpacks participating\n{second} {v2}\n")),
+            "{out}"
+        );
+        let api = rig.spec.buildpack_apis.last().unwrap().clone();
+        assert_eq!(
+            rig.group(),
+            Some(vec![(second.to_owned(), v2.to_owned(), api)])
+        );
+        assert!(
+            !out.stdout.contains(&format!("stand-in build: {first}")),
+            "{out}"
+        );
+
+        rig.one_group_with_optional(&[second]);
+        let out = rig.run(&rig.args(), &rig.env());
+        assert_eq!(out.code, EXIT_FAILED_DETECT, "{out}");
+        assert!(!out.stdout.contains(&format!("{first} {v1}")), "{out}");
     }
 
     /// An order group of two buildpacks: both build, both are in group.toml and

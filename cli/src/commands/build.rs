@@ -555,7 +555,6 @@ pub async fn build(
     Ok(())
 }
 
-/// When a file was last written (None when absent).
 /// When `path` last changed, as the kernel keeps it: inode and status-change
 /// time (which, unlike the modification time, no tool can set back: a copy that
 /// preserves timestamps, such as `mv` across filesystems, still shows).

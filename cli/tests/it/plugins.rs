@@ -1105,6 +1105,9 @@ fn refused_libraries_do_not_stop_other_commands() {
 /// are not even warned about. A plugin scheme then loads it (the marker works).
 #[test]
 fn builtin_sources_never_open_plugins() {
+    if !require::tool("skopeo") {
+        return;
+    }
     let lab = Lab::new(&[MISBEHAVING, NO_ENTRY]);
     lab.add_file(not_a_plugin(), "libz.so");
     let layout = lab.path("layout");

@@ -164,25 +164,12 @@ fn watchdog(name: &'static str, limit: Duration) -> Watchdog {
 /// unprivileged user by default), from a copy of this binary that the user can
 /// read and execute. `Ok(passed)`, or why it could not start.
 fn run_as(user: Option<&str>) -> Result<bool, String> {
-    let (name, uid, gid) = match user {
-        Some(name) => {
-            let passwd = std::fs::read_to_string("/etc/passwd").map_err(|e| e.to_string())?;
-            let (uid, gid) = passwd
-                .lines()
-                .find_map(|l| {
-                    let f: Vec<&str> = l.split(':').collect();
-                    (f.len() >= 4 && f[0] == name)
-                        .then(|| (f[2].parse::<u32>(), f[3].parse::<u32>()))
-                })
-                .and_then(|(u, g)| Some((u.ok()?, g.ok()?)))
-                .ok_or_else(|| format!("no user {name} in /etc/passwd (LOCALD_IT_USER)"))?;
-            (name.to_owned(), uid, gid)
-        }
-        None => {
-            let u = locald_tests::standin::test_user()?;
-            (u.name, u.uid, u.gid)
-        }
+    let u = match user {
+        Some(name) => locald_tests::standin::lookup_user(name)
+            .map_err(|e| format!("LOCALD_IT_USER={name}: {e}"))?,
+        None => locald_tests::standin::test_user()?,
     };
+    let (name, uid, gid) = (u.name, u.uid, u.gid);
     let dir = tempfile::Builder::new()
         .prefix("locald-it-bin-")
         .tempdir()

@@ -334,6 +334,10 @@ export_plugin!(Misbehaving);
 /// `.init_array`, which the dynamic loader calls on `dlopen`.
 #[used]
 #[allow(unsafe_code)]
+// SAFETY: `.init_array` holds pointers to functions the loader calls with no
+// arguments before `dlopen` returns; `mark_load` is such a function, takes
+// nothing, cannot unwind (it only appends to a file, ignoring errors), and uses
+// no state that needs initialising first.
 #[unsafe(link_section = ".init_array")]
 static MARK_LOAD: extern "C" fn() = mark_load;
 
