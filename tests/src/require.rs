@@ -29,7 +29,14 @@ pub fn skip(why: impl Display) {
              and creates the users the tests need: run the suite through it"
         );
     }
-    eprintln!("SKIP ({at}): {why}");
+    say(format_args!("SKIP ({at}): {why}"));
+}
+
+/// One line on the real stderr: libtest captures `eprintln!` of passing tests,
+/// and a skip must show in the run's output.
+fn say(line: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
 }
 
 /// `Some(value)`, or `None` after [`skip`] with the error and what it was for.
@@ -92,7 +99,9 @@ pub fn real_lifecycle() -> bool {
 /// choice, not a missing piece).
 pub fn standin_only(why: &str) -> bool {
     if real_lifecycle() {
-        eprintln!("SKIP with a real lifecycle ({REAL_LIFECYCLE_ENV}): {why}");
+        say(format_args!(
+            "SKIP with a real lifecycle ({REAL_LIFECYCLE_ENV}): {why}"
+        ));
         return true;
     }
     false
