@@ -30,6 +30,7 @@ use crate::cancel::Cancel;
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::extract::stream::HashingReader;
+use crate::lock::{FileLock, Mode};
 use crate::manifest::{self, DocumentKind, MAX_JSON_BYTES, OCI_INDEX, OCI_MANIFEST, REF_NAME};
 use crate::platform::Platform;
 use crate::progress::Reporter;
@@ -1332,22 +1333,11 @@ fn read_small(path: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
 
 /// An exclusive `flock` on a directory, held until dropped (no lock file left
 /// behind: the directory itself is locked).
-struct DirLock {
-    _file: File,
+fn lock_dir(dir: &Path) -> Result<FileLock> {
+    FileLock::acquire_dir(dir, Mode::Exclusive)
 }
 
-fn lock_dir(dir: &Path) -> Result<DirLock> {
-    let file = File::open(dir).map_err(Error::io("open", dir))?;
-    loop {
-        match rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive) {
-            Ok(()) => return Ok(DirLock { _file: file }),
-            Err(rustix::io::Errno::INTR) => continue,
-            Err(e) => return Err(Error::io("lock", dir)(e.into())),
-        }
-    }
-}
-
-async fn lock_dir_async(dir: &Path) -> Result<DirLock> {
+async fn lock_dir_async(dir: &Path) -> Result<FileLock> {
     let dir = dir.to_path_buf();
     tokio::task::spawn_blocking(move || lock_dir(&dir))
         .await

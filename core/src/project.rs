@@ -21,10 +21,10 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::cache::lock::{FileLock, Mode};
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::lifecycle::HostDirs;
+use crate::lock::{FileLock, Mode};
 use crate::progress::{Reporter, Silent};
 
 /// Format version of `project.json`.

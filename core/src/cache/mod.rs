@@ -18,7 +18,8 @@
 //! exclusively.
 
 mod gc;
-pub mod lock;
+/// The lock type moved to [`crate::lock`]; still reachable here.
+pub use crate::lock;
 mod pull;
 mod rebase;
 pub mod store;
@@ -34,7 +35,7 @@ pub use pull::{Freshness, PullOptions, PullPolicy, Pulled};
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::extract::PathFilter;
-use lock::{FileLock, Mode};
+use crate::lock::{FileLock, Mode};
 use store::BlobStore;
 use tree::Fingerprint;
 
