@@ -1,6 +1,7 @@
 //! Small filesystem helpers shared by the build's parts.
 
-use std::io::{self, Write};
+use std::fs::File;
+use std::io::{self, Read, Write};
 use std::os::fd::AsFd;
 use std::path::Path;
 
@@ -48,6 +49,69 @@ pub fn chown_tree(dir: &Path, uid: u32, gid: u32) -> io::Result<()> {
         stack.push(Dir::new(sub)?);
     }
     Ok(())
+}
+
+/// Whether opening a path follows a symlink in its last component (a symlink
+/// in a directory above it is always followed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinalSymlink {
+    /// Follow it: a layout the user points at may link its files elsewhere.
+    Follow,
+    /// Refuse it (`O_NOFOLLOW`, the open fails with `ELOOP`): for trees someone
+    /// else wrote, whose paths the caller resolved itself.
+    Refuse,
+}
+
+/// Opens the regular file `path` for reading without blocking on a FIFO or
+/// device someone put in its place: the open is non-blocking, anything but a
+/// regular file is refused (`InvalidInput`, "not a regular file"), and the file
+/// is switched back to blocking reads.
+pub fn open_regular(path: &Path, link: FinalSymlink) -> io::Result<File> {
+    open_checked(path, link, false)
+}
+
+/// [`open_regular`], also accepting a FIFO (a stream piped in by the user); its
+/// reads block, so read it off the async runtime.
+pub fn open_regular_or_fifo(path: &Path, link: FinalSymlink) -> io::Result<File> {
+    open_checked(path, link, true)
+}
+
+fn open_checked(path: &Path, link: FinalSymlink, accept_fifo: bool) -> io::Result<File> {
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    let mut flags = OFlags::NONBLOCK;
+    if link == FinalSymlink::Refuse {
+        flags |= OFlags::NOFOLLOW;
+    }
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(flags.bits() as i32)
+        .open(path)?;
+    let ft = f.metadata()?.file_type();
+    if !(ft.is_file() || (accept_fifo && ft.is_fifo())) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ));
+    }
+    rustix::fs::fcntl_setfl(&f, OFlags::empty())?;
+    Ok(f)
+}
+
+/// Reads the regular file `path` ([`open_regular`]) whole, refusing more than
+/// `limit` bytes (`FileTooLarge`, "more than `limit` bytes") however large its
+/// metadata says it is.
+pub fn read_small(path: &Path, limit: u64, link: FinalSymlink) -> io::Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    open_regular(path, link)?
+        .take(limit + 1)
+        .read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > limit {
+        return Err(io::Error::new(
+            io::ErrorKind::FileTooLarge,
+            format!("more than {limit} bytes"),
+        ));
+    }
+    Ok(bytes)
 }
 
 /// How much [`WriteBehind`] writes between two page-cache hints.
@@ -163,6 +227,44 @@ mod tests {
         let mut out = WriteBehind::new(read_only);
         assert!(out.write_all(b"hello").is_err());
         assert_eq!(out.written, 0);
+    }
+
+    #[test]
+    fn read_small_reads_only_small_regular_files() {
+        use FinalSymlink::{Follow, Refuse};
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::write(d.join("f"), b"12345").unwrap();
+        std::os::unix::fs::symlink("f", d.join("link")).unwrap();
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            d.join("fifo"),
+            FileType::Fifo,
+            Mode::from_raw_mode(0o644),
+            0,
+        )
+        .unwrap();
+        let kind =
+            |path: &str, limit, link| read_small(&d.join(path), limit, link).map_err(|e| e.kind());
+        assert_eq!(kind("f", 5, Refuse), Ok(b"12345".to_vec()));
+        assert_eq!(kind("f", 4, Refuse), Err(io::ErrorKind::FileTooLarge));
+        assert_eq!(kind("link", 5, Follow), Ok(b"12345".to_vec()));
+        assert_eq!(
+            rustix::io::Errno::from_io_error(&read_small(&d.join("link"), 5, Refuse).unwrap_err()),
+            Some(rustix::io::Errno::LOOP)
+        );
+        for link in [Follow, Refuse] {
+            // Neither waits for a writer on the FIFO.
+            assert_eq!(kind("fifo", 5, link), Err(io::ErrorKind::InvalidInput));
+            assert_eq!(kind("", 5, link), Err(io::ErrorKind::InvalidInput));
+            assert_eq!(kind("missing", 5, link), Err(io::ErrorKind::NotFound));
+        }
+        let e = read_small(d, 5, Follow).unwrap_err().to_string();
+        assert_eq!(e, "not a regular file");
+        let e = read_small(&d.join("f"), 4, Follow).unwrap_err().to_string();
+        assert_eq!(e, "more than 4 bytes");
+        assert!(open_regular_or_fifo(&d.join("fifo"), Follow).is_ok());
+        assert!(open_regular(&d.join("fifo"), Follow).is_err());
     }
 
     #[test]
