@@ -114,6 +114,24 @@ pub fn read_small(path: &Path, limit: u64, link: FinalSymlink) -> io::Result<Vec
     Ok(bytes)
 }
 
+/// Gives the owner `rwx` (mode 0700) on `dir` and every directory under it, so
+/// that a tree holding read-only directories (an image's or a build's 0555) can
+/// be emptied. Never through a symlink: a `dir` that is not a directory itself
+/// is left alone, and only real subdirectories are walked. Best effort: errors
+/// are ignored, the removal that follows reports what is still in its way.
+pub fn make_dirs_writable(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if !std::fs::symlink_metadata(dir).is_ok_and(|m| m.is_dir()) {
+        return;
+    }
+    let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            make_dirs_writable(&e.path());
+        }
+    }
+}
+
 /// How much [`WriteBehind`] writes between two page-cache hints.
 const BEHIND_STEP: u64 = 8 << 20;
 /// How far back [`WriteBehind`] hints: pages older than this were asked to be
@@ -265,6 +283,36 @@ mod tests {
         assert_eq!(e, "more than 4 bytes");
         assert!(open_regular_or_fifo(&d.join("fifo"), Follow).is_ok());
         assert!(open_regular(&d.join("fifo"), Follow).is_err());
+    }
+
+    #[test]
+    fn make_dirs_writable_opens_real_directories_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| std::fs::symlink_metadata(p).unwrap().permissions().mode() & 0o777;
+        let set =
+            |p: &Path, m| std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let outside = dir.path().join("outside");
+        std::fs::create_dir(&outside).unwrap();
+        set(&outside, 0o555);
+        let tree = dir.path().join("tree");
+        std::fs::create_dir_all(tree.join("a/b")).unwrap();
+        std::fs::write(tree.join("a/f"), "x").unwrap();
+        set(&tree.join("a/f"), 0o444);
+        std::os::unix::fs::symlink(&outside, tree.join("a/link")).unwrap();
+        for d in ["a/b", "a", ""] {
+            set(&tree.join(d), 0o555);
+        }
+        make_dirs_writable(&tree);
+        for d in ["", "a", "a/b"] {
+            assert_eq!(mode(&tree.join(d)), 0o700, "{d}");
+        }
+        assert_eq!(mode(&tree.join("a/f")), 0o444, "files keep their mode");
+        assert_eq!(mode(&outside), 0o555, "not through a symlink below");
+        make_dirs_writable(&tree.join("a/link"));
+        assert_eq!(mode(&outside), 0o555, "not through a symlink given");
+        std::fs::remove_dir_all(&tree).unwrap();
+        set(&outside, 0o755);
     }
 
     #[test]
