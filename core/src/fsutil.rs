@@ -1,6 +1,7 @@
 //! Small filesystem helpers shared by the build's parts.
 
-use std::io::{self, Write};
+use std::fs::File;
+use std::io::{self, Read, Write};
 use std::os::fd::AsFd;
 use std::path::Path;
 
@@ -48,6 +49,87 @@ pub fn chown_tree(dir: &Path, uid: u32, gid: u32) -> io::Result<()> {
         stack.push(Dir::new(sub)?);
     }
     Ok(())
+}
+
+/// Whether opening a path follows a symlink in its last component (a symlink
+/// in a directory above it is always followed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinalSymlink {
+    /// Follow it: a layout the user points at may link its files elsewhere.
+    Follow,
+    /// Refuse it (`O_NOFOLLOW`, the open fails with `ELOOP`): for trees someone
+    /// else wrote, whose paths the caller resolved itself.
+    Refuse,
+}
+
+/// Opens the regular file `path` for reading without blocking on a FIFO or
+/// device someone put in its place: the open is non-blocking, anything but a
+/// regular file is refused (`InvalidInput`, "not a regular file"), and the file
+/// is switched back to blocking reads.
+pub fn open_regular(path: &Path, link: FinalSymlink) -> io::Result<File> {
+    open_checked(path, link, false)
+}
+
+/// [`open_regular`], also accepting a FIFO (a stream piped in by the user); its
+/// reads block, so read it off the async runtime.
+pub fn open_regular_or_fifo(path: &Path, link: FinalSymlink) -> io::Result<File> {
+    open_checked(path, link, true)
+}
+
+fn open_checked(path: &Path, link: FinalSymlink, accept_fifo: bool) -> io::Result<File> {
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    let mut flags = OFlags::NONBLOCK;
+    if link == FinalSymlink::Refuse {
+        flags |= OFlags::NOFOLLOW;
+    }
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(flags.bits() as i32)
+        .open(path)?;
+    let ft = f.metadata()?.file_type();
+    if !(ft.is_file() || (accept_fifo && ft.is_fifo())) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ));
+    }
+    rustix::fs::fcntl_setfl(&f, OFlags::empty())?;
+    Ok(f)
+}
+
+/// Reads the regular file `path` ([`open_regular`]) whole, refusing more than
+/// `limit` bytes (`FileTooLarge`, "more than `limit` bytes") however large its
+/// metadata says it is.
+pub fn read_small(path: &Path, limit: u64, link: FinalSymlink) -> io::Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    open_regular(path, link)?
+        .take(limit + 1)
+        .read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > limit {
+        return Err(io::Error::new(
+            io::ErrorKind::FileTooLarge,
+            format!("more than {limit} bytes"),
+        ));
+    }
+    Ok(bytes)
+}
+
+/// Gives the owner `rwx` (mode 0700) on `dir` and every directory under it, so
+/// that a tree holding read-only directories (an image's or a build's 0555) can
+/// be emptied. Never through a symlink: a `dir` that is not a directory itself
+/// is left alone, and only real subdirectories are walked. Best effort: errors
+/// are ignored, the removal that follows reports what is still in its way.
+pub fn make_dirs_writable(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if !std::fs::symlink_metadata(dir).is_ok_and(|m| m.is_dir()) {
+        return;
+    }
+    let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            make_dirs_writable(&e.path());
+        }
+    }
 }
 
 /// How much [`WriteBehind`] writes between two page-cache hints.
@@ -163,6 +245,74 @@ mod tests {
         let mut out = WriteBehind::new(read_only);
         assert!(out.write_all(b"hello").is_err());
         assert_eq!(out.written, 0);
+    }
+
+    #[test]
+    fn read_small_reads_only_small_regular_files() {
+        use FinalSymlink::{Follow, Refuse};
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::write(d.join("f"), b"12345").unwrap();
+        std::os::unix::fs::symlink("f", d.join("link")).unwrap();
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            d.join("fifo"),
+            FileType::Fifo,
+            Mode::from_raw_mode(0o644),
+            0,
+        )
+        .unwrap();
+        let kind =
+            |path: &str, limit, link| read_small(&d.join(path), limit, link).map_err(|e| e.kind());
+        assert_eq!(kind("f", 5, Refuse), Ok(b"12345".to_vec()));
+        assert_eq!(kind("f", 4, Refuse), Err(io::ErrorKind::FileTooLarge));
+        assert_eq!(kind("link", 5, Follow), Ok(b"12345".to_vec()));
+        assert_eq!(
+            rustix::io::Errno::from_io_error(&read_small(&d.join("link"), 5, Refuse).unwrap_err()),
+            Some(rustix::io::Errno::LOOP)
+        );
+        for link in [Follow, Refuse] {
+            // Neither waits for a writer on the FIFO.
+            assert_eq!(kind("fifo", 5, link), Err(io::ErrorKind::InvalidInput));
+            assert_eq!(kind("", 5, link), Err(io::ErrorKind::InvalidInput));
+            assert_eq!(kind("missing", 5, link), Err(io::ErrorKind::NotFound));
+        }
+        let e = read_small(d, 5, Follow).unwrap_err().to_string();
+        assert_eq!(e, "not a regular file");
+        let e = read_small(&d.join("f"), 4, Follow).unwrap_err().to_string();
+        assert_eq!(e, "more than 4 bytes");
+        assert!(open_regular_or_fifo(&d.join("fifo"), Follow).is_ok());
+        assert!(open_regular(&d.join("fifo"), Follow).is_err());
+    }
+
+    #[test]
+    fn make_dirs_writable_opens_real_directories_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| std::fs::symlink_metadata(p).unwrap().permissions().mode() & 0o777;
+        let set =
+            |p: &Path, m| std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let outside = dir.path().join("outside");
+        std::fs::create_dir(&outside).unwrap();
+        set(&outside, 0o555);
+        let tree = dir.path().join("tree");
+        std::fs::create_dir_all(tree.join("a/b")).unwrap();
+        std::fs::write(tree.join("a/f"), "x").unwrap();
+        set(&tree.join("a/f"), 0o444);
+        std::os::unix::fs::symlink(&outside, tree.join("a/link")).unwrap();
+        for d in ["a/b", "a", ""] {
+            set(&tree.join(d), 0o555);
+        }
+        make_dirs_writable(&tree);
+        for d in ["", "a", "a/b"] {
+            assert_eq!(mode(&tree.join(d)), 0o700, "{d}");
+        }
+        assert_eq!(mode(&tree.join("a/f")), 0o444, "files keep their mode");
+        assert_eq!(mode(&outside), 0o555, "not through a symlink below");
+        make_dirs_writable(&tree.join("a/link"));
+        assert_eq!(mode(&outside), 0o555, "not through a symlink given");
+        std::fs::remove_dir_all(&tree).unwrap();
+        set(&outside, 0o755);
     }
 
     #[test]

@@ -30,6 +30,8 @@ use crate::cancel::Cancel;
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::extract::stream::HashingReader;
+use crate::fsutil::{self, FinalSymlink};
+use crate::lock::{FileLock, Mode};
 use crate::manifest::{self, DocumentKind, MAX_JSON_BYTES, OCI_INDEX, OCI_MANIFEST, REF_NAME};
 use crate::platform::Platform;
 use crate::progress::Reporter;
@@ -1298,56 +1300,25 @@ fn read_blob_small(dir: &Path, digest: &Digest, what: &str) -> Result<Vec<u8>> {
     }
 }
 
-/// Opens a regular file without blocking on a FIFO or device put in its place.
+/// Opens a regular file of a layout ([`fsutil::open_regular`], symlinks
+/// followed).
 fn open_regular(path: &Path) -> std::io::Result<File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
-        .open(path)?;
-    if !f.metadata()?.is_file() {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            "not a regular file",
-        ));
-    }
-    rustix::fs::fcntl_setfl(&f, rustix::fs::OFlags::empty())?;
-    Ok(f)
+    fsutil::open_regular(path, FinalSymlink::Follow)
 }
 
-/// Reads a regular file of at most `limit` bytes (`FileTooLarge` past it).
+/// Reads a regular file of a layout of at most `limit` bytes
+/// ([`fsutil::read_small`], symlinks followed).
 fn read_small(path: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
-    let mut bytes = Vec::new();
-    open_regular(path)?
-        .take(limit + 1)
-        .read_to_end(&mut bytes)?;
-    if bytes.len() as u64 > limit {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::FileTooLarge,
-            format!("more than {limit} bytes"),
-        ));
-    }
-    Ok(bytes)
+    fsutil::read_small(path, limit, FinalSymlink::Follow)
 }
 
 /// An exclusive `flock` on a directory, held until dropped (no lock file left
 /// behind: the directory itself is locked).
-struct DirLock {
-    _file: File,
+fn lock_dir(dir: &Path) -> Result<FileLock> {
+    FileLock::acquire_dir(dir, Mode::Exclusive)
 }
 
-fn lock_dir(dir: &Path) -> Result<DirLock> {
-    let file = File::open(dir).map_err(Error::io("open", dir))?;
-    loop {
-        match rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive) {
-            Ok(()) => return Ok(DirLock { _file: file }),
-            Err(rustix::io::Errno::INTR) => continue,
-            Err(e) => return Err(Error::io("lock", dir)(e.into())),
-        }
-    }
-}
-
-async fn lock_dir_async(dir: &Path) -> Result<DirLock> {
+async fn lock_dir_async(dir: &Path) -> Result<FileLock> {
     let dir = dir.to_path_buf();
     tokio::task::spawn_blocking(move || lock_dir(&dir))
         .await

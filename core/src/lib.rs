@@ -32,6 +32,7 @@ pub mod extract;
 pub mod fsutil;
 pub mod layout_out;
 pub mod lifecycle;
+pub mod lock;
 pub mod manifest;
 pub mod platform;
 pub mod plugin_host;

@@ -21,10 +21,10 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::cache::lock::{FileLock, Mode};
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::lifecycle::HostDirs;
+use crate::lock::{FileLock, Mode};
 use crate::progress::{Reporter, Silent};
 
 /// Format version of `project.json`.
@@ -376,7 +376,7 @@ fn remove_all(path: &Path) -> Result<()> {
         Err(e) => Err(e),
         Ok(m) if m.is_dir() => match std::fs::remove_dir_all(path) {
             Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
-                make_dirs_writable(path);
+                crate::fsutil::make_dirs_writable(path);
                 std::fs::remove_dir_all(path)
             }
             r => r,
@@ -386,19 +386,6 @@ fn remove_all(path: &Path) -> Result<()> {
     match r {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io("remove", path)(e)),
         _ => Ok(()),
-    }
-}
-
-/// Gives the owner `rwx` on every real directory under `dir` (not through symlinks).
-fn make_dirs_writable(dir: &Path) {
-    if !std::fs::symlink_metadata(dir).is_ok_and(|m| m.is_dir()) {
-        return;
-    }
-    let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
-    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        if e.file_type().is_ok_and(|t| t.is_dir()) {
-            make_dirs_writable(&e.path());
-        }
     }
 }
 

@@ -4,12 +4,12 @@ use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::lock::{FileLock, Mode};
 use super::store::disk_usage;
 use super::{now, records_in, remove_path, tree, Cache, RefRecord, TreeRecord};
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::extract::PathFilter;
+use crate::lock::{FileLock, Mode};
 use crate::manifest::{self, MAX_JSON_BYTES};
 use crate::source::ImageSource;
 

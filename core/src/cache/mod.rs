@@ -18,7 +18,8 @@
 //! exclusively.
 
 mod gc;
-pub mod lock;
+/// The lock type moved to [`crate::lock`]; still reachable here.
+pub use crate::lock;
 mod pull;
 mod rebase;
 pub mod store;
@@ -34,7 +35,7 @@ pub use pull::{Freshness, PullOptions, PullPolicy, Pulled};
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::extract::PathFilter;
-use lock::{FileLock, Mode};
+use crate::lock::{FileLock, Mode};
 use store::BlobStore;
 use tree::Fingerprint;
 
@@ -323,19 +324,9 @@ fn remove_path(path: &Path) -> Result<()> {
 fn remove_tree(path: &Path) -> std::io::Result<()> {
     match std::fs::remove_dir_all(path) {
         Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
-            make_writable(path);
+            crate::fsutil::make_dirs_writable(path);
             std::fs::remove_dir_all(path)
         }
         r => r,
-    }
-}
-
-fn make_writable(dir: &Path) {
-    use std::os::unix::fs::PermissionsExt;
-    let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
-    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        if e.file_type().is_ok_and(|t| t.is_dir()) {
-            make_writable(&e.path());
-        }
     }
 }

@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use oci_spec::image::Descriptor;
 
-use super::lock::Mode;
 use super::rebase::{self, Listings};
 use super::store::BlobStore;
 use super::{now, read_record, remove_path, tree, tree_paths, write_record, Cache};
@@ -18,6 +17,7 @@ use crate::cancel::Cancel;
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::extract::{self, ExtractOptions, Listed, PathFilter};
+use crate::lock::Mode;
 use crate::manifest::MAX_JSON_BYTES;
 use crate::platform::Platform;
 use crate::progress::Reporter;
@@ -294,7 +294,7 @@ impl Cache {
             return Ok((found.0, found.1, None));
         }
         let lock_name = format!("image-{}.lock", manifest.hex());
-        let _lock = match super::lock::FileLock::try_acquire(
+        let _lock = match crate::lock::FileLock::try_acquire(
             &self.locks.join(&lock_name),
             Mode::Exclusive,
         )? {
@@ -497,7 +497,7 @@ impl Cache {
         let lock_path = self
             .locks
             .join(format!("image-{}.lock", job.previous.hex()));
-        let _old_lock = super::lock::FileLock::try_acquire(&lock_path, Mode::Exclusive)
+        let _old_lock = crate::lock::FileLock::try_acquire(&lock_path, Mode::Exclusive)
             .map_err(|e| e.to_string())?
             .ok_or("the previous image is busy")?;
         // From here the old tree is ours: without its record it no longer counts.

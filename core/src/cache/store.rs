@@ -10,10 +10,10 @@ use std::fs::File;
 use std::io::{BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
-use super::lock::{FileLock, Mode};
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::fsutil::WriteBehind;
+use crate::lock::{FileLock, Mode};
 
 /// Blobs by digest.
 #[derive(Debug)]

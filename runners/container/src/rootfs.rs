@@ -2,10 +2,9 @@
 //! resolved inside the tree (absolute symlinks are relative to it, `..` stops at
 //! it), so `/bin -> usr/bin` and `/bin/sh -> /bin/busybox` resolve as in the sandbox.
 
-use std::io::Read;
 use std::path::{Component, Path, PathBuf};
 
-use rustix::fs::{FileType, Mode, OFlags};
+use locald_core::fsutil::{self, FinalSymlink};
 
 /// How many symlinks a resolution follows before giving up (as the kernel does).
 const MAX_LINKS: usize = 40;
@@ -16,31 +15,22 @@ const MAX_READ: u64 = 1 << 20;
 /// The text of a small regular file of the builder tree, `None` (with a debug
 /// line) for anything else. A hostile builder must not hang or exhaust locald: no
 /// symlink is followed, a FIFO is not waited for (`O_NONBLOCK`), only a regular
-/// file is read, and no more than [`MAX_READ`] bytes of it.
+/// file is read, and no more than [`MAX_READ`] bytes of it
+/// ([`fsutil::read_small`] with [`FinalSymlink::Refuse`]).
 pub(crate) fn read_small_file(path: &Path) -> Option<String> {
-    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
     let skip = |why: String| {
         tracing::debug!("ignoring {} of the builder tree: {why}", path.display());
         None
     };
-    let fd = match rustix::fs::open(path, flags, Mode::empty()) {
-        Ok(fd) => fd,
-        Err(e) => return skip(format!("cannot open it: {e}")),
+    let bytes = match fsutil::read_small(path, MAX_READ, FinalSymlink::Refuse) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::FileTooLarge => {
+            return skip(format!("it is larger than {MAX_READ} bytes"))
+        }
+        Err(e) => return skip(format!("cannot read it: {e}")),
     };
-    let file_type = match rustix::fs::fstat(&fd) {
-        Ok(stat) => FileType::from_raw_mode(stat.st_mode),
-        Err(e) => return skip(format!("cannot inspect it: {e}")),
-    };
-    if file_type != FileType::RegularFile {
-        return skip(format!("it is no regular file ({file_type:?})"));
-    }
-    let mut text = String::new();
-    let read = std::fs::File::from(fd)
-        .take(MAX_READ + 1)
-        .read_to_string(&mut text);
-    match read {
-        Ok(n) if n as u64 > MAX_READ => skip(format!("it is larger than {MAX_READ} bytes")),
-        Ok(_) => Some(text),
+    match String::from_utf8(bytes) {
+        Ok(text) => Some(text),
         Err(e) => skip(format!("cannot read it: {e}")),
     }
 }
@@ -100,6 +90,7 @@ fn push_components(pending: &mut Vec<std::ffi::OsString>, path: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rustix::fs::{FileType, Mode};
     use std::os::unix::fs::symlink;
 
     #[test]

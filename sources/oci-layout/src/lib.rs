@@ -12,6 +12,7 @@
 use std::path::{Path, PathBuf};
 
 use locald_core::digest::Digest;
+use locald_core::fsutil::{open_regular_or_fifo, read_small, FinalSymlink};
 use locald_core::manifest::{self, MAX_JSON_BYTES, REF_NAME};
 use locald_core::oci_spec::image::{Descriptor, ImageIndex};
 use locald_core::source::{
@@ -119,7 +120,7 @@ impl OciLayout {
             return Err(not("no such directory".to_owned()));
         }
         let marker = dir.join("oci-layout");
-        let bytes = read_regular(&marker, 64 * 1024)
+        let bytes = read_small(&marker, 64 * 1024, FinalSymlink::Follow)
             .map_err(|e| not(format!("cannot read its oci-layout file ({e})")))?;
         let v: serde_json::Value = serde_json::from_slice(&bytes)
             .map_err(|e| not(format!("its oci-layout file is not JSON ({e})")))?;
@@ -144,7 +145,7 @@ impl OciLayout {
     pub async fn read_index(&self) -> Result<ImageIndex, locald_core::Error> {
         let path = self.dir.join("index.json");
         let what = format!("index.json of layout {}", self.dir.display());
-        let bytes = read_regular(&path, MAX_JSON_BYTES).map_err(|source| {
+        let bytes = read_small(&path, MAX_JSON_BYTES, FinalSymlink::Follow).map_err(|source| {
             if source.kind() == std::io::ErrorKind::FileTooLarge {
                 locald_core::Error::TooLarge {
                     what: what.clone(),
@@ -176,49 +177,10 @@ impl OciLayout {
     }
 }
 
-/// Opens a file that must be a regular file (or, when `allow_fifo`, a FIFO),
-/// without blocking on a FIFO or device someone put in the layout: the open is
-/// non-blocking, and only an accepted FIFO is switched back to blocking reads
-/// (which then happen on the extraction thread, not the async runtime).
-fn open_checked(path: &Path, allow_fifo: bool) -> std::io::Result<std::fs::File> {
-    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
-        .open(path)?;
-    let ft = f.metadata()?.file_type();
-    if ft.is_fifo() && allow_fifo {
-        rustix::fs::fcntl_setfl(&f, rustix::fs::OFlags::empty())?;
-    } else if !ft.is_file() {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            "not a regular file",
-        ));
-    }
-    Ok(f)
-}
-
-/// Reads a regular file of at most `limit` bytes (`FileTooLarge` past it), however
-/// large its metadata says it is.
-fn read_regular(path: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
-    use std::io::Read;
-    let mut bytes = Vec::new();
-    open_checked(path, false)?
-        .take(limit + 1)
-        .read_to_end(&mut bytes)?;
-    if bytes.len() as u64 > limit {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::FileTooLarge,
-            format!("more than {limit} bytes"),
-        ));
-    }
-    Ok(bytes)
-}
-
 impl OciLayout {
     fn open_file_blocking(&self, d: &Descriptor) -> Result<std::fs::File, locald_core::Error> {
         let (digest, path) = self.blob_path(d)?;
-        match open_checked(&path, true) {
+        match open_regular_or_fifo(&path, FinalSymlink::Follow) {
             Ok(f) => Ok(f),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(LayoutError::MissingBlob {
                 layout: self.dir.clone(),

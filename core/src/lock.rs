@@ -1,6 +1,7 @@
 //! Advisory file locks (`flock(2)`) that concurrent `locald` processes share the
-//! cache with. A lock is released when its [`FileLock`] is dropped or the process
-//! dies, so a `kill -9` never leaves a stale lock behind.
+//! cache, a project's state and an output layout's directory with. A lock is
+//! released when its [`FileLock`] is dropped or the process dies, so a `kill -9`
+//! never leaves a stale lock behind.
 
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
@@ -9,7 +10,7 @@ use rustix::fs::{flock, FlockOperation};
 
 use crate::error::{Error, Result};
 
-/// A held lock on a lock file.
+/// A held lock on a lock file (or on a directory itself, [`FileLock::acquire_dir`]).
 #[derive(Debug)]
 pub struct FileLock {
     _file: File,
@@ -28,13 +29,16 @@ pub enum Mode {
 impl FileLock {
     /// Waits for the lock on `path` (created if missing).
     pub fn acquire(path: &Path, mode: Mode) -> Result<FileLock> {
-        let op = match mode {
-            Mode::Shared => FlockOperation::LockShared,
-            Mode::Exclusive => FlockOperation::LockExclusive,
-        };
-        Self::lock(path, op)?.ok_or_else(|| {
-            Error::io("lock", path)(std::io::Error::from(std::io::ErrorKind::WouldBlock))
-        })
+        let file = Self::open_lock_file(path)?;
+        Self::wait(file, path, mode)
+    }
+
+    /// Waits for the lock on the directory `dir` itself, which must exist: no lock
+    /// file is created or left behind. Errors name `dir` (`could not open` or
+    /// `could not lock`).
+    pub fn acquire_dir(dir: &Path, mode: Mode) -> Result<FileLock> {
+        let file = File::open(dir).map_err(Error::io("open", dir))?;
+        Self::wait(file, dir, mode)
     }
 
     /// Takes the lock on `path` if nobody holds it in a conflicting mode.
@@ -43,22 +47,38 @@ impl FileLock {
             Mode::Shared => FlockOperation::NonBlockingLockShared,
             Mode::Exclusive => FlockOperation::NonBlockingLockExclusive,
         };
-        Self::lock(path, op)
+        Self::lock(Self::open_lock_file(path)?, path, op)
     }
 
-    /// The lock file.
+    /// The lock file (the directory for [`FileLock::acquire_dir`]).
     pub fn path(&self) -> &Path {
         &self.path
     }
 
-    fn lock(path: &Path, op: FlockOperation) -> Result<Option<FileLock>> {
-        let file = OpenOptions::new()
+    fn open_lock_file(path: &Path) -> Result<File> {
+        OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
             .open(path)
-            .map_err(Error::io("open lock file", path))?;
+            .map_err(Error::io("open lock file", path))
+    }
+
+    /// Blocks until `file` (opened from `path`) is locked in `mode`.
+    fn wait(file: File, path: &Path, mode: Mode) -> Result<FileLock> {
+        let op = match mode {
+            Mode::Shared => FlockOperation::LockShared,
+            Mode::Exclusive => FlockOperation::LockExclusive,
+        };
+        Self::lock(file, path, op)?.ok_or_else(|| {
+            Error::io("lock", path)(std::io::Error::from(std::io::ErrorKind::WouldBlock))
+        })
+    }
+
+    /// `flock(file, op)`, retried on `EINTR`; `None` if a non-blocking `op` would
+    /// block.
+    fn lock(file: File, path: &Path, op: FlockOperation) -> Result<Option<FileLock>> {
         loop {
             match flock(&file, op) {
                 Ok(()) => {
@@ -97,6 +117,30 @@ mod tests {
         assert!(FileLock::try_acquire(&p, Mode::Exclusive)
             .unwrap()
             .is_none());
+    }
+
+    #[test]
+    fn directory_lock_excludes_and_leaves_no_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().join("layouts");
+        std::fs::create_dir(&d).unwrap();
+        let held = FileLock::acquire_dir(&d, Mode::Exclusive).unwrap();
+        assert_eq!(held.path(), d);
+        let other = File::open(&d).unwrap();
+        assert_eq!(
+            flock(&other, FlockOperation::NonBlockingLockShared),
+            Err(rustix::io::Errno::WOULDBLOCK)
+        );
+        drop(held);
+        flock(&other, FlockOperation::NonBlockingLockExclusive).unwrap();
+        assert_eq!(std::fs::read_dir(&d).unwrap().count(), 0, "no lock file");
+        let e = FileLock::acquire_dir(&dir.path().join("missing"), Mode::Exclusive)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("could not open ") && e.contains("missing"),
+            "{e}"
+        );
     }
 
     #[test]
