@@ -118,6 +118,34 @@ pub fn read_small(path: &Path, limit: u64, link: FinalSymlink) -> io::Result<Vec
 /// that a tree holding read-only directories (an image's or a build's 0555) can
 /// be emptied. Never through a symlink: a `dir` that is not a directory itself
 /// is left alone, and only real subdirectories are walked. Best effort: errors
+/// Removes a file or a whole directory tree (not following a symlink given as
+/// `path`); missing is fine.
+pub fn remove_path(path: &Path) -> crate::Result<()> {
+    let r = match std::fs::symlink_metadata(path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => Err(e),
+        Ok(m) if m.is_dir() => remove_tree(path),
+        Ok(_) => std::fs::remove_file(path),
+    };
+    match r {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(crate::Error::io("remove", path)(e)),
+        _ => Ok(()),
+    }
+}
+
+/// `remove_dir_all`, first making directories writable when refused: an image
+/// may hold read-only directories (mode 0555), which an unprivileged owner
+/// cannot empty.
+pub fn remove_tree(path: &Path) -> io::Result<()> {
+    match std::fs::remove_dir_all(path) {
+        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+            make_dirs_writable(path);
+            std::fs::remove_dir_all(path)
+        }
+        r => r,
+    }
+}
+
 /// are ignored, the removal that follows reports what is still in its way.
 pub fn make_dirs_writable(dir: &Path) {
     use std::os::unix::fs::PermissionsExt;

@@ -352,7 +352,7 @@ fn now() -> u64 {
 /// Makes `path` an empty directory: whatever is there is removed first, without
 /// following any symlink (a symlink is removed itself, never what it points to).
 pub(crate) fn fresh_dir(path: &Path) -> Result<()> {
-    remove_all(path)?;
+    crate::fsutil::remove_path(path)?;
     std::fs::create_dir(path).map_err(Error::io("create directory", path))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))
         .map_err(Error::io("set the mode of", path))
@@ -364,28 +364,6 @@ fn ensure_real_dir(path: &Path) -> Result<()> {
     match std::fs::symlink_metadata(path) {
         Ok(m) if m.is_dir() => Ok(()),
         _ => fresh_dir(path),
-    }
-}
-
-/// Removes a file, symlink or directory tree; missing is fine. Never follows a
-/// symlink (`remove_dir_all` unlinks them); read-only directories left by a
-/// build are made writable first.
-fn remove_all(path: &Path) -> Result<()> {
-    let r = match std::fs::symlink_metadata(path) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => Err(e),
-        Ok(m) if m.is_dir() => match std::fs::remove_dir_all(path) {
-            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
-                crate::fsutil::make_dirs_writable(path);
-                std::fs::remove_dir_all(path)
-            }
-            r => r,
-        },
-        Ok(_) => std::fs::remove_file(path),
-    };
-    match r {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io("remove", path)(e)),
-        _ => Ok(()),
     }
 }
 

@@ -305,28 +305,4 @@ fn write_record<T: serde::Serialize>(path: &Path, record: &T) -> Result<()> {
     Ok(())
 }
 
-/// Removes a file or a whole directory tree; missing is fine.
-fn remove_path(path: &Path) -> Result<()> {
-    let r = match std::fs::symlink_metadata(path) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => Err(e),
-        Ok(m) if m.is_dir() => remove_tree(path),
-        Ok(_) => std::fs::remove_file(path),
-    };
-    match r {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io("remove", path)(e)),
-        _ => Ok(()),
-    }
-}
-
-/// `remove_dir_all`, first making directories writable: an image may hold
-/// read-only directories (mode 0555), which an unprivileged owner cannot empty.
-fn remove_tree(path: &Path) -> std::io::Result<()> {
-    match std::fs::remove_dir_all(path) {
-        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
-            crate::fsutil::make_dirs_writable(path);
-            std::fs::remove_dir_all(path)
-        }
-        r => r,
-    }
-}
+pub(crate) use crate::fsutil::{remove_path, remove_tree};
