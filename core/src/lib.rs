@@ -45,3 +45,19 @@ pub use digest::Digest;
 pub use error::{Error, Result};
 pub use platform::Platform;
 pub use reference::ImageReference;
+
+/// What the unit tests share.
+#[cfg(test)]
+pub(crate) mod test_support {
+    /// Whether the test runs as root; else one `SKIP` line, or under `CI=true`
+    /// (which runs as root) a failure: never a quiet pass.
+    pub(crate) fn root_or_skip() -> bool {
+        if rustix::process::geteuid().is_root() {
+            return true;
+        }
+        let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
+        assert!(!ci, "cannot run under CI=true: needs root");
+        eprintln!("SKIP: needs root");
+        false
+    }
+}

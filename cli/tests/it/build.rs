@@ -507,11 +507,10 @@ fn check_build(w: &World, r: &Out, runner: Runner, out: &Path) -> Value {
     // What locald passed, as the stand-in checked it (a real lifecycle says
     // nothing of it: the build's success is its word).
     if !require::real_lifecycle() {
-        let api = API;
         assert!(
             r.probe("contract ok")
-                .is_some_and(|c| c.contains(&format!("platform-api={api} "))),
-            "the lifecycle did not get Platform API {api}:\n{r}"
+                .is_some_and(|c| c.contains(&format!("platform-api={API} "))),
+            "the lifecycle did not get Platform API {API}:\n{r}"
         );
         check_launcher(r, runner);
     }

@@ -92,39 +92,42 @@ impl LifecycleRunner for NativeRunner {
                     });
                 }
             }
-            // After dropping to it, the lifecycle looks the build user up in this
-            // host's /etc/passwd (HOME and USER for the buildpacks) and fails on
-            // an unknown uid: say so before anything runs.
-            if passwd_home(&host_passwd(), plan.uid).is_none() {
-                return Err(RunnerError::Unavailable {
-                    message: format!(
-                        "the builder's build user (uid {}) is not in this host's /etc/passwd: \
-                         run natively by root, the lifecycle switches to it and looks it up there",
-                        plan.uid
-                    ),
-                    hint: format!(
-                        "use the container runner, run locald as a normal user, or add the user \
-                         (useradd --uid {} --no-create-home cnb-build)",
-                        plan.uid
-                    ),
-                });
-            }
             tracing::warn!(
                 "running buildpacks natively as host uid {}: they can read whatever that user can (the container runner isolates them)",
                 plan.uid
             );
         }
-        if uid != 0 && passwd_home(&host_passwd(), uid).is_none() {
-            // Not root, the lifecycle runs as you, and still looks its user up.
-            return Err(RunnerError::Unavailable {
-                message: format!(
-                    "you (uid {uid}) are not in this host's /etc/passwd: the lifecycle looks \
-                     the user it runs as up there (HOME and USER) and stops on an unknown uid"
-                ),
-                hint: "use the container runner (it maps you to the builder's user), or give \
-                       your uid an /etc/passwd entry"
-                    .to_owned(),
-            });
+        // The lifecycle looks the user it runs as (root: the build user it
+        // switches to; anyone else: themselves) up in this host's /etc/passwd
+        // for HOME and USER, and stops on an unknown uid: say so before it runs.
+        let runs_as = if uid == 0 { plan.uid } else { uid };
+        let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+        if passwd_home(&passwd, runs_as).is_none() {
+            let (message, hint) = if uid == 0 {
+                (
+                    format!(
+                        "the builder's build user (uid {runs_as}) is not in this host's \
+                         /etc/passwd: run natively by root, the lifecycle switches to it and \
+                         looks it up there"
+                    ),
+                    format!(
+                        "use the container runner, run locald as a normal user, or add the user \
+                         (useradd --uid {runs_as} --no-create-home cnb-build)"
+                    ),
+                )
+            } else {
+                (
+                    format!(
+                        "you (uid {runs_as}) are not in this host's /etc/passwd: the lifecycle \
+                         looks the user it runs as up there (HOME and USER) and stops on an \
+                         unknown uid"
+                    ),
+                    "use the container runner (it maps you to the builder's user), or give \
+                     your uid an /etc/passwd entry"
+                        .to_owned(),
+                )
+            };
+            return Err(RunnerError::Unavailable { message, hint });
         }
         if uid != 0 && uid != plan.uid {
             tracing::info!(
@@ -175,11 +178,6 @@ impl LifecycleRunner for NativeRunner {
         })?;
         locald_core::lifecycle::supervise(child, &plan.phase, true, watcher, cancel)
     }
-}
-
-/// This host's `/etc/passwd` (empty when unreadable).
-fn host_passwd() -> String {
-    std::fs::read_to_string("/etc/passwd").unwrap_or_default()
 }
 
 /// The home directory of `uid` in the text of an `/etc/passwd`, if it has one.
