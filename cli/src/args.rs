@@ -183,7 +183,7 @@ pub struct PullPolicyArgs {
     /// cache, re-checking a tag at most once per --pull-interval (local sources:
     /// every time); never: use only the cache, no network at all.
     #[arg(long = "pull", value_name = "POLICY", default_value = "missing", env = crate::env::LOCALD_PULL)]
-    pub policy: locald_core::cache::PullPolicy,
+    pub policy: locald_cache::PullPolicy,
     /// With --pull missing: how long a tag's check stays fresh (e.g. 30m, 12h, 0s).
     #[arg(long, value_name = "DURATION", default_value = "1h", env = crate::env::LOCALD_PULL_INTERVAL, value_parser = humantime::parse_duration)]
     pub pull_interval: std::time::Duration,

@@ -13,4 +13,4 @@ pub const LOCALD_PULL: &str = "LOCALD_PULL";
 /// The default of `--pull-interval`.
 pub const LOCALD_PULL_INTERVAL: &str = "LOCALD_PULL_INTERVAL";
 /// Extra plugin directories, colon-separated (read by the core's plugin host).
-pub const LOCALD_PLUGIN_PATH: &str = locald_core::plugin_host::PLUGIN_PATH_ENV;
+pub const LOCALD_PLUGIN_PATH: &str = locald_source_plugins::PLUGIN_PATH_ENV;

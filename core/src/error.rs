@@ -196,7 +196,7 @@ pub enum Error {
         /// The plugin directories searched.
         dirs: Vec<PathBuf>,
         /// The plugins that were refused (one of them may have been meant).
-        refused: Vec<crate::plugin_host::RefusedPlugin>,
+        refused: Vec<crate::source::RefusedPlugin>,
     },
     /// Two parties registered the same scheme.
     #[error("source scheme {scheme:?} is registered twice: by {first} and by {second}")]
@@ -319,7 +319,7 @@ fn plugin_dirs(dirs: &[PathBuf]) -> String {
         .join(", ")
 }
 
-fn refused_plugins(refused: &[crate::plugin_host::RefusedPlugin]) -> String {
+fn refused_plugins(refused: &[crate::source::RefusedPlugin]) -> String {
     if refused.is_empty() {
         return String::new();
     }

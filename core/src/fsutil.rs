@@ -7,6 +7,22 @@ use std::path::Path;
 
 use rustix::fs::{AtFlags, Dir, FileType, Gid, Mode, OFlags, Uid};
 
+/// locald's data directory, which holds the cache and the plugins:
+/// `$XDG_DATA_HOME/locald`, else `$HOME/.local/share/locald`.
+pub fn data_root() -> crate::Result<std::path::PathBuf> {
+    use std::path::PathBuf;
+    if let Some(x) = std::env::var_os("XDG_DATA_HOME").filter(|x| !x.is_empty()) {
+        return Ok(PathBuf::from(x).join("locald"));
+    }
+    match std::env::var_os("HOME").filter(|h| !h.is_empty()) {
+        Some(h) => Ok(PathBuf::from(h).join(".local/share/locald")),
+        None => Err(crate::Error::CacheUnusable {
+            path: PathBuf::from("~/.local/share/locald"),
+            source: std::io::Error::other("neither XDG_DATA_HOME nor HOME is set"),
+        }),
+    }
+}
+
 /// How directories are opened: never through a symlink.
 const DIR_FLAGS: OFlags = OFlags::RDONLY
     .union(OFlags::DIRECTORY)

@@ -22,24 +22,18 @@
 
 pub use oci_spec;
 
-pub mod appcopy;
-pub mod builder;
-pub mod cache;
 pub mod cancel;
 pub mod digest;
 pub mod error;
-pub mod extract;
 pub mod fsutil;
-pub mod layout_out;
 pub mod lifecycle;
 pub mod lock;
 pub mod manifest;
 pub mod platform;
-pub mod plugin_host;
 pub mod progress;
-pub mod project;
 pub mod reference;
 pub mod source;
+pub mod stream;
 
 pub use digest::Digest;
 pub use error::{Error, Result};
@@ -47,11 +41,11 @@ pub use platform::Platform;
 pub use reference::ImageReference;
 
 /// What the unit tests share.
-#[cfg(test)]
-pub(crate) mod test_support {
+#[doc(hidden)]
+pub mod test_support {
     /// Whether the test runs as root; else one `SKIP` line, or under `CI=true`
     /// (which runs as root) a failure: never a quiet pass.
-    pub(crate) fn root_or_skip() -> bool {
+    pub fn root_or_skip() -> bool {
         if rustix::process::geteuid().is_root() {
             return true;
         }

@@ -169,6 +169,18 @@ pub struct ResolvedImage {
     pub layers: Vec<LayerInfo>,
 }
 
+/// A library that was refused, and why.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RefusedPlugin {
+    /// The library.
+    pub path: std::path::PathBuf,
+    /// Why it was refused: a sentence.
+    pub reason: String,
+    /// Whether the library was opened (loaded) before it was refused. A library
+    /// refused by the trust check (the host's trust check) never is.
+    pub opened: bool,
+}
+
 /// How deep nested indexes are followed.
 const MAX_INDEX_DEPTH: usize = 4;
 

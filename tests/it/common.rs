@@ -3,10 +3,10 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use locald_core::extract::{self, ExtractOptions, PathFilter, Stats};
 use locald_core::progress::Silent;
 use locald_core::source::{self, ImageSource};
 use locald_core::Platform;
+use locald_extract::{ExtractOptions, PathFilter, Stats};
 
 /// Opens an OCI layout as a source.
 pub fn layout(dir: &Path) -> Box<dyn ImageSource> {
@@ -43,7 +43,7 @@ pub fn extract_from(
             filter: PathFilter::new(paths).unwrap(),
             ..ExtractOptions::default()
         };
-        extract::extract_image(src, &img, target, &options, Arc::new(Silent)).await
+        locald_extract::extract_image(src, &img, target, &options, Arc::new(Silent)).await
     })
 }
 

@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use locald_core::extract::Stats;
 use locald_core::manifest::MAX_JSON_BYTES;
+use locald_extract::Stats;
 use locald_source_docker_archive::DockerArchive;
 use locald_tests::archive::{self, Archive, ArchiveBuilder, Format};
 use locald_tests::fixture::{Compression, Entry, ImageSpec, Layer, LayoutBuilder};

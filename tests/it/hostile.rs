@@ -27,8 +27,8 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use locald_core::extract::Stats;
 use locald_core::manifest::MAX_JSON_BYTES;
+use locald_extract::Stats;
 use locald_tests::fixture::{
     self, noise, sha256_digest, Compression, Desc, Entry, ImageInfo, ImageSpec, Layer,
     LayoutBuilder, LongNames, MEDIA_OCI_INDEX, MEDIA_OCI_MANIFEST, REF_NAME,

@@ -1,4 +1,4 @@
-//! `locald_core::layout_out`: the run image placed where the lifecycle reads it,
+//! `locald_build::layout_out`: the run image placed where the lifecycle reads it,
 //! and the app image written out as an OCI layout or a docker archive, each
 //! checked by real peers (skopeo, umoci) and by our own sources.
 
@@ -6,7 +6,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use locald_core::layout_out::{
+use locald_build::layout_out::{
     self, familiar_name, layout_path_for, place_image, write_docker_archive, write_oci_layout,
     Placed,
 };
@@ -954,7 +954,7 @@ fn pruning_a_layout_keeps_what_its_index_reaches() {
     fs::write(&stray, vec![7u8; 1000]).unwrap();
     let not_a_blob = app.join("blobs/sha256/notes.txt");
     fs::write(&not_a_blob, "kept").unwrap();
-    let freed = locald_core::layout_out::prune_layout_blobs(&app).unwrap();
+    let freed = locald_build::layout_out::prune_layout_blobs(&app).unwrap();
     assert_eq!(freed, 1000);
     assert!(!stray.exists());
     assert!(not_a_blob.exists());
@@ -970,7 +970,7 @@ fn pruning_a_layout_keeps_what_its_index_reaches() {
     fs::write(&stray, b"x").unwrap();
     fs::write(app.join("index.json"), "{not json").unwrap();
     assert_eq!(
-        locald_core::layout_out::prune_layout_blobs(&app).unwrap(),
+        locald_build::layout_out::prune_layout_blobs(&app).unwrap(),
         0
     );
     assert!(stray.exists());

@@ -200,7 +200,7 @@ fn multi_platform_index_selection() {
             let img = locald_core::source::resolve(&src, Some(&image), &platform, true)
                 .await
                 .unwrap();
-            locald_core::extract::extract_image(
+            locald_extract::extract_image(
                 &src,
                 &img,
                 &out,
@@ -250,7 +250,7 @@ fn dropped_connection_resumes_with_range() {
         .unwrap();
         // Armed after the config was fetched, so the cut hits a layer.
         proxy.fail_next_blob_after(100_000);
-        locald_core::extract::extract_image(
+        locald_extract::extract_image(
             &src,
             &img,
             &out,

@@ -5,15 +5,14 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context;
-use locald_core::builder::{read_builder, BuilderInfo};
-use locald_core::cache::PullPolicy;
+use locald_build::builder::{read_builder, BuilderInfo};
+use locald_build::{explain_exit, plan_creator, CreatorOptions};
+use locald_cache::PullPolicy;
 use locald_core::cancel::Cancel;
-use locald_core::extract::PathFilter;
-use locald_core::lifecycle::{
-    explain_exit, plan_creator, CreatorOptions, HostDirs, LifecycleRunner, LineWatcher, RunStatus,
-};
+use locald_core::lifecycle::{HostDirs, LifecycleRunner, LineWatcher, RunStatus};
 use locald_core::source::SourceSpec;
 use locald_core::ImageReference;
+use locald_extract::PathFilter;
 
 use super::builder::{cache, pull_into_cache};
 use super::{open_source, platform};
@@ -135,12 +134,12 @@ fn choose_runner(
 }
 
 /// A builder no plan can be made for, in a sentence with a hint.
-fn plan_error(e: locald_core::lifecycle::PlanError) -> anyhow::Error {
+fn plan_error(e: locald_build::PlanError) -> anyhow::Error {
     let hint = match e {
-        locald_core::lifecycle::PlanError::NoBuildUser => {
+        locald_build::PlanError::NoBuildUser => {
             "builders made by `pack builder create` declare them; is this a CNB builder?"
         }
-        locald_core::lifecycle::PlanError::PlatformApi(_) => {
+        locald_build::PlanError::PlatformApi(_) => {
             "`locald builder inspect` shows the builder's lifecycle and APIs"
         }
     };
@@ -215,7 +214,7 @@ pub async fn build(
     let env: Vec<(String, String)> = args
         .env
         .iter()
-        .map(|e| locald_core::project::parse_env_arg(e))
+        .map(|e| locald_build::project::parse_env_arg(e))
         .collect::<Result<_, _>>()?;
 
     let (runner, kind) = choose_runner(args.runner)?;
@@ -272,10 +271,9 @@ pub async fn build(
     let info = read_builder(&pulled.tree, &builder.config)
         .with_context(|| format!("could not read the builder metadata of {}", builder.name))?;
     // Refuse an unusable builder before anything of the app's state changes.
-    let (_, build_uid, build_gid) =
-        locald_core::lifecycle::check_builder(&info).map_err(plan_error)?;
+    let (_, build_uid, build_gid) = locald_build::check_builder(&info).map_err(plan_error)?;
     if kind == RunnerKind::Native {
-        for warning in locald_runner_native::host_mismatches(&info) {
+        for warning in locald_build::host::host_mismatches(&info) {
             tracing::warn!("{warning}");
         }
     }
@@ -312,7 +310,7 @@ pub async fn build(
         let (root, app) = (cache.root().to_path_buf(), app.clone());
         let notes = crate::progress::notes_only();
         tokio::task::spawn_blocking(move || {
-            locald_core::project::Project::open_reporting(&root, &app, notes.as_ref())
+            locald_build::project::Project::open_reporting(&root, &app, notes.as_ref())
         })
         .await
         .context("the project lock thread failed")??
@@ -351,8 +349,8 @@ pub async fn build(
     let copied = {
         let (app, dest, platform) = (app.clone(), dirs.app.clone(), dirs.platform.clone());
         tokio::task::spawn_blocking(move || -> locald_core::Result<_> {
-            let copied = locald_core::appcopy::copy_app_excluding(&app, &dest, owner, &skip)?;
-            locald_core::project::write_platform_env(&platform, &env)?;
+            let copied = locald_build::appcopy::copy_app_excluding(&app, &dest, owner, &skip)?;
+            locald_build::project::write_platform_env(&platform, &env)?;
             Ok(copied)
         })
         .await
@@ -375,7 +373,7 @@ pub async fn build(
     };
     let placed_path = dirs
         .layout
-        .join(locald_core::layout_out::layout_path_for(&run_ref));
+        .join(locald_build::layout_out::layout_path_for(&run_ref));
     let offline = args.policy.policy == PullPolicy::Never && run_source.is_remote();
     // With --pull missing, a run image from a registry placed less than
     // --pull-interval ago is used as it is (as builders are); local sources are
@@ -387,10 +385,10 @@ pub async fn build(
             .ok()
             .and_then(|t| t.elapsed().ok())
             .is_some_and(|age| age < args.policy.pull_interval);
-    let placed = match locald_core::layout_out::placed_manifest(&placed_path) {
+    let placed = match locald_build::layout_out::placed_manifest(&placed_path) {
         // Offline (or recently checked), the run image placed by an earlier build
         // is the one to use.
-        Some(digest) if offline || fresh => locald_core::layout_out::Placed {
+        Some(digest) if offline || fresh => locald_build::layout_out::Placed {
             path: placed_path,
             manifest_digest: digest,
             reused: true,
@@ -402,13 +400,13 @@ pub async fn build(
             )
             .into())
         }
-        _ => locald_core::layout_out::place_image_with(
+        _ => locald_build::layout_out::place_image_with(
             run_source.as_ref(),
             Some(run_image.as_str()),
             &plat,
             &dirs.layout,
             &run_ref,
-            &locald_core::layout_out::PlaceOptions {
+            &locald_build::layout_out::PlaceOptions {
                 explicit_platform: args.platform.is_some(),
                 cancel: cancel.clone(),
                 reporter: None,
@@ -443,7 +441,7 @@ pub async fn build(
     // 5. The lifecycle (it rewrites the image's index.json when it exports).
     let image_layout = dirs
         .layout
-        .join(locald_core::layout_out::layout_path_for(&image_ref));
+        .join(locald_build::layout_out::layout_path_for(&image_ref));
     let image_index = image_layout.join("index.json");
     let index_before = written_at(&image_index);
     let runner_name = runner.name();
@@ -492,15 +490,15 @@ pub async fn build(
             }
             let written = match &output {
                 Output::Layout(dir) => {
-                    locald_core::layout_out::write_oci_layout(&image_layout, dir, &name)?
+                    locald_build::layout_out::write_oci_layout(&image_layout, dir, &name)?
                 }
                 Output::Archive(file) => {
-                    locald_core::layout_out::write_docker_archive(&image_layout, file, &name)?
+                    locald_build::layout_out::write_docker_archive(&image_layout, file, &name)?
                 }
             };
             // The lifecycle keeps the previous image's blobs beside the new one
             // (to reuse its layers); what neither needs any more goes.
-            let freed = locald_core::layout_out::prune_layout_blobs(&image_layout)?;
+            let freed = locald_build::layout_out::prune_layout_blobs(&image_layout)?;
             tracing::debug!(freed, "pruned the app's build layout");
             Ok(written)
         })
@@ -530,7 +528,7 @@ pub async fn build(
             written.manifest_digest,
             output.describe()
         );
-        let short = locald_core::layout_out::familiar_name(&image_ref);
+        let short = locald_build::layout_out::familiar_name(&image_ref);
         match &output {
             Output::Layout(dir) => {
                 // The layout names the image by its full reference.

@@ -3,13 +3,11 @@
 use std::time::Instant;
 
 use anyhow::Context;
-use locald_core::cache::{
-    Cache, CachedImage, Freshness, PruneOptions, PullOptions, PullPolicy, Pulled,
-};
+use locald_cache::{Cache, CachedImage, Freshness, PruneOptions, PullOptions, PullPolicy, Pulled};
 use locald_core::cancel::Cancel;
-use locald_core::extract::PathFilter;
 use locald_core::source::{BlobReader, BoxFuture, Document, ImageSource};
 use locald_core::ImageReference;
+use locald_extract::PathFilter;
 
 use super::{absolute_spec, open_source, platform};
 use crate::args::{
@@ -257,7 +255,7 @@ fn spellings(images: &[String]) -> Vec<String> {
 /// `locald builder rm`
 pub async fn rm(args: BuilderRmArgs) -> anyhow::Result<()> {
     let cache = cache()?;
-    let mut all = locald_core::cache::Pruned::default();
+    let mut all = locald_cache::Pruned::default();
     for image in &args.images {
         let pruned = cache
             .remove(&spellings(std::slice::from_ref(image)))
@@ -283,7 +281,7 @@ pub async fn prune(args: BuilderPruneArgs) -> anyhow::Result<()> {
     print_pruned(&pruned, args.json)
 }
 
-fn print_pruned(p: &locald_core::cache::Pruned, json: bool) -> anyhow::Result<()> {
+fn print_pruned(p: &locald_cache::Pruned, json: bool) -> anyhow::Result<()> {
     if json {
         println!("{}", serde_json::to_string_pretty(p)?);
         return Ok(());
@@ -376,7 +374,7 @@ pub async fn inspect(args: BuilderInspectArgs, quiet: bool, cancel: Cancel) -> a
         )
         .into());
     }
-    let info = locald_core::builder::read_builder(&pulled.tree, &img.config)
+    let info = locald_build::builder::read_builder(&pulled.tree, &img.config)
         .with_context(|| format!("could not read the builder metadata of {}", img.name))?;
     if args.json {
         let out = serde_json::json!({
@@ -389,7 +387,7 @@ pub async fn inspect(args: BuilderInspectArgs, quiet: bool, cancel: Cancel) -> a
         println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(());
     }
-    let list = |v: &[locald_core::builder::ApiVersion]| {
+    let list = |v: &[locald_build::builder::ApiVersion]| {
         if v.is_empty() {
             "(none)".to_owned()
         } else {

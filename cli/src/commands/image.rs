@@ -5,8 +5,8 @@ use std::time::Instant;
 
 use anyhow::Context;
 use locald_core::cancel::Cancel;
-use locald_core::extract::{self, ExtractOptions, PathFilter};
 use locald_core::source::{self, ResolvedImage};
+use locald_extract::{ExtractOptions, PathFilter};
 
 use super::{open_source, platform};
 use crate::args::{ExtractArgs, InspectArgs, SourceArgs};
@@ -41,7 +41,7 @@ pub async fn extract(args: ExtractArgs, quiet: bool, cancel: Cancel) -> anyhow::
     };
     let total: u64 = image.layers.iter().map(|l| l.size).sum();
     let reporter = crate::progress::reporter(quiet || args.json, total);
-    let stats = extract::extract_image(src.as_ref(), &image, &args.to, &options, reporter)
+    let stats = locald_extract::extract_image(src.as_ref(), &image, &args.to, &options, reporter)
         .await
         .with_context(|| {
             format!(

@@ -8,7 +8,6 @@ pub mod plugin;
 use anyhow::Context;
 
 use crate::args::RegistryArgs;
-use locald_core::plugin_host;
 use locald_core::source::{ImageSource, SchemeRegistry, SourceSpec};
 use locald_core::Platform;
 
@@ -54,9 +53,13 @@ pub fn open_source(
     let mut schemes = SchemeRegistry::new();
     builtin_schemes(&mut schemes, registry)?;
     // Plugins are opened only here, when no built-in source serves the scheme.
-    let served = plugin_host::ensure_scheme(&mut schemes, &opened, &plugin_host::plugin_dirs())
-        .with_context(context)?;
-    if let plugin_host::Served::ByPlugin(report) = served {
+    let served = locald_source_plugins::ensure_scheme(
+        &mut schemes,
+        &opened,
+        &locald_source_plugins::plugin_dirs(),
+    )
+    .with_context(context)?;
+    if let locald_source_plugins::Served::ByPlugin(report) = served {
         for p in &report.refused {
             tracing::warn!(
                 "ignoring plugin {}: {} (`locald plugin ls` lists plugins)",

@@ -1,7 +1,7 @@
 //! `locald plugin ls`.
 
-use locald_core::plugin_host::{self, PluginReport};
 use locald_core::source::SchemeRegistry;
+use locald_source_plugins::PluginReport;
 
 use crate::args::{PluginLsArgs, RegistryArgs};
 
@@ -12,8 +12,8 @@ pub fn ls(args: PluginLsArgs) -> anyhow::Result<()> {
     // Built-in schemes first, so a plugin claiming one is reported as refused.
     let mut registry = SchemeRegistry::new();
     super::builtin_schemes(&mut registry, &RegistryArgs::default())?;
-    let dirs = plugin_host::plugin_dirs();
-    let report: PluginReport = plugin_host::load_plugins(&mut registry, &dirs);
+    let dirs = locald_source_plugins::plugin_dirs();
+    let report: PluginReport = locald_source_plugins::load_plugins(&mut registry, &dirs);
     if args.json {
         let out = serde_json::json!({
             "directories": dirs,

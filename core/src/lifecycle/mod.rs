@@ -9,17 +9,10 @@
 //! forward a cancellation as SIGINT (then SIGKILL after a grace period), and return
 //! how the child ended.
 
-pub mod exit;
-pub mod plan;
 pub mod supervise;
 
 use std::path::{Path, PathBuf};
 
-pub use exit::explain_exit;
-pub use plan::{
-    check_builder, negotiate_platform_api, plan_creator, CreatorOptions, PlanError, CREATOR,
-    PLATFORM_APIS,
-};
 pub use supervise::{supervise, LineWatcher, RunStatus};
 
 use crate::cancel::Cancel;

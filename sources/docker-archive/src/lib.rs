@@ -22,13 +22,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use locald_core::digest::Digest;
-use locald_core::extract::path::normalise;
 use locald_core::manifest::{self, MAX_JSON_BYTES};
 use locald_core::oci_spec::image::Descriptor;
 use locald_core::source::{
     BlobReader, BoxFuture, Document, ImageSource, SchemeRegistry, SourceFactory,
 };
 use locald_core::ImageReference;
+use locald_extract::path::normalise;
 
 /// The scheme this crate serves.
 pub const SCHEME: &str = "docker-archive";
@@ -400,8 +400,8 @@ impl DockerArchive {
                 .as_ref()
                 .and_then(|d| entry.layer_sources.as_ref().and_then(|s| s.get(d)));
             let magic = peek(&self.path, loc)?;
-            let compressed = locald_core::extract::stream::detect(&magic)
-                != locald_core::extract::stream::Compression::None;
+            let compressed =
+                locald_core::stream::detect(&magic) != locald_core::stream::Compression::None;
             let (digest, media_type) = if let Some(src) = source {
                 if src.size != loc.size {
                     return Err(ArchiveError::LayerSize {
@@ -426,14 +426,14 @@ impl DockerArchive {
                     source,
                 })?;
             let media_type = media_type.unwrap_or_else(|| {
-                match locald_core::extract::stream::detect(&magic) {
-                    locald_core::extract::stream::Compression::Gzip => {
+                match locald_core::stream::detect(&magic) {
+                    locald_core::stream::Compression::Gzip => {
                         "application/vnd.oci.image.layer.v1.tar+gzip"
                     }
-                    locald_core::extract::stream::Compression::Zstd => {
+                    locald_core::stream::Compression::Zstd => {
                         "application/vnd.oci.image.layer.v1.tar+zstd"
                     }
-                    locald_core::extract::stream::Compression::None => {
+                    locald_core::stream::Compression::None => {
                         "application/vnd.oci.image.layer.v1.tar"
                     }
                 }
@@ -691,10 +691,8 @@ fn peek(path: &Path, loc: Location) -> Result<Vec<u8>, ArchiveError> {
 
 /// The SHA-256 of a member (for compressed layers the archive names no digest for).
 fn hash_member(path: &Path, loc: Location) -> Result<Digest, ArchiveError> {
-    let reader = locald_core::extract::stream::HashingReader::new(
-        open_member(path, loc)?,
-        &Digest::sha256_of(b""),
-    );
+    let reader =
+        locald_core::stream::HashingReader::new(open_member(path, loc)?, &Digest::sha256_of(b""));
     let (digest, _) = reader.finish().map_err(|source| io_error(path, source))?;
     Ok(digest)
 }

@@ -14,8 +14,8 @@ use std::path::Path;
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 
-use crate::digest::{Algorithm, Hasher};
-use crate::error::{Error, Result};
+use locald_core::digest::{Algorithm, Hasher};
+use locald_core::error::{Error, Result};
 
 /// What a walk of a tree found.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

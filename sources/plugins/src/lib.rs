@@ -14,7 +14,7 @@
 //! refused with a reason; `locald` keeps working without it. Resolving and blob
 //! reads run on the blocking pool (opening a location runs where the source is
 //! opened), and what a plugin returns goes through the same digest and size
-//! checks as every source (see [`crate::source::resolve`]). A loaded plugin stays
+//! checks as every source (see [`locald_core::source::resolve`]). A loaded plugin stays
 //! loaded for the life of the process.
 
 mod ffi;
@@ -27,11 +27,11 @@ use std::sync::{Arc, Mutex};
 use oci_spec::image::Descriptor;
 use tokio::io::AsyncRead;
 
-use crate::digest::Digest;
-use crate::error::{Error, Result};
-use crate::manifest::MAX_JSON_BYTES;
-use crate::platform::Platform;
-use crate::source::{
+use locald_core::digest::Digest;
+use locald_core::error::{Error, Result};
+use locald_core::manifest::MAX_JSON_BYTES;
+use locald_core::platform::Platform;
+use locald_core::source::{
     BlobReader, BoxFuture, Document, ImageSource, SchemeRegistry, SourceFactory, SourceSpec,
 };
 
@@ -51,17 +51,7 @@ pub struct LoadedPlugin {
     pub schemes: Vec<String>,
 }
 
-/// A library that was refused, and why.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct RefusedPlugin {
-    /// The library.
-    pub path: PathBuf,
-    /// Why it was refused: a sentence.
-    pub reason: String,
-    /// Whether the library was opened (loaded) before it was refused. A library
-    /// refused by the trust check ([`trust`]) never is.
-    pub opened: bool,
-}
+pub use locald_core::source::RefusedPlugin;
 
 /// What [`load_plugins`] found.
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -76,7 +66,7 @@ pub struct PluginReport {
 /// directory is known), then each directory of `LOCALD_PLUGIN_PATH`.
 pub fn plugin_dirs() -> Vec<PathBuf> {
     let mut dirs = Vec::new();
-    if let Ok(root) = crate::cache::Cache::default_root() {
+    if let Ok(root) = locald_core::fsutil::data_root() {
         dirs.push(root.join("plugins"));
     }
     if let Some(extra) = std::env::var_os(PLUGIN_PATH_ENV) {
@@ -204,7 +194,7 @@ fn load_one(
         return Err("the plugin lists a scheme twice".to_owned());
     }
     for s in &schemes {
-        let valid = crate::source::SourceSpec::parse(&format!("{s}:x")).scheme == *s;
+        let valid = locald_core::source::SourceSpec::parse(&format!("{s}:x")).scheme == *s;
         if !valid {
             return Err(format!(
                 "the plugin's scheme {s:?} is not a valid scheme name"

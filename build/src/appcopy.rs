@@ -31,7 +31,7 @@ use std::path::{Path, PathBuf};
 use filetime::FileTime;
 use ignore::gitignore::{Gitignore, GitignoreBuilder};
 
-use crate::error::{Error, Result};
+use locald_core::error::{Error, Result};
 
 /// The CNB project descriptor's file name, at the root of the app.
 pub const PROJECT_DESCRIPTOR: &str = "project.toml";
@@ -926,7 +926,7 @@ mod tests {
 
     #[test]
     fn owner_is_applied_everywhere() {
-        if !crate::test_support::root_or_skip() {
+        if !locald_core::test_support::root_or_skip() {
             return;
         }
         let t = tempfile::tempdir().unwrap();

@@ -13,15 +13,15 @@ use super::rebase::{self, Listings};
 use super::store::BlobStore;
 use super::{now, read_record, remove_path, tree, tree_paths, write_record, Cache};
 use super::{RefRecord, TreeRecord, RECORD_VERSION};
-use crate::cancel::Cancel;
-use crate::digest::Digest;
-use crate::error::{Error, Result};
-use crate::extract::{self, ExtractOptions, Listed, PathFilter};
-use crate::lock::Mode;
-use crate::manifest::MAX_JSON_BYTES;
-use crate::platform::Platform;
-use crate::progress::Reporter;
-use crate::source::{self, BlobReader, BoxFuture, Document, ImageSource, ResolvedImage};
+use locald_core::cancel::Cancel;
+use locald_core::digest::Digest;
+use locald_core::error::{Error, Result};
+use locald_core::lock::Mode;
+use locald_core::manifest::MAX_JSON_BYTES;
+use locald_core::platform::Platform;
+use locald_core::progress::Reporter;
+use locald_core::source::{self, BlobReader, BoxFuture, Document, ImageSource, ResolvedImage};
+use locald_extract::{ExtractOptions, Listed, PathFilter};
 
 /// When a cached reference is checked against its source again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -246,7 +246,7 @@ impl Cache {
         let manifest_digest = Digest::parse(&r.manifest_digest).ok()?;
         let root_digest = Digest::parse(&r.root_digest).ok()?;
         let manifest = self.blobs.read_verified(&manifest_digest, MAX_JSON_BYTES)?;
-        let config_digest = crate::manifest::parse_manifest(&manifest, shown)
+        let config_digest = locald_core::manifest::parse_manifest(&manifest, shown)
             .ok()?
             .config()
             .digest()
@@ -294,7 +294,7 @@ impl Cache {
             return Ok((found.0, found.1, None));
         }
         let lock_name = format!("image-{}.lock", manifest.hex());
-        let _lock = match crate::lock::FileLock::try_acquire(
+        let _lock = match locald_core::lock::FileLock::try_acquire(
             &self.locks.join(&lock_name),
             Mode::Exclusive,
         )? {
@@ -323,7 +323,9 @@ impl Cache {
         let extract_options = ExtractOptions {
             filter: filter.clone(),
             cancel: options.cancel.clone(),
-            keep_blobs: source.is_remote().then(|| self.blobs.clone()),
+            keep_blobs: source
+                .is_remote()
+                .then(|| self.blobs.clone() as Arc<dyn locald_extract::BlobKeeper>),
             list_entries: true,
         };
         let listing_path = dir.with_extension("listing");
@@ -345,7 +347,7 @@ impl Cache {
         }
         let mut retried = HashSet::new();
         while listings.is_none() {
-            match extract::extract_image(
+            match locald_extract::extract_image(
                 &store_first,
                 image,
                 &dir,
@@ -410,12 +412,12 @@ impl Cache {
             filter: filter.clone(),
             ..Default::default()
         };
-        extract::extract_image(
+        locald_extract::extract_image(
             &store_first,
             image,
             target,
             &options,
-            Arc::new(crate::progress::Silent),
+            Arc::new(locald_core::progress::Silent),
         )
         .await?;
         Ok(())
@@ -497,7 +499,7 @@ impl Cache {
         let lock_path = self
             .locks
             .join(format!("image-{}.lock", job.previous.hex()));
-        let _old_lock = crate::lock::FileLock::try_acquire(&lock_path, Mode::Exclusive)
+        let _old_lock = locald_core::lock::FileLock::try_acquire(&lock_path, Mode::Exclusive)
             .map_err(|e| e.to_string())?
             .ok_or("the previous image is busy")?;
         // From here the old tree is ours: without its record it no longer counts.
@@ -546,9 +548,9 @@ impl Cache {
             .iter()
             .map(|&i| job.image.layers[i].clone())
             .collect();
-        let stats = extract::apply_layers(job.source, &sub, tmp, job.options, reporter)
+        let stats = locald_extract::apply_layers(job.source, &sub, tmp, job.options, reporter)
             .await
-            .map_err(|e| crate::error::chain(&e))?;
+            .map_err(|e| locald_core::error::chain(&e))?;
         let new_changed = stats.listings;
         rebase::check(&old.listings, changed, &new_changed)?;
         let mut listings = old.listings.clone();
@@ -602,7 +604,7 @@ impl Cache {
                 tracing::warn!(
                     "the cached tree {} is damaged ({}); extracting it again",
                     dir.display(),
-                    crate::error::chain(&e)
+                    locald_core::error::chain(&e)
                 );
                 None
             }

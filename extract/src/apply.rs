@@ -19,8 +19,8 @@ use tar::EntryType;
 
 use super::guard::{Refused, SparseMap, TarGuard};
 use super::path::{self, PathFilter, Relation, Whiteout};
-use crate::cancel::Cancel;
-use crate::error::{Error, Result};
+use locald_core::cancel::Cancel;
+use locald_core::error::{Error, Result};
 
 /// How many symlinks one path resolution may follow (as the kernel's ELOOP limit).
 const MAX_SYMLINKS: usize = 40;
@@ -124,7 +124,7 @@ pub struct Applier {
     /// Recently written large files, already asked to leave the page cache once
     /// (which starts their write-back); asked again, which drops them once clean,
     /// when [`BEHIND_KEEP`] more bytes of large files were written. See
-    /// [`crate::fsutil::WriteBehind`] for why.
+    /// [`locald_core::fsutil::WriteBehind`] for why.
     behind: std::collections::VecDeque<(fs::File, u64)>,
     behind_bytes: u64,
 }
@@ -158,7 +158,7 @@ impl Applier {
         if len < BEHIND_MIN {
             return;
         }
-        crate::fsutil::drop_cached(&file, 0, len);
+        locald_core::fsutil::drop_cached(&file, 0, len);
         self.behind.push_back((file, len));
         self.behind_bytes += len;
         // The file just written stays at least until the next one (its pages are
@@ -167,7 +167,7 @@ impl Applier {
             let Some((old, old_len)) = self.behind.pop_front() else {
                 break;
             };
-            crate::fsutil::drop_cached(&old, 0, old_len);
+            locald_core::fsutil::drop_cached(&old, 0, old_len);
             self.behind_bytes -= old_len;
         }
     }
@@ -485,7 +485,7 @@ impl Applier {
                 let copied = match &sparse {
                     None => copy(
                         entry,
-                        &mut crate::fsutil::WriteBehind::new(&mut file),
+                        &mut locald_core::fsutil::WriteBehind::new(&mut file),
                         &mut self.buf,
                         &self.cancel,
                     )
@@ -902,7 +902,7 @@ fn xattr_hash(xattrs: &[(OsString, Vec<u8>)]) -> i64 {
         bytes.extend_from_slice(value);
         bytes.push(0);
     }
-    let d = crate::digest::Digest::sha256_of(&bytes);
+    let d = locald_core::digest::Digest::sha256_of(&bytes);
     i64::from_str_radix(&d.hex()[..15], 16).unwrap_or(1)
 }
 

@@ -2,8 +2,8 @@
 //! specification's: 11/12 API mismatch, 20/21 detection, 3x analyze, 4x restore,
 //! 5x build, 6x export).
 
-use super::{LifecyclePlan, LineWatcher, RunStatus};
 use crate::builder::BuilderInfo;
+use locald_core::lifecycle::{LifecyclePlan, LineWatcher, RunStatus};
 
 /// A sentence for how the lifecycle ended, `None` when it succeeded.
 pub fn explain_exit(
@@ -187,7 +187,7 @@ fn read_group(path: &std::path::Path) -> Vec<String> {
 mod tests {
     use super::*;
     use crate::builder::{BuildpackInfo, GroupEntry, OrderGroup};
-    use crate::lifecycle::HostDirs;
+    use locald_core::lifecycle::HostDirs;
     use std::path::PathBuf;
 
     fn plan() -> LifecyclePlan {

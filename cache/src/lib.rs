@@ -18,8 +18,8 @@
 //! exclusively.
 
 mod gc;
-/// The lock type moved to [`crate::lock`]; still reachable here.
-pub use crate::lock;
+/// The lock type moved to [`locald_core::lock`]; still reachable here.
+pub use locald_core::lock;
 mod pull;
 mod rebase;
 pub mod store;
@@ -32,10 +32,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 pub use gc::{CachedImage, CachedTree, PruneOptions, Pruned, VerifyReport};
 pub use pull::{Freshness, PullOptions, PullPolicy, Pulled};
 
-use crate::digest::Digest;
-use crate::error::{Error, Result};
-use crate::extract::PathFilter;
-use crate::lock::{FileLock, Mode};
+use locald_core::digest::Digest;
+use locald_core::error::{Error, Result};
+use locald_core::lock::{FileLock, Mode};
+use locald_extract::PathFilter;
 use store::BlobStore;
 use tree::Fingerprint;
 
@@ -95,16 +95,7 @@ pub struct TreeRecord {
 impl Cache {
     /// `$XDG_DATA_HOME/locald`, else `$HOME/.local/share/locald`.
     pub fn default_root() -> Result<PathBuf> {
-        if let Some(x) = std::env::var_os("XDG_DATA_HOME").filter(|x| !x.is_empty()) {
-            return Ok(PathBuf::from(x).join("locald"));
-        }
-        match std::env::var_os("HOME").filter(|h| !h.is_empty()) {
-            Some(h) => Ok(PathBuf::from(h).join(".local/share/locald")),
-            None => Err(Error::CacheUnusable {
-                path: PathBuf::from("~/.local/share/locald"),
-                source: std::io::Error::other("neither XDG_DATA_HOME nor HOME is set"),
-            }),
-        }
+        locald_core::fsutil::data_root()
     }
 
     /// Opens (creating) the cache at `root` and checks that it is writable.
@@ -305,4 +296,4 @@ fn write_record<T: serde::Serialize>(path: &Path, record: &T) -> Result<()> {
     Ok(())
 }
 
-pub(crate) use crate::fsutil::{remove_path, remove_tree};
+pub(crate) use locald_core::fsutil::{remove_path, remove_tree};

@@ -34,7 +34,7 @@ use oci_spec::image::ImageConfiguration;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::error::{Error, Result};
+use locald_core::error::{Error, Result};
 
 /// The largest metadata file we read from a builder: 1 MiB.
 pub const MAX_FILE_BYTES: u64 = 1024 * 1024;
@@ -957,7 +957,7 @@ mod tests {
     }
 
     fn message(e: &Error) -> String {
-        crate::error::chain(e)
+        locald_core::error::chain(e)
     }
 
     const LIFECYCLE: &str = r#"

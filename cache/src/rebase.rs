@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use crate::extract::{Listed, ListedKind};
+use locald_extract::{Listed, ListedKind};
 
 /// Each layer's entries, bottom first (`None`: a layer that could not be listed).
 pub type Listings = Vec<Option<Vec<Listed>>>;

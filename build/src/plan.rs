@@ -3,8 +3,8 @@
 
 use std::path::PathBuf;
 
-use super::{Arg, Dir, HostDirs, LifecyclePlan};
 use crate::builder::{highest_common, ApiVersion, BuilderInfo};
+use locald_core::lifecycle::{Arg, Dir, HostDirs, LifecyclePlan};
 
 /// The Platform API versions this `locald` speaks, oldest first. 0.12 is the first
 /// whose `creator` can export into an OCI layout (`-layout -layout-dir`).

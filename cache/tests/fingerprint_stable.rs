@@ -8,7 +8,7 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-use locald_core::cache::tree::fingerprint;
+use locald_cache::tree::fingerprint;
 
 fn build(root: &Path) {
     let mk = |p: &str| std::fs::create_dir_all(root.join(p)).unwrap();

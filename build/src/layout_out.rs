@@ -26,17 +26,19 @@ use futures::{StreamExt, TryStreamExt};
 use oci_spec::image::{Descriptor, ImageConfiguration};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::cancel::Cancel;
-use crate::digest::Digest;
-use crate::error::{Error, Result};
-use crate::extract::stream::HashingReader;
-use crate::fsutil::{self, FinalSymlink};
-use crate::lock::{FileLock, Mode};
-use crate::manifest::{self, DocumentKind, MAX_JSON_BYTES, OCI_INDEX, OCI_MANIFEST, REF_NAME};
-use crate::platform::Platform;
-use crate::progress::Reporter;
-use crate::reference::{ImageReference, DOCKER_HUB};
-use crate::source::{self, ImageSource, ResolvedImage};
+use locald_core::cancel::Cancel;
+use locald_core::digest::Digest;
+use locald_core::error::{Error, Result};
+use locald_core::fsutil::{self, FinalSymlink};
+use locald_core::lock::{FileLock, Mode};
+use locald_core::manifest::{
+    self, DocumentKind, MAX_JSON_BYTES, OCI_INDEX, OCI_MANIFEST, REF_NAME,
+};
+use locald_core::platform::Platform;
+use locald_core::progress::Reporter;
+use locald_core::reference::{ImageReference, DOCKER_HUB};
+use locald_core::source::{self, ImageSource, ResolvedImage};
+use locald_core::stream::HashingReader;
 
 /// The `oci-layout` marker file every layout written here gets.
 pub const OCI_LAYOUT_MARKER: &[u8] = br#"{"imageLayoutVersion":"1.0.0"}"#;
@@ -746,7 +748,7 @@ fn copy_blob(from: &Path, to: &Path, digest: &Digest, size: u64) -> Result<()> {
                 tracing::warn!(
                     "{} is damaged ({}); replacing it",
                     dest.display(),
-                    crate::error::chain(&e)
+                    locald_core::error::chain(&e)
                 );
             }
         }

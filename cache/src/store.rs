@@ -10,10 +10,10 @@ use std::fs::File;
 use std::io::{BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
-use crate::digest::Digest;
-use crate::error::{Error, Result};
-use crate::fsutil::WriteBehind;
-use crate::lock::{FileLock, Mode};
+use locald_core::digest::Digest;
+use locald_core::error::{Error, Result};
+use locald_core::fsutil::WriteBehind;
+use locald_core::lock::{FileLock, Mode};
 
 /// Blobs by digest.
 #[derive(Debug)]
@@ -265,6 +265,23 @@ impl PendingBlob {
         file.persist(&self.target)
             .map_err(|e| Error::io(what, &self.target)(e.error))?;
         Ok(())
+    }
+}
+
+impl locald_extract::BlobKeeper for BlobStore {
+    fn begin(&self, digest: &Digest) -> Result<Option<Box<dyn locald_extract::BlobCopy>>> {
+        Ok(BlobStore::begin(self, digest)?
+            .map(|p| Box::new(p) as Box<dyn locald_extract::BlobCopy>))
+    }
+}
+
+impl locald_extract::BlobCopy for PendingBlob {
+    fn write_all(&mut self, bytes: &[u8]) {
+        PendingBlob::write_all(self, bytes);
+    }
+
+    fn commit(self: Box<Self>) -> Result<()> {
+        PendingBlob::commit(*self)
     }
 }
 

@@ -21,11 +21,11 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::digest::Digest;
-use crate::error::{Error, Result};
-use crate::lifecycle::HostDirs;
-use crate::lock::{FileLock, Mode};
-use crate::progress::{Reporter, Silent};
+use locald_core::digest::Digest;
+use locald_core::error::{Error, Result};
+use locald_core::lifecycle::HostDirs;
+use locald_core::lock::{FileLock, Mode};
+use locald_core::progress::{Reporter, Silent};
 
 /// Format version of `project.json`.
 const RECORD_VERSION: u32 = 1;
@@ -352,7 +352,7 @@ fn now() -> u64 {
 /// Makes `path` an empty directory: whatever is there is removed first, without
 /// following any symlink (a symlink is removed itself, never what it points to).
 pub(crate) fn fresh_dir(path: &Path) -> Result<()> {
-    crate::fsutil::remove_path(path)?;
+    locald_core::fsutil::remove_path(path)?;
     std::fs::create_dir(path).map_err(Error::io("create directory", path))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))
         .map_err(Error::io("set the mode of", path))
@@ -379,7 +379,7 @@ fn chown_one(path: &Path, (uid, gid): (u32, u32)) -> Result<()> {
 
 /// `dir` and everything under it handed to `owner`, never through a symlink.
 fn chown_tree(dir: &Path, (uid, gid): (u32, u32)) -> Result<()> {
-    crate::fsutil::chown_tree(dir, uid, gid).map_err(Error::io("change the owner of", dir))
+    locald_core::fsutil::chown_tree(dir, uid, gid).map_err(Error::io("change the owner of", dir))
 }
 
 #[cfg(test)]
@@ -516,7 +516,7 @@ mod tests {
 
     #[test]
     fn owner_applies_to_state_dirs() {
-        if !crate::test_support::root_or_skip() {
+        if !locald_core::test_support::root_or_skip() {
             return;
         }
         let (_t, root, app) = setup();

@@ -6,12 +6,12 @@ use std::time::Duration;
 
 use super::store::disk_usage;
 use super::{now, records_in, remove_path, tree, Cache, RefRecord, TreeRecord};
-use crate::digest::Digest;
-use crate::error::{Error, Result};
-use crate::extract::PathFilter;
-use crate::lock::{FileLock, Mode};
-use crate::manifest::{self, MAX_JSON_BYTES};
-use crate::source::ImageSource;
+use locald_core::digest::Digest;
+use locald_core::error::{Error, Result};
+use locald_core::lock::{FileLock, Mode};
+use locald_core::manifest::{self, MAX_JSON_BYTES};
+use locald_core::source::ImageSource;
+use locald_extract::PathFilter;
 
 /// One extracted tree of a cached image.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -397,7 +397,7 @@ impl Cache {
                 return Ok(Ok(Some("files were added, removed or changed".to_owned())))
             }
             Ok(f) => f,
-            Err(e) => return Ok(Ok(Some(crate::error::chain(&e)))),
+            Err(e) => return Ok(Ok(Some(locald_core::error::chain(&e)))),
         };
         let Some(image) = self.load(record, shown) else {
             return Ok(Err("its manifest is not cached".to_owned()));
@@ -420,7 +420,7 @@ impl Cache {
             .extract_again(source.as_deref(), &image, &filter, &again)
             .await
         {
-            return Ok(Err(crate::error::chain(&e)));
+            return Ok(Err(locald_core::error::chain(&e)));
         }
         let fresh = tokio::task::spawn_blocking(move || tree::fingerprint(&again, true))
             .await

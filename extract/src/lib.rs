@@ -8,7 +8,7 @@
 pub mod apply;
 pub mod guard;
 pub mod path;
-pub mod stream;
+pub use locald_core::stream;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -21,11 +21,26 @@ use tokio_util::io::SyncIoBridge;
 pub use apply::{Applier, Listed, ListedKind, Stats};
 pub use path::PathFilter;
 
-use crate::cache::store::{BlobStore, PendingBlob};
-use crate::cancel::Cancel;
-use crate::error::{Error, Result};
-use crate::progress::Reporter;
-use crate::source::{ImageSource, LayerInfo, ResolvedImage};
+use locald_core::cancel::Cancel;
+use locald_core::error::{Error, Result};
+use locald_core::progress::Reporter;
+use locald_core::source::{ImageSource, LayerInfo, ResolvedImage};
+
+/// Where the layer blobs read during an extraction are kept (the cache's blob
+/// store): a copy is begun per blob and committed once the blob matched its digest.
+pub trait BlobKeeper: Send + Sync + std::fmt::Debug {
+    /// Starts a copy of blob `digest`; `None` when it is kept already.
+    fn begin(&self, digest: &locald_core::Digest) -> Result<Option<Box<dyn BlobCopy>>>;
+}
+
+/// A copy of one blob being written while it is read. A failed write does not
+/// fail the read: [`BlobCopy::commit`] reports it.
+pub trait BlobCopy: Send {
+    /// Appends bytes read from the blob.
+    fn write_all(&mut self, bytes: &[u8]);
+    /// Publishes the copy (the blob verified); reports an earlier write error.
+    fn commit(self: Box<Self>) -> Result<()>;
+}
 
 /// Options for [`extract_image`].
 #[derive(Debug, Clone, Default)]
@@ -36,7 +51,7 @@ pub struct ExtractOptions {
     pub cancel: Cancel,
     /// Keep a copy of every layer blob read that this store does not hold yet,
     /// committed once the blob matched its digest (the cache's downloads).
-    pub keep_blobs: Option<Arc<BlobStore>>,
+    pub keep_blobs: Option<Arc<dyn BlobKeeper>>,
     /// Record each layer's entries in [`Stats::listings`].
     pub list_entries: bool,
 }
@@ -470,16 +485,16 @@ fn read_blob<R: Read>(
     Ok(())
 }
 
-/// A blob reader that copies what it reads into a [`PendingBlob`] (when there is
+/// A blob reader that copies what it reads into a [`BlobCopy`] (when there is
 /// one). A failed copy does not fail the read: the blob is still applied and the
-/// copy's error is reported by [`PendingBlob::commit`].
+/// copy's error is reported by [`BlobCopy::commit`].
 struct Tee<R> {
     inner: R,
-    keep: Option<PendingBlob>,
+    keep: Option<Box<dyn BlobCopy>>,
 }
 
 impl<R> Tee<R> {
-    fn new(inner: R, keep: Option<PendingBlob>) -> Self {
+    fn new(inner: R, keep: Option<Box<dyn BlobCopy>>) -> Self {
         Tee { inner, keep }
     }
 }

@@ -1,0 +1,26 @@
+//! `locald-build`: the build flow as a library.
+//!
+//! - [`builder`]: what a CNB builder image carries (lifecycle, APIs, buildpacks,
+//!   order, run images, build user), read from its extracted `/cnb` files and its
+//!   config labels;
+//! - [`plan`]: Platform API negotiation and the creator's [`LifecyclePlan`];
+//! - [`exit`]: a failed lifecycle's exit explained in a sentence;
+//! - [`project`]: per-app state (layers, cache, layout, platform) under locks;
+//! - [`appcopy`]: the app directory copied for the build, with its excludes;
+//! - [`layout_out`]: the run image placed where the lifecycle looks for it.
+//!
+//! [`LifecyclePlan`]: locald_core::lifecycle::LifecyclePlan
+
+pub mod appcopy;
+pub mod builder;
+pub mod exit;
+pub mod host;
+pub mod layout_out;
+pub mod plan;
+pub mod project;
+
+pub use exit::explain_exit;
+pub use plan::{
+    check_builder, negotiate_platform_api, plan_creator, CreatorOptions, PlanError, CREATOR,
+    PLATFORM_APIS,
+};
