@@ -1,5 +1,7 @@
 //! `locald-build`: the build flow as a library.
 //!
+//! - [`flow`]: [`build`], the one entry point: options in (sources, runner,
+//!   output), a [`Built`] out, what the user sees through [`BuildEvents`];
 //! - [`builder`]: what a CNB builder image carries (lifecycle, APIs, buildpacks,
 //!   order, run images, build user), read from its extracted `/cnb` files and its
 //!   config labels;
@@ -7,19 +9,23 @@
 //! - [`exit`]: a failed lifecycle's exit explained in a sentence;
 //! - [`project`]: per-app state (layers, cache, layout, platform) under locks;
 //! - [`appcopy`]: the app directory copied for the build, with its excludes;
-//! - [`layout_out`]: the run image placed where the lifecycle looks for it.
+//! - [`placement`]: the run image placed where the lifecycle looks for it.
 //!
 //! [`LifecyclePlan`]: locald_core::lifecycle::LifecyclePlan
 
 pub mod appcopy;
 pub mod builder;
 pub mod exit;
+pub mod flow;
 pub mod host;
-pub mod layout_out;
+pub mod placement;
 pub mod plan;
 pub mod project;
 
 pub use exit::explain_exit;
+pub use flow::{
+    build, image_name, BuildError, BuildEvents, BuildOptions, Built, ImageInput, Output, Timings,
+};
 pub use plan::{
     check_builder, negotiate_platform_api, plan_creator, CreatorOptions, PlanError, CREATOR,
     PLATFORM_APIS,

@@ -23,6 +23,22 @@ pub fn data_root() -> crate::Result<std::path::PathBuf> {
     }
 }
 
+/// `(parent, file name)` of an output path (parent `.` for a bare name).
+pub fn split_target(path: &Path) -> crate::Result<(std::path::PathBuf, String)> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .ok_or_else(|| crate::Error::OutputRefused {
+            path: path.to_path_buf(),
+            reason: "it names no file or directory (ends in `..` or `/`?)".to_owned(),
+        })?;
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => std::path::PathBuf::from("."),
+    };
+    Ok((parent, name))
+}
+
 /// How directories are opened: never through a symlink.
 const DIR_FLAGS: OFlags = OFlags::RDONLY
     .union(OFlags::DIRECTORY)
@@ -249,6 +265,16 @@ pub fn drop_cached(file: impl AsFd, offset: u64, len: u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn split_target_refuses_nameless() {
+        assert!(split_target(Path::new("/")).is_err());
+        assert!(split_target(Path::new("a/..")).is_err());
+        assert_eq!(
+            split_target(Path::new("x.tar")).expect("split"),
+            (std::path::PathBuf::from("."), "x.tar".to_owned())
+        );
+    }
 
     #[test]
     fn write_behind_writes_every_byte_across_hints() {

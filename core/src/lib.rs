@@ -23,6 +23,7 @@
 pub use oci_spec;
 
 pub mod cancel;
+pub mod destination;
 pub mod digest;
 pub mod error;
 pub mod fsutil;

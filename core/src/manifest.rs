@@ -1,6 +1,9 @@
 //! Parsing image documents (index, manifest, config) with a size cap, and choosing a
 //! manifest from an index by platform. Pure functions: no I/O here.
 
+use std::collections::BTreeMap;
+use std::path::Path;
+
 use oci_spec::image::{Descriptor, ImageConfiguration, ImageIndex, ImageManifest};
 
 use crate::digest::Digest;
@@ -236,9 +239,127 @@ pub fn config_platform(config: &ImageConfiguration) -> Platform {
     )
 }
 
+/// The `oci-layout` marker file of every layout locald writes.
+pub const OCI_LAYOUT_MARKER: &[u8] = br#"{"imageLayoutVersion":"1.0.0"}"#;
+
+/// Whether `name` is a valid `org.opencontainers.image.ref.name` (the grammar of
+/// the image-spec's annotations: components of `[A-Za-z0-9]+` joined by one of
+/// `-._:@+` or `--`, separated by `/`). skopeo and umoci refuse other names.
+pub fn valid_ref_name(name: &str) -> bool {
+    !name.is_empty() && name.split('/').all(valid_ref_component)
+}
+
+fn valid_ref_component(c: &str) -> bool {
+    let b = c.as_bytes();
+    if b.is_empty() || !b[0].is_ascii_alphanumeric() || !b[b.len() - 1].is_ascii_alphanumeric() {
+        return false;
+    }
+    let mut i = 0;
+    while i < b.len() {
+        if b[i].is_ascii_alphanumeric() {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while i < b.len() && !b[i].is_ascii_alphanumeric() {
+            i += 1;
+        }
+        let sep = &c[start..i];
+        if !(sep == "--" || (sep.len() == 1 && "-._:@+".contains(sep))) {
+            return false;
+        }
+    }
+    true
+}
+
+/// An index.json entry, with the platform the config declares (as written
+/// there: `arm64/v8` stays `v8`).
+pub fn index_entry(
+    media_type: &str,
+    digest: &Digest,
+    size: u64,
+    config: &ImageConfiguration,
+    annotations: BTreeMap<String, String>,
+) -> serde_json::Value {
+    let mut v = serde_json::json!({
+        "mediaType": media_type,
+        "digest": digest.to_string(),
+        "size": size,
+    });
+    let (os, arch) = (config.os().to_string(), config.architecture().to_string());
+    if !os.is_empty() && !arch.is_empty() {
+        let mut p = serde_json::json!({"architecture": arch, "os": os});
+        if let Some(var) = config.variant().as_deref().filter(|v| !v.is_empty()) {
+            p["variant"] = var.into();
+        }
+        v["platform"] = p;
+    }
+    if !annotations.is_empty() {
+        v["annotations"] = serde_json::json!(annotations);
+    }
+    v
+}
+
+/// The media type `manifest` declares, OCI's when it declares none.
+pub fn manifest_media_type(manifest: &ImageManifest) -> String {
+    manifest
+        .media_type()
+        .as_ref()
+        .map(|m| m.to_string())
+        .unwrap_or_else(|| OCI_MANIFEST.to_owned())
+}
+
+/// `v` as JSON bytes.
+pub fn to_json(v: &serde_json::Value, what: &str) -> Result<Vec<u8>> {
+    serde_json::to_vec(v).map_err(|source| Error::Json {
+        what: what.to_owned(),
+        source,
+    })
+}
+
+/// Checks a layout's `oci-layout` file (`imageLayoutVersion` 1.x).
+pub fn read_marker(dir: &Path) -> std::result::Result<(), String> {
+    let bytes = crate::fsutil::read_small(
+        &dir.join("oci-layout"),
+        64 * 1024,
+        crate::fsutil::FinalSymlink::Follow,
+    )
+    .map_err(|e| format!("cannot read its oci-layout file ({e})"))?;
+    let v: serde_json::Value = serde_json::from_slice(&bytes)
+        .map_err(|e| format!("its oci-layout file is not JSON ({e})"))?;
+    match v.get("imageLayoutVersion").and_then(|v| v.as_str()) {
+        Some(ver) if ver.starts_with("1.") => Ok(()),
+        Some(ver) => Err(format!("unsupported imageLayoutVersion {ver:?}")),
+        None => Err("its oci-layout file has no imageLayoutVersion".to_owned()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const REF_HEX: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+    #[test]
+    fn ref_name_grammar() {
+        for (name, ok) in [
+            ("latest", true),
+            ("docker.io/library/app:latest", true),
+            ("127.0.0.1:5000/a/b:1", true),
+            (&*format!("a/b@sha256:{REF_HEX}"), true),
+            ("v1.0--rc+1", true),
+            ("", false),
+            ("a//b", false),
+            ("/a", false),
+            ("a/", false),
+            ("-a", false),
+            ("a..b", false),
+            ("a b", false),
+            ("[::1]:5000/x:y", false),
+            ("a---b", false),
+        ] {
+            assert_eq!(valid_ref_name(name), ok, "{name:?}");
+        }
+    }
 
     fn digest(n: u8) -> String {
         format!("sha256:{}", hex::encode([n; 32]))

@@ -75,6 +75,14 @@ pub trait ImageSource: Send + Sync {
         None
     }
 
+    /// The file holding a blob, for sources that keep blobs as files on local
+    /// disk: a local destination may hard-link it rather than copy it (and still
+    /// verifies it). `None` when there is no such file.
+    fn blob_file(&self, descriptor: &Descriptor) -> Option<std::path::PathBuf> {
+        let _ = descriptor;
+        None
+    }
+
     /// A nested manifest or index named by a descriptor. Registries override this
     /// (manifests live at a different endpoint than blobs).
     fn fetch_manifest<'a>(&'a self, descriptor: &'a Descriptor) -> BoxFuture<'a, Result<Vec<u8>>> {

@@ -1,19 +1,23 @@
-//! `locald_build::layout_out`: the run image placed where the lifecycle reads it,
-//! and the app image written out as an OCI layout or a docker archive, each
-//! checked by real peers (skopeo, umoci) and by our own sources.
+//! Images written: the run image placed where the lifecycle reads it
+//! (`locald_build::placement`), and the app image the lifecycle exported copied
+//! into an OCI layout or a docker archive (the `ImageDestination`s of
+//! `locald_source_oci_layout` and `locald_source_docker_archive`), each checked by
+//! real peers (skopeo, umoci) and by our own sources.
 
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use locald_build::layout_out::{
-    self, familiar_name, layout_path_for, place_image, write_docker_archive, write_oci_layout,
-    Placed,
-};
+use locald_build::placement::{layout_path_for, place_image, Placed};
+use locald_core::destination::{copy_image, CopyOptions, ImageDestination, Written};
+use locald_core::manifest::valid_ref_name;
 use locald_core::oci_spec::image::Descriptor;
 use locald_core::source::{self, BlobReader, BoxFuture, Document, ImageSource};
 use locald_core::{ImageReference, Platform};
-use locald_source_docker_archive::DockerArchive;
+use locald_source_docker_archive::{familiar_name, DockerArchive, DockerArchiveDestination};
+use locald_source_oci_layout::{
+    prune_layout_blobs, read_single_image, Existing, OciLayout, OciLayoutDestination,
+};
 use locald_tests::fixture::{
     Compression, Entry, ImageInfo, ImageSpec, IndexInfo, IndexSpec, Layer, LayoutBuilder,
 };
@@ -33,6 +37,50 @@ fn rt() -> tokio::runtime::Runtime {
         .enable_all()
         .build()
         .unwrap()
+}
+
+/// The single image of the layout `image_layout` (what the lifecycle exports)
+/// copied into `destination`, as a build's output step does.
+fn copy_single(
+    image_layout: &Path,
+    destination: &dyn ImageDestination,
+) -> locald_core::Result<Written> {
+    let image = read_single_image(image_layout)?;
+    let source = OciLayout::open(image_layout)?;
+    rt().block_on(copy_image(
+        &source,
+        &image,
+        destination,
+        &CopyOptions::default(),
+    ))
+}
+
+/// The build's OCI layout output: the lifecycle's image into the layout `to`
+/// under `name`.
+fn write_oci_layout(image_layout: &Path, to: &Path, name: &str) -> locald_core::Result<Written> {
+    let image = read_single_image(image_layout)?;
+    let destination = rt().block_on(OciLayoutDestination::open(
+        to,
+        vec![name.to_owned()],
+        Existing::Merge,
+    ))?;
+    let source = OciLayout::open(image_layout)?;
+    rt().block_on(copy_image(
+        &source,
+        &image,
+        &destination,
+        &CopyOptions::default(),
+    ))
+}
+
+/// The build's docker archive output.
+fn write_docker_archive(
+    image_layout: &Path,
+    to: &Path,
+    name: &str,
+) -> locald_core::Result<Written> {
+    let destination = DockerArchiveDestination::create(to, &[name.to_owned()])?;
+    copy_single(image_layout, &destination)
 }
 
 fn json(path: &Path) -> Value {
@@ -899,11 +947,11 @@ fn ref_names_are_what_skopeo_and_umoci_accept() {
         "127.0.0.1:5000/a/b:1",
         "v1.0--rc+1",
     ] {
-        assert!(layout_out::valid_ref_name(name), "{name}");
+        assert!(valid_ref_name(name), "{name}");
         peers::umoci_new(&layout, name).unwrap_or_else(|e| panic!("{name}: {e}"));
     }
     for name in ["a//b", "-a", "a b"] {
-        assert!(!layout_out::valid_ref_name(name), "{name}");
+        assert!(!valid_ref_name(name), "{name}");
         assert!(
             peers::umoci_new(&layout, name).is_err(),
             "umoci took {name:?}"
@@ -954,7 +1002,7 @@ fn pruning_a_layout_keeps_what_its_index_reaches() {
     fs::write(&stray, vec![7u8; 1000]).unwrap();
     let not_a_blob = app.join("blobs/sha256/notes.txt");
     fs::write(&not_a_blob, "kept").unwrap();
-    let freed = locald_build::layout_out::prune_layout_blobs(&app).unwrap();
+    let freed = prune_layout_blobs(&app).unwrap();
     assert_eq!(freed, 1000);
     assert!(!stray.exists());
     assert!(not_a_blob.exists());
@@ -969,9 +1017,6 @@ fn pruning_a_layout_keeps_what_its_index_reaches() {
     // A damaged index: nothing is removed.
     fs::write(&stray, b"x").unwrap();
     fs::write(app.join("index.json"), "{not json").unwrap();
-    assert_eq!(
-        locald_build::layout_out::prune_layout_blobs(&app).unwrap(),
-        0
-    );
+    assert_eq!(prune_layout_blobs(&app).unwrap(), 0);
     assert!(stray.exists());
 }

@@ -22,6 +22,24 @@ pub fn cache() -> anyhow::Result<Cache> {
     Ok(Cache::open(&root)?)
 }
 
+/// Opens the source `--source` names for a builder. With `--pull never`, a
+/// source that cannot be opened (a moved layout) may still be in the cache: it
+/// is then stood in for by one that fails if read.
+pub fn open_builder_source(
+    spec: Option<&str>,
+    registry: &crate::args::RegistryArgs,
+    policy: PullPolicy,
+) -> anyhow::Result<Box<dyn ImageSource>> {
+    match open_source(spec, registry, true) {
+        Ok(s) => Ok(s),
+        Err(e) if policy == PullPolicy::Never => Ok(Box::new(Unavailable {
+            spec: absolute_spec(spec.unwrap_or("registry:")),
+            error: format!("{e:#}"),
+        })),
+        Err(e) => Err(e),
+    }
+}
+
 /// Pulls `args`' image into the cache with `filter`.
 pub async fn pull_into_cache(
     cache: &Cache,
@@ -32,15 +50,7 @@ pub async fn pull_into_cache(
     no_bars: bool,
     cancel: Cancel,
 ) -> anyhow::Result<Pulled> {
-    let src = match open_source(args.source.as_deref(), &args.registry, true) {
-        Ok(s) => s,
-        // Offline, a source that is gone (a moved layout) may still be in the cache.
-        Err(e) if policy.policy == PullPolicy::Never => Box::new(Unavailable {
-            spec: absolute_spec(args.source.as_deref().unwrap_or("registry:")),
-            error: format!("{e:#}"),
-        }),
-        Err(e) => return Err(e),
-    };
+    let src = open_builder_source(args.source.as_deref(), &args.registry, policy.policy)?;
     let (plat, explicit) = platform(args.platform.as_deref())?;
     let options = PullOptions {
         filter,
@@ -57,13 +67,11 @@ pub async fn pull_into_cache(
     } else {
         crate::progress::reporter(quiet, 0)
     };
-    let pulled = cache
-        .pull(src.as_ref(), args.image.as_deref(), &options, reporter)
-        .await
-        .with_context(|| match &args.image {
-            Some(i) => format!("could not pull {i} from {}", src.describe()),
-            None => format!("could not pull the image in {}", src.describe()),
-        })?;
+    let input = locald_build::ImageInput {
+        source: src,
+        image: args.image.clone(),
+    };
+    let pulled = locald_build::flow::pull(cache, &input, &options, reporter).await?;
     Ok(pulled)
 }
 

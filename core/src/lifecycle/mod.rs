@@ -184,6 +184,12 @@ pub trait LifecycleRunner: Send + Sync {
     /// `native` or `container`.
     fn name(&self) -> &'static str;
 
+    /// Whether the lifecycle runs on the host itself rather than in a sandbox
+    /// with the builder's root filesystem. On the host it needs only the
+    /// builder's `/cnb`, uses the host's tools, and started by root runs as the
+    /// build user, who must own the build's directories.
+    fn on_host(&self) -> bool;
+
     /// Run the plan: stream its output (prefixed with `[phase] `) to this process's
     /// stdout/stderr as it comes, feed each line to `watcher`, stop it when `cancel`
     /// is set (SIGINT first, SIGKILL after a grace period), and return how it ended.

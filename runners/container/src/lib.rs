@@ -227,6 +227,10 @@ impl LifecycleRunner for ContainerRunner {
         "container"
     }
 
+    fn on_host(&self) -> bool {
+        false
+    }
+
     fn run(
         &self,
         plan: &LifecyclePlan,

@@ -60,6 +60,10 @@ impl LifecycleRunner for NativeRunner {
         "native"
     }
 
+    fn on_host(&self) -> bool {
+        true
+    }
+
     fn run(
         &self,
         plan: &LifecyclePlan,

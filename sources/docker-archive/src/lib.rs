@@ -15,6 +15,8 @@
 //! `blobs/sha256/HEX`, `HEX.tar`), and uncompressed layers without one are named by
 //! their diff_id, so the core verifies every byte either way.
 
+mod destination;
+
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
@@ -29,6 +31,8 @@ use locald_core::source::{
 };
 use locald_core::ImageReference;
 use locald_extract::path::normalise;
+
+pub use destination::{familiar_name, DockerArchiveDestination, CONTAINERD_IMAGE_NAME};
 
 /// The scheme this crate serves.
 pub const SCHEME: &str = "docker-archive";

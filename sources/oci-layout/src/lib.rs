@@ -9,6 +9,8 @@
 //! Nested indexes and platform selection are the core's job
 //! ([`locald_core::source::resolve`]); this crate only finds and reads bytes.
 
+mod destination;
+
 use std::path::{Path, PathBuf};
 
 use locald_core::digest::Digest;
@@ -19,6 +21,10 @@ use locald_core::source::{
     BlobReader, BoxFuture, Document, ImageSource, SchemeRegistry, SourceFactory,
 };
 use locald_core::ImageReference;
+
+pub use destination::{
+    prune_layout_blobs, read_single_image, remove_stale, Existing, OciLayoutDestination,
+};
 
 /// The scheme this crate serves.
 pub const SCHEME: &str = "oci-layout";
@@ -119,20 +125,7 @@ impl OciLayout {
         if !dir.is_dir() {
             return Err(not("no such directory".to_owned()));
         }
-        let marker = dir.join("oci-layout");
-        let bytes = read_small(&marker, 64 * 1024, FinalSymlink::Follow)
-            .map_err(|e| not(format!("cannot read its oci-layout file ({e})")))?;
-        let v: serde_json::Value = serde_json::from_slice(&bytes)
-            .map_err(|e| not(format!("its oci-layout file is not JSON ({e})")))?;
-        match v.get("imageLayoutVersion").and_then(|v| v.as_str()) {
-            Some(ver) if ver.starts_with("1.") => {}
-            Some(ver) => return Err(not(format!("unsupported imageLayoutVersion {ver:?}"))),
-            None => {
-                return Err(not(
-                    "its oci-layout file has no imageLayoutVersion".to_owned()
-                ))
-            }
-        }
+        manifest::read_marker(&dir).map_err(not)?;
         Ok(OciLayout { dir })
     }
 
@@ -320,6 +313,10 @@ impl ImageSource for OciLayout {
                     .cloned(),
             })
         })
+    }
+
+    fn blob_file(&self, descriptor: &Descriptor) -> Option<PathBuf> {
+        self.blob_path(descriptor).ok().map(|(_, path)| path)
     }
 
     fn open_blob_blocking(
