@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(name = "locald", version, propagate_version = true)]
 #[command(
-    after_help = "Environment:\n  LOCALD_LOG     log filter (e.g. debug, locald_core=trace); overrides -v\n  NO_COLOR       no colour and no progress bars\n  XDG_DATA_HOME  the cache lives in $XDG_DATA_HOME/locald (default ~/.local/share/locald)\n  LOCALD_PLUGIN_PATH  more plugin directories (colon-separated; see `locald plugin --help`)"
+    after_help = "Environment:\n  LOCALD_LOG     log filter (e.g. debug, locald_cache=trace); overrides -v\n  NO_COLOR       no colour and no progress bars\n  XDG_DATA_HOME  the cache lives in $XDG_DATA_HOME/locald (default ~/.local/share/locald)\n  LOCALD_PLUGIN_PATH  more plugin directories (colon-separated; see `locald plugin --help`)"
 )]
 pub struct Cli {
     /// More log output on stderr (-v debug, -vv trace).

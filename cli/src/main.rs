@@ -6,6 +6,7 @@ mod args;
 mod commands;
 mod env;
 mod human;
+mod output;
 mod progress;
 
 use std::process::ExitCode;
@@ -68,8 +69,12 @@ fn init_logging(verbose: u8, quiet: bool) {
         [
             "locald",
             "locald_core",
+            "locald_extract",
+            "locald_cache",
+            "locald_build",
             "locald_source_registry",
             "locald_source_oci_layout",
+            "locald_source_plugins",
         ]
         .iter()
         .map(|c| format!("{c}={level}"))

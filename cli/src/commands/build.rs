@@ -3,131 +3,16 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use anyhow::Context;
 use locald_build::{BuildError, BuildEvents, BuildOptions, ImageInput};
 use locald_core::cancel::Cancel;
-use locald_core::destination::ImageDestination;
-use locald_core::lifecycle::LifecycleRunner;
 use locald_core::progress::{Reporter, Silent};
-use locald_core::source::SourceSpec;
 use locald_core::{Digest, ImageReference};
-use locald_source_docker_archive::DockerArchiveDestination;
-use locald_source_oci_layout::{Existing, OciLayoutDestination};
 
 use super::builder::{cache, open_builder_source};
-use super::open_source;
-use crate::args::{BuildArgs, RunnerKind};
+use super::{choose_runner, open_source};
+use crate::args::BuildArgs;
+use crate::output::Output;
 use crate::UserError;
-
-/// Where the image goes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Output {
-    Layout(PathBuf),
-    Archive(PathBuf),
-}
-
-impl Output {
-    fn parse(spec: &str) -> anyhow::Result<Output> {
-        let parsed = SourceSpec::parse(spec);
-        let path = PathBuf::from(&parsed.location);
-        if parsed.location.is_empty() {
-            return Err(bad_output(spec));
-        }
-        match parsed.scheme.as_str() {
-            "oci-layout" | "oci" => Ok(Output::Layout(path)),
-            "docker-archive" if parsed.location == "-" => Err(UserError::with_hint(
-                "--output docker-archive:- is not supported: the archive is written to a file and renamed into place",
-                "write it to a file, then `docker load -i FILE`",
-            )
-            .into()),
-            "docker-archive" => Ok(Output::Archive(path)),
-            _ => Err(bad_output(spec)),
-        }
-    }
-
-    /// The build's output: this destination, opened once the image is built.
-    fn open(&self) -> locald_build::Output {
-        match self.clone() {
-            Output::Layout(dir) => locald_build::Output {
-                describe: format!("{}:{}", locald_source_oci_layout::SCHEME, dir.display()),
-                path: Some(dir.clone()),
-                open: Box::new(move |names| {
-                    Box::pin(async move {
-                        let d = OciLayoutDestination::open(&dir, names, Existing::Merge).await?;
-                        Ok(Box::new(d) as Box<dyn ImageDestination>)
-                    })
-                }),
-            },
-            Output::Archive(file) => locald_build::Output {
-                describe: format!(
-                    "{}:{}",
-                    locald_source_docker_archive::SCHEME,
-                    file.display()
-                ),
-                path: Some(file.clone()),
-                open: Box::new(move |names| {
-                    Box::pin(async move {
-                        let d = DockerArchiveDestination::create(&file, &names)?;
-                        Ok(Box::new(d) as Box<dyn ImageDestination>)
-                    })
-                }),
-            },
-        }
-    }
-}
-
-fn bad_output(spec: &str) -> anyhow::Error {
-    UserError::with_hint(
-        format!("--output {spec:?} is not an output locald can write"),
-        "use oci-layout:DIR (an OCI image layout directory) or docker-archive:FILE (for `docker load`)",
-    )
-    .into()
-}
-
-/// Picks the runner: the asked one, else the container where user namespaces
-/// work, else native with a warning saying why.
-fn choose_runner(
-    asked: Option<RunnerKind>,
-) -> anyhow::Result<(Box<dyn LifecycleRunner>, RunnerKind)> {
-    let container = || -> anyhow::Result<Box<dyn LifecycleRunner>> {
-        let exe =
-            std::env::current_exe().context("cannot find the locald executable for the sandbox")?;
-        Ok(Box::new(locald_runner_container::ContainerRunner::new(exe)))
-    };
-    match asked {
-        Some(RunnerKind::Native) => Ok((
-            Box::new(locald_runner_native::NativeRunner),
-            RunnerKind::Native,
-        )),
-        Some(RunnerKind::Container) => {
-            if let Err(e) = locald_runner_container::probe() {
-                return Err(runner_error(e));
-            }
-            Ok((container()?, RunnerKind::Container))
-        }
-        None => match locald_runner_container::probe() {
-            Ok(()) => Ok((container()?, RunnerKind::Container)),
-            Err(e) => {
-                tracing::warn!(
-                    "running the lifecycle natively on the host, because the sandbox cannot start here: {e}"
-                );
-                Ok((
-                    Box::new(locald_runner_native::NativeRunner),
-                    RunnerKind::Native,
-                ))
-            }
-        },
-    }
-}
-
-fn runner_error(e: locald_core::lifecycle::RunnerError) -> anyhow::Error {
-    match e {
-        locald_core::lifecycle::RunnerError::Unavailable { message, hint } => {
-            UserError::with_hint(message, hint).into()
-        }
-        other => anyhow::Error::new(other),
-    }
-}
 
 /// `locald build`
 pub async fn build(
@@ -154,7 +39,7 @@ pub async fn build(
         .iter()
         .map(|e| locald_build::project::parse_env_arg(e))
         .collect::<Result<_, _>>()?;
-    let (runner, _) = choose_runner(args.runner)?;
+    let runner = choose_runner(args.runner)?;
     let builder = open_builder_source(args.source.as_deref(), &args.registry, args.policy.policy)?;
     let run_spec = args
         .run_image_source
@@ -294,25 +179,5 @@ fn build_error(e: BuildError) -> anyhow::Error {
         BuildError::Failed { context, source } => anyhow::Error::new(*source).context(context),
         BuildError::Runner(e) => anyhow::Error::new(*e),
         BuildError::Core(e) => anyhow::Error::new(*e),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn outputs() {
-        assert_eq!(
-            Output::parse("oci-layout:out").expect("layout"),
-            Output::Layout("out".into())
-        );
-        assert_eq!(
-            Output::parse("docker-archive:a.tar").expect("archive"),
-            Output::Archive("a.tar".into())
-        );
-        assert!(Output::parse("docker-archive:-").is_err());
-        assert!(Output::parse("registry:foo").is_err());
-        assert!(Output::parse("oci-layout:").is_err());
     }
 }

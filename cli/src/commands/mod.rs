@@ -7,7 +7,9 @@ pub mod plugin;
 
 use anyhow::Context;
 
-use crate::args::RegistryArgs;
+use crate::args::{RegistryArgs, RunnerKind};
+use crate::UserError;
+use locald_core::lifecycle::LifecycleRunner;
 use locald_core::source::{ImageSource, SchemeRegistry, SourceSpec};
 use locald_core::Platform;
 
@@ -94,5 +96,42 @@ pub fn platform(arg: Option<&str>) -> anyhow::Result<(Platform, bool)> {
     match arg {
         Some(p) => Ok((p.parse()?, true)),
         None => Ok((Platform::host(), false)),
+    }
+}
+
+/// Picks the runner: the asked one, else the container where user namespaces
+/// work, else native with a warning saying why.
+pub fn choose_runner(asked: Option<RunnerKind>) -> anyhow::Result<Box<dyn LifecycleRunner>> {
+    let container = || -> anyhow::Result<Box<dyn LifecycleRunner>> {
+        let exe =
+            std::env::current_exe().context("cannot find the locald executable for the sandbox")?;
+        Ok(Box::new(locald_runner_container::ContainerRunner::new(exe)))
+    };
+    match asked {
+        Some(RunnerKind::Native) => Ok(Box::new(locald_runner_native::NativeRunner)),
+        Some(RunnerKind::Container) => {
+            if let Err(e) = locald_runner_container::probe() {
+                return Err(runner_error(e));
+            }
+            container()
+        }
+        None => match locald_runner_container::probe() {
+            Ok(()) => container(),
+            Err(e) => {
+                tracing::warn!(
+                    "running the lifecycle natively on the host, because the sandbox cannot start here: {e}"
+                );
+                Ok(Box::new(locald_runner_native::NativeRunner))
+            }
+        },
+    }
+}
+
+fn runner_error(e: locald_core::lifecycle::RunnerError) -> anyhow::Error {
+    match e {
+        locald_core::lifecycle::RunnerError::Unavailable { message, hint } => {
+            UserError::with_hint(message, hint).into()
+        }
+        other => anyhow::Error::new(other),
     }
 }

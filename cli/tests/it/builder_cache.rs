@@ -1000,7 +1000,7 @@ fn update_applies_only_the_changed_layer() {
     let st = Setup::new(64 << 10);
     let home = Home::new();
     home.pull_json(&st.image, &[]);
-    let debug = [("LOCALD_LOG", "locald_core=debug")];
+    let debug = [("LOCALD_LOG", "locald_cache=debug")];
     for (round, clash) in [(2, false), (3, true)] {
         let pushed = push(
             &st.reg,
