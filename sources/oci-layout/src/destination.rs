@@ -123,15 +123,22 @@ impl OciLayoutDestination {
         &self.path
     }
 
-    /// Puts `blob` as a hard link to `src`, verified.
-    fn link_blob(&self, blob: &BlobPut<'_>, src: &Path) -> Result<()> {
-        let dest = self.root.join(blob.digest.blob_path());
+    /// Where blob `digest` goes, and a fresh temporary name beside it (its
+    /// directory made).
+    fn blob_paths(&self, digest: &Digest) -> Result<(PathBuf, PathBuf)> {
+        let dest = self.root.join(digest.blob_path());
         let dir = dest
             .parent()
             .map(Path::to_path_buf)
             .unwrap_or_else(|| self.root.clone());
         std::fs::create_dir_all(&dir).map_err(Error::io("create directory", &dir))?;
-        let tmp = dir.join(temp_name(blob.digest.hex()));
+        let tmp = dir.join(temp_name(digest.hex()));
+        Ok((dest, tmp))
+    }
+
+    /// Puts `blob` as a hard link to `src`, verified.
+    fn link_blob(&self, blob: &BlobPut<'_>, src: &Path) -> Result<()> {
+        let (dest, tmp) = self.blob_paths(blob.digest)?;
         let result = std::fs::hard_link(src, &tmp)
             .map_err(Error::io("link", &tmp))
             .and_then(|()| verify_file(&tmp, blob.digest, blob.size, &blob.what))
@@ -202,13 +209,7 @@ impl ImageDestination for OciLayoutDestination {
                     Err(e) => tracing::debug!("not hard-linking ({e}); copying"),
                 }
             }
-            let dest = self.root.join(blob.digest.blob_path());
-            let dir = dest
-                .parent()
-                .map(Path::to_path_buf)
-                .unwrap_or_else(|| self.root.clone());
-            std::fs::create_dir_all(&dir).map_err(Error::io("create directory", &dir))?;
-            let tmp = dir.join(temp_name(blob.digest.hex()));
+            let (dest, tmp) = self.blob_paths(blob.digest)?;
             let result = write_blob_file(&blob, &tmp).await.and_then(|()| {
                 std::fs::rename(&tmp, &dest).map_err(Error::io("move a blob into", &dest))
             });
