@@ -3,15 +3,32 @@
 //! `ubuntu` is `docker.io/library/ubuntu:latest`, `heroku/builder:22` is
 //! `docker.io/heroku/builder:22`, and the first path component is a registry host
 //! only when it contains `.` or `:` or is `localhost`.
+//!
+//! The grammar and the normalisation are `oci_spec::distribution::Reference`'s (the
+//! type `oci_client::Reference` re-exports), so the registry source hands
+//! [`ImageReference::oci`] to `oci-client` as is. On top of it we are stricter
+//! where a reference ends up in a URL or a path: a registry must be a real
+//! `host[:port]` (the library takes `foo_bar.com/x` and any number of port
+//! digits), a tag ASCII (the library's `\w` is Unicode), a digest one we can
+//! verify (sha256/sha512, lowercase hex). We also accept a bracketed IPv6 host
+//! (`[::1]:5000/x`), which the library's grammar lacks, and treat
+//! `registry-1.docker.io` as Docker Hub as well as `index.docker.io`.
 
 use std::fmt;
 use std::str::FromStr;
+
+use oci_spec::distribution::Reference;
 
 use crate::digest::{Digest, DigestError};
 
 /// The registry Docker Hub references resolve to.
 pub const DOCKER_HUB: &str = "docker.io";
-const DEFAULT_TAG: &str = "latest";
+
+/// Docker Hub's registry API host, which Docker also accepts as a name for it.
+const DOCKER_HUB_API: &str = "registry-1.docker.io";
+
+/// Stands in for a bracketed IPv6 host while the library parses the rest.
+const IPV6_PLACEHOLDER: &str = "ipv6.locald.invalid";
 
 /// Why an image reference was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -19,13 +36,13 @@ pub enum ReferenceError {
     /// Empty input.
     #[error("image reference is empty")]
     Empty,
-    /// A repository path component that Docker would refuse.
-    #[error("image reference {reference:?}: repository {repository:?} is not valid (lowercase letters, digits and single . _ __ - separators between path components)")]
-    BadRepository {
+    /// Not of the form `[host[:port]/]path[:tag][@digest]`.
+    #[error("image reference {reference:?} is not valid: {reason} (expected [host[:port]/]path[:tag][@digest]: path components of lowercase letters and digits joined by single . _ __ - separators; a tag of up to 128 letters, digits, '_', '.', '-', not starting with '.' or '-')")]
+    Invalid {
         /// The whole input.
         reference: String,
-        /// The repository part.
-        repository: String,
+        /// What the parser said.
+        reason: String,
     },
     /// A bad tag.
     #[error("image reference {reference:?}: tag {tag:?} is not valid (up to 128 letters, digits, '_', '.', '-', not starting with '.' or '-')")]
@@ -54,11 +71,12 @@ pub enum ReferenceError {
 }
 
 /// A normalised image reference: `registry/repository[:tag][@digest]`.
+///
+/// An `oci_spec::distribution::Reference` (= `oci_client::Reference`) that passed
+/// our extra checks, with its digest validated.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ImageReference {
-    registry: String,
-    repository: String,
-    tag: Option<String>,
+    inner: Reference,
     digest: Option<Digest>,
 }
 
@@ -68,89 +86,66 @@ impl ImageReference {
         if input.is_empty() {
             return Err(ReferenceError::Empty);
         }
-        let (name_tag, digest) = match input.split_once('@') {
-            Some((n, d)) => {
-                let digest = Digest::parse(d).map_err(|source| ReferenceError::BadDigest {
+        // Checked first for its precise message; the library's digest is then this one.
+        let digest = match input.split_once('@') {
+            Some((_, d)) => Some(
+                Digest::parse(d).map_err(|source| ReferenceError::BadDigest {
                     reference: input.to_owned(),
                     source,
-                })?;
-                (n, Some(digest))
-            }
-            None => (input, None),
-        };
-        // A tag is after the last ':' that comes after the last '/'.
-        let last_slash = name_tag.rfind('/').map_or(0, |i| i + 1);
-        let (name, tag) = match name_tag[last_slash..].rfind(':') {
-            Some(i) => (
-                &name_tag[..last_slash + i],
-                Some(&name_tag[last_slash + i + 1..]),
+                })?,
             ),
-            None => (name_tag, None),
+            None => None,
         };
-        let (registry, repository) = match name.split_once('/') {
-            Some((first, rest))
-                if first.contains('.') || first.contains(':') || first == "localhost" =>
-            {
-                (first.to_owned(), rest.to_owned())
+        let bad_registry = |registry: &str| ReferenceError::BadRegistry {
+            reference: input.to_owned(),
+            registry: registry.to_owned(),
+        };
+        // The host component, rewritten where the library would not take it as we do.
+        let mut ipv6_host = None;
+        let rewritten = match input.split_once('/') {
+            Some((host, rest)) if host.starts_with('[') => {
+                if !valid_registry(host) {
+                    return Err(bad_registry(host));
+                }
+                ipv6_host = Some(host);
+                format!("{IPV6_PLACEHOLDER}/{rest}")
             }
-            _ => (DOCKER_HUB.to_owned(), name.to_owned()),
+            Some((DOCKER_HUB_API, rest)) => format!("{DOCKER_HUB}/{rest}"),
+            _ => input.to_owned(),
         };
-        let registry = if registry == "index.docker.io" || registry == "registry-1.docker.io" {
-            DOCKER_HUB.to_owned()
-        } else {
-            registry
+        let inner = Reference::from_str(&rewritten).map_err(|e| ReferenceError::Invalid {
+            reference: input.to_owned(),
+            reason: e.to_string(),
+        })?;
+        let inner = match ipv6_host {
+            Some(host) => with_registry(&inner, host),
+            None if !valid_registry(inner.registry()) => {
+                return Err(bad_registry(inner.registry()));
+            }
+            None => inner,
         };
-        let repository = if registry == DOCKER_HUB && !repository.contains('/') {
-            format!("library/{repository}")
-        } else {
-            repository
-        };
-        if !valid_registry(&registry) {
-            return Err(ReferenceError::BadRegistry {
+        if let Some(t) = inner.tag().filter(|t| !t.is_ascii()) {
+            return Err(ReferenceError::BadTag {
                 reference: input.to_owned(),
-                registry,
+                tag: t.to_owned(),
             });
         }
-        if !valid_repository(&repository) {
-            return Err(ReferenceError::BadRepository {
-                reference: input.to_owned(),
-                repository,
-            });
-        }
-        if let Some(t) = tag {
-            if !valid_tag(t) {
-                return Err(ReferenceError::BadTag {
-                    reference: input.to_owned(),
-                    tag: t.to_owned(),
-                });
-            }
-        }
-        let tag = match (tag, &digest) {
-            (Some(t), _) => Some(t.to_owned()),
-            (None, None) => Some(DEFAULT_TAG.to_owned()),
-            (None, Some(_)) => None,
-        };
-        Ok(ImageReference {
-            registry,
-            repository,
-            tag,
-            digest,
-        })
+        Ok(ImageReference { inner, digest })
     }
 
     /// The registry host (and port), e.g. `docker.io` or `127.0.0.1:5000`.
     pub fn registry(&self) -> &str {
-        &self.registry
+        self.inner.registry()
     }
 
     /// The repository path, e.g. `library/ubuntu`.
     pub fn repository(&self) -> &str {
-        &self.repository
+        self.inner.repository()
     }
 
     /// The tag, if any (`latest` when neither tag nor digest was given).
     pub fn tag(&self) -> Option<&str> {
-        self.tag.as_deref()
+        self.inner.tag()
     }
 
     /// The digest, if the reference pins one.
@@ -160,20 +155,24 @@ impl ImageReference {
 
     /// `registry/repository` without tag or digest.
     pub fn name(&self) -> String {
-        format!("{}/{}", self.registry, self.repository)
+        format!("{}/{}", self.registry(), self.repository())
+    }
+
+    /// The same reference as `oci_spec`'s (and `oci_client`'s) type.
+    pub fn oci(&self) -> &Reference {
+        &self.inner
+    }
+}
+
+impl From<ImageReference> for Reference {
+    fn from(r: ImageReference) -> Self {
+        r.inner
     }
 }
 
 impl fmt::Display for ImageReference {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.registry, self.repository)?;
-        if let Some(t) = &self.tag {
-            write!(f, ":{t}")?;
-        }
-        if let Some(d) = &self.digest {
-            write!(f, "@{d}")?;
-        }
-        Ok(())
+        self.inner.fmt(f)
     }
 }
 
@@ -181,6 +180,18 @@ impl FromStr for ImageReference {
     type Err = ReferenceError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         ImageReference::parse(s)
+    }
+}
+
+/// `r` with another registry (the library has no setter).
+fn with_registry(r: &Reference, registry: &str) -> Reference {
+    let (registry, repository) = (registry.to_owned(), r.repository().to_owned());
+    match (r.tag(), r.digest()) {
+        (Some(t), Some(d)) => {
+            Reference::with_tag_and_digest(registry, repository, t.to_owned(), d.to_owned())
+        }
+        (None, Some(d)) => Reference::with_digest(registry, repository, d.to_owned()),
+        (t, None) => Reference::with_tag(registry, repository, t.unwrap_or("latest").to_owned()),
     }
 }
 
@@ -208,48 +219,6 @@ fn valid_registry(r: &str) -> bool {
                 && !label.starts_with('-')
                 && !label.ends_with('-')
         })
-}
-
-fn valid_repository(repo: &str) -> bool {
-    !repo.is_empty() && repo.len() <= 255 && repo.split('/').all(valid_path_component)
-}
-
-/// `[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*`
-fn valid_path_component(c: &str) -> bool {
-    let b = c.as_bytes();
-    if b.is_empty() || !is_alnum(b[0]) || !is_alnum(b[b.len() - 1]) {
-        return false;
-    }
-    let mut i = 0;
-    while i < b.len() {
-        if is_alnum(b[i]) {
-            i += 1;
-            continue;
-        }
-        let start = i;
-        while i < b.len() && !is_alnum(b[i]) {
-            i += 1;
-        }
-        let sep = &c[start..i];
-        let ok = sep == "." || sep == "_" || sep == "__" || sep.bytes().all(|x| x == b'-');
-        if !ok {
-            return false;
-        }
-    }
-    true
-}
-
-fn is_alnum(b: u8) -> bool {
-    b.is_ascii_lowercase() || b.is_ascii_digit()
-}
-
-fn valid_tag(t: &str) -> bool {
-    let b = t.as_bytes();
-    !b.is_empty()
-        && b.len() <= 128
-        && (b[0].is_ascii_alphanumeric() || b[0] == b'_')
-        && b.iter()
-            .all(|&x| x.is_ascii_alphanumeric() || x == b'_' || x == b'.' || x == b'-')
 }
 
 #[cfg(test)]
@@ -349,5 +318,32 @@ mod tests {
                 "{bad:?} should be refused"
             );
         }
+    }
+
+    /// Where we are stricter or wider than the library we delegate to.
+    #[test]
+    fn beyond_the_library() {
+        for bad in [
+            "foo_bar.com/x",
+            "host:123456/a",
+            "a/b:\u{e9}t\u{e9}",
+            "a/b@sha384:000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000",
+            "a/b@sha256:E3B0C44298FC1C149AFBF4C8996FB92427AE41E4649B934CA495991B7852B855",
+        ] {
+            assert!(Reference::from_str(bad).is_ok(), "{bad:?}: library now refuses");
+            assert!(
+                ImageReference::parse(bad).is_err(),
+                "{bad:?} should be refused"
+            );
+        }
+        let r = ImageReference::parse("registry-1.docker.io/busybox").unwrap();
+        assert_eq!(r.to_string(), "docker.io/library/busybox:latest");
+        let r = ImageReference::parse(&format!("[::1]:5000/x:y@{D}")).unwrap();
+        let oci = r.oci();
+        assert_eq!(oci.registry(), "[::1]:5000");
+        assert_eq!(oci.repository(), "x");
+        assert_eq!(oci.tag(), Some("y"));
+        assert_eq!(oci.digest(), Some(D));
+        assert_eq!(oci.to_string(), r.to_string());
     }
 }

@@ -205,7 +205,7 @@ impl RegistrySource {
                 if s.registry == image.registry() && s.reference.repository() == image.repository()
                 {
                     let mut s = s.clone();
-                    s.reference = to_oci_reference(image);
+                    s.reference = image.oci().clone();
                     return Ok(s);
                 }
             }
@@ -214,7 +214,7 @@ impl RegistrySource {
         let credential = auth::resolve(&registry, self.options.credential.as_ref())?;
         tracing::debug!(registry = %registry, "using {credential:?}");
         let client = self.client_for(&registry);
-        let reference = to_oci_reference(image);
+        let reference = image.oci().clone();
         let scheme = self.scheme_for(&registry);
         let auth = match &credential {
             Credential::Anonymous => RegistryAuth::Anonymous,
@@ -493,26 +493,6 @@ fn oci_registry_host(registry: &str) -> String {
     }
 }
 
-fn to_oci_reference(image: &ImageReference) -> Reference {
-    match (image.tag(), image.digest()) {
-        (_, Some(d)) => Reference::with_digest(
-            image.registry().to_owned(),
-            image.repository().to_owned(),
-            d.to_string(),
-        ),
-        (Some(t), None) => Reference::with_tag(
-            image.registry().to_owned(),
-            image.repository().to_owned(),
-            t.to_owned(),
-        ),
-        (None, None) => Reference::with_tag(
-            image.registry().to_owned(),
-            image.repository().to_owned(),
-            "latest".to_owned(),
-        ),
-    }
-}
-
 fn retryable(e: &OciDistributionError) -> bool {
     match e {
         OciDistributionError::ServerError { code, .. } => *code == 429 || *code >= 500,
@@ -654,11 +634,9 @@ impl ImageSource for RegistrySource {
             .contains(&media.as_str());
             let what = format!("document {}", descriptor.digest());
             if is_manifest {
-                let reference = Reference::with_digest(
-                    session.registry.clone(),
-                    session.reference.repository().to_owned(),
-                    descriptor.digest().to_string(),
-                );
+                let reference = session
+                    .reference
+                    .clone_with_digest(descriptor.digest().to_string());
                 return Ok(self
                     .fetch_manifest_bytes(&session, &reference, &what)
                     .await?
