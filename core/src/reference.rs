@@ -124,6 +124,14 @@ impl ImageReference {
             }
             None => inner,
         };
+        // Docker's grammar: repository names are lowercase (the library lets
+        // `UPPER/case` through as a Docker Hub repository).
+        if inner.repository().bytes().any(|b| b.is_ascii_uppercase()) {
+            return Err(ReferenceError::Invalid {
+                reference: input.to_owned(),
+                reason: "repository name must be lowercase".to_owned(),
+            });
+        }
         if let Some(t) = inner.tag().filter(|t| !t.is_ascii()) {
             return Err(ReferenceError::BadTag {
                 reference: input.to_owned(),
@@ -329,6 +337,7 @@ mod tests {
             "a/b:\u{e9}t\u{e9}",
             "a/b@sha384:000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000",
             "a/b@sha256:E3B0C44298FC1C149AFBF4C8996FB92427AE41E4649B934CA495991B7852B855",
+            "UPPER/case",
         ] {
             assert!(Reference::from_str(bad).is_ok(), "{bad:?}: library now refuses");
             assert!(
@@ -336,6 +345,7 @@ mod tests {
                 "{bad:?} should be refused"
             );
         }
+        assert!(ImageReference::parse("ghcr.io/Org/app").is_err());
         let r = ImageReference::parse("registry-1.docker.io/busybox").unwrap();
         assert_eq!(r.to_string(), "docker.io/library/busybox:latest");
         let r = ImageReference::parse(&format!("[::1]:5000/x:y@{D}")).unwrap();
