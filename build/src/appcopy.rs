@@ -203,7 +203,7 @@ pub fn copy_app_excluding(
         });
     }
     let root_meta = std::fs::metadata(&src).map_err(|e| app_error("read app file", &src, &e))?;
-    crate::project::fresh_dir(&dest)?;
+    locald_core::fsutil::fresh_dir(&dest)?;
 
     let (exclude, include) = match &filter {
         FileFilter::All => (None, None),

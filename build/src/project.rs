@@ -17,12 +17,13 @@
 //! different apps run side by side.
 
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use locald_core::digest::Digest;
 use locald_core::error::{Error, Result};
+use locald_core::fsutil;
 use locald_core::lifecycle::HostDirs;
 use locald_core::lock::{FileLock, Mode};
 use locald_core::progress::{Reporter, Silent};
@@ -190,10 +191,10 @@ impl Project {
     pub fn prepare(&self, clear_cache: bool, owner: Option<(u32, u32)>) -> Result<ProjectDirs> {
         let dirs = self.dirs();
         for d in [&dirs.app, &dirs.layers, &dirs.platform] {
-            fresh_dir(d)?;
+            fsutil::fresh_dir(d)?;
         }
         if clear_cache {
-            fresh_dir(&dirs.cache)?;
+            fsutil::fresh_dir(&dirs.cache)?;
         }
         for d in [&dirs.cache, &dirs.layout] {
             ensure_real_dir(d)?;
@@ -349,21 +350,12 @@ fn now() -> u64 {
         .unwrap_or(0)
 }
 
-/// Makes `path` an empty directory: whatever is there is removed first, without
-/// following any symlink (a symlink is removed itself, never what it points to).
-pub(crate) fn fresh_dir(path: &Path) -> Result<()> {
-    locald_core::fsutil::remove_path(path)?;
-    std::fs::create_dir(path).map_err(Error::io("create directory", path))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))
-        .map_err(Error::io("set the mode of", path))
-}
-
 /// `path` as a directory: created if missing; anything else there (a symlink, a
 /// file) is replaced.
 fn ensure_real_dir(path: &Path) -> Result<()> {
     match std::fs::symlink_metadata(path) {
         Ok(m) if m.is_dir() => Ok(()),
-        _ => fresh_dir(path),
+        _ => fsutil::fresh_dir(path),
     }
 }
 
@@ -385,6 +377,7 @@ fn chown_tree(dir: &Path, (uid, gid): (u32, u32)) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
     use std::time::Duration;

@@ -39,6 +39,17 @@ pub fn split_target(path: &Path) -> crate::Result<(std::path::PathBuf, String)> 
     Ok((parent, name))
 }
 
+/// Makes `path` an empty directory (mode 0755): whatever is there is removed
+/// first, without following any symlink (a symlink is removed itself, never
+/// what it points to).
+pub fn fresh_dir(path: &Path) -> crate::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    remove_path(path)?;
+    std::fs::create_dir(path).map_err(crate::Error::io("create directory", path))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))
+        .map_err(crate::Error::io("set the mode of", path))
+}
+
 /// How directories are opened: never through a symlink.
 const DIR_FLAGS: OFlags = OFlags::RDONLY
     .union(OFlags::DIRECTORY)
