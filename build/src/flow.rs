@@ -59,12 +59,31 @@ pub enum BuildError {
         #[source]
         source: Box<Error>,
     },
+    /// The image was built but could not be written to the output; it is kept
+    /// in the app's build state, to copy from.
+    #[error(transparent)]
+    Output(Box<OutputFailed>),
     /// The runner could not run the lifecycle.
     #[error(transparent)]
     Runner(Box<RunnerError>),
     /// Anything else.
     #[error(transparent)]
     Core(Box<Error>),
+}
+
+/// A built image that could not be written to the output.
+#[derive(Debug, thiserror::Error)]
+#[error("could not write the image to {output}")]
+pub struct OutputFailed {
+    /// The output, described.
+    pub output: String,
+    /// The image's name.
+    pub image: ImageReference,
+    /// The OCI layout in the app's build state that holds the built image.
+    pub layout: PathBuf,
+    /// The cause.
+    #[source]
+    pub source: Error,
 }
 
 impl From<Error> for BuildError {
@@ -179,6 +198,10 @@ pub trait BuildEvents: Send + Sync {
     }
     /// Progress of downloads (the builder's layers).
     fn pull_reporter(&self) -> Arc<dyn Reporter> {
+        Arc::new(locald_core::progress::Silent)
+    }
+    /// Progress of the output's writes (a push's blobs).
+    fn push_reporter(&self) -> Arc<dyn Reporter> {
         Arc::new(locald_core::progress::Silent)
     }
     /// Notes while waiting (for another process's lock).
@@ -601,21 +624,29 @@ pub async fn build(
     if let Some(parent) = output.path.as_deref().and_then(Path::parent) {
         std::fs::create_dir_all(parent).map_err(Error::io("create directory", parent))?;
     }
-    let destination = (output.open)(vec![image_ref.to_string()])
+    let written = async {
+        let destination = (output.open)(vec![image_ref.to_string()]).await?;
+        copy_image(
+            &layout_source,
+            &exported,
+            destination.as_ref(),
+            &CopyOptions {
+                cancel: cancel.clone(),
+                reporter: events.push_reporter(),
+                ..CopyOptions::default()
+            },
+        )
         .await
-        .context(|| format!("could not write the image to {}", output.describe))?;
-    let written = copy_image(
-        &layout_source,
-        &exported,
-        destination.as_ref(),
-        &CopyOptions {
-            cancel: cancel.clone(),
-            ..CopyOptions::default()
-        },
-    )
+    }
     .await
-    .context(|| format!("could not write the image to {}", output.describe))?;
-    drop(destination);
+    .map_err(|source| {
+        BuildError::Output(Box::new(OutputFailed {
+            output: output.describe.clone(),
+            image: image_ref.clone(),
+            layout: image_layout.clone(),
+            source,
+        }))
+    })?;
     // The lifecycle keeps the previous image's blobs beside the new one (to
     // reuse its layers); what neither needs any more goes.
     let freed =

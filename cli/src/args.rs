@@ -51,6 +51,7 @@ Examples:
   locald build ./app --source oci-layout:./builder-layout --pull never
   locald build ./app --source docker-archive:./builder.tar --output docker-archive:app.tar
   locald build ./app --env NODE_ENV=production --env API_KEY
+  locald build ./app --image ghcr.io/me/app:1.0 --publish
 
 Runners:
   container  (default where user namespaces work) the lifecycle runs in a rootless
@@ -88,10 +89,16 @@ pub struct BuildArgs {
     /// The output image's name (default: the app directory's name, `:latest`).
     #[arg(long, value_name = "NAME")]
     pub image: Option<String>,
-    /// Where to write the image: `oci-layout:DIR` (default `oci-layout:./<name>.oci`)
-    /// or `docker-archive:FILE` (a `docker load`-able tarball).
+    /// Where to write the image: `oci-layout:DIR` (default `oci-layout:./<name>.oci`),
+    /// `docker-archive:FILE` (a `docker load`-able tarball) or `registry:REF` (pushed).
     #[arg(long, value_name = "SPEC")]
     pub output: Option<String>,
+    /// Push the image to the registry --image names (which must name one, e.g.
+    /// ghcr.io/me/app:1.0). locald pushes after the lifecycle exported, with the
+    /// credentials of --creds or your docker/podman login: they never enter the
+    /// build. The app's build state keeps the image for the next build.
+    #[arg(long, conflicts_with = "output")]
+    pub publish: bool,
     /// The run image (default: the builder's, from its run.toml or stack.toml).
     #[arg(long, value_name = "IMAGE")]
     pub run_image: Option<String>,
@@ -275,6 +282,40 @@ pub enum ImageCommand {
         after_help = "Examples:\n  locald image inspect builder --source oci-layout:./layout\n  locald image inspect --source oci-layout:./layout --json | jq .layers"
     )]
     Inspect(InspectArgs),
+    /// Copy an image from any source into any destination: a registry
+    /// (`registry:REF`, pushed), an OCI layout (`oci-layout:DIR`) or a docker
+    /// archive (`docker-archive:FILE`).
+    ///
+    /// Blobs the destination has are skipped (a registry answers HEAD, and mounts
+    /// blobs from another repository of the same registry); every byte copied is
+    /// checked against its digest; the manifest goes last, so an interrupted copy
+    /// names nothing. The manifest digest is kept (docker archives read by the
+    /// docker-archive source get an OCI manifest made from `manifest.json`).
+    #[command(
+        after_help = "Examples:\n  locald image copy --source oci-layout:./app.oci --to registry:ghcr.io/me/app:1.0\n  locald image copy ghcr.io/me/app:1.0 --to registry:ghcr.io/me/app:stable\n  locald image copy busybox:1.36 --all-platforms --to oci-layout:./busybox\n  locald image copy app:latest --source oci-layout:./app.oci --to docker-archive:app.tar\n\nThe copied image's digest is printed on stdout."
+    )]
+    Copy(CopyArgs),
+}
+
+/// `locald image copy`
+#[derive(Debug, Args)]
+pub struct CopyArgs {
+    #[command(flatten)]
+    pub source: SourceArgs,
+    /// Where to copy it: `registry:REF`, `oci-layout:DIR` or `docker-archive:FILE`.
+    #[arg(long, value_name = "SPEC")]
+    pub to: String,
+    /// The image's name in an oci-layout or docker-archive destination (default:
+    /// IMAGE, or the name the source holds it under, normalised).
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+    /// Copy every platform of a multi-platform image (the index whole) instead
+    /// of one.
+    #[arg(long, conflicts_with = "platform")]
+    pub all_platforms: bool,
+    /// Print JSON on stdout (source, destination, digest, size).
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Where the image comes from.

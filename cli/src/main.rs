@@ -161,6 +161,9 @@ async fn run(cli: Cli, cancel: locald_core::cancel::Cancel) -> anyhow::Result<()
                 commands::image::extract(a, cli.quiet, cancel.clone()).await
             }
             Command::Image(ImageCommand::Inspect(a)) => commands::image::inspect(a).await,
+            Command::Image(ImageCommand::Copy(a)) => {
+                commands::image::copy(a, cli.quiet, cancel.clone()).await
+            }
             Command::Plugin(PluginCommand::Ls(a)) => commands::plugin::ls(a),
             Command::Builder(c) => {
                 use commands::builder;
@@ -216,6 +219,11 @@ fn is_cancelled(e: &anyhow::Error) -> bool {
 
 /// A line telling the user what to do, where we know one.
 fn hint(e: &anyhow::Error) -> Option<String> {
+    // A `UserError` given as context (over the error it explains) is not seen
+    // by `chain()`'s downcasts.
+    if let Some(u) = e.downcast_ref::<UserError>() {
+        return Some(u.hint.clone());
+    }
     for cause in e.chain() {
         if let Some(u) = cause.downcast_ref::<UserError>() {
             return Some(u.hint.clone());

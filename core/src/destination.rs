@@ -22,7 +22,7 @@ use crate::cancel::Cancel;
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::progress::{Reporter, Silent};
-use crate::source::{BoxFuture, ImageSource, LayerInfo, ResolvedImage};
+use crate::source::{BoxFuture, ImageSource, LayerInfo, ResolvedImage, ResolvedIndex};
 
 /// What a copy wrote.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,6 +73,28 @@ pub trait ImageDestination: Send + Sync {
     /// Stores `image`'s manifest, after all of its blobs, under the names the
     /// destination was opened for, and makes the image visible there.
     fn put_manifest<'a>(&'a self, image: &'a ResolvedImage) -> BoxFuture<'a, Result<Written>>;
+
+    /// Stores `image`'s manifest, after its blobs, without naming it: one
+    /// platform of an index put next.
+    fn put_child_manifest<'a>(&'a self, image: &'a ResolvedImage) -> BoxFuture<'a, Result<()>> {
+        let _ = image;
+        Box::pin(async { Err(self.no_index()) })
+    }
+
+    /// Stores `index` (after every manifest it lists) under the destination's
+    /// names and makes it visible there.
+    fn put_index<'a>(&'a self, index: &'a ResolvedIndex) -> BoxFuture<'a, Result<Written>> {
+        let _ = index;
+        Box::pin(async { Err(self.no_index()) })
+    }
+
+    /// The error of a destination that holds one platform only.
+    fn no_index(&self) -> Error {
+        Error::source(format!(
+            "{} holds a single-platform image; pick one platform with --platform",
+            self.describe()
+        ))
+    }
 }
 
 /// How [`copy_image`] copies.
@@ -105,6 +127,39 @@ pub async fn copy_image(
     destination: &dyn ImageDestination,
     options: &CopyOptions,
 ) -> Result<Written> {
+    copy_blobs(source, image, destination, options).await?;
+    options.cancel.check()?;
+    destination.put_manifest(image).await
+}
+
+/// Copies a multi-platform image whole: each image's blobs and manifest, then
+/// the index under the destination's names. The index digest is kept.
+pub async fn copy_index(
+    source: &dyn ImageSource,
+    index: &ResolvedIndex,
+    destination: &dyn ImageDestination,
+    options: &CopyOptions,
+) -> Result<Written> {
+    let mut size = index.bytes.len() as u64;
+    for image in &index.images {
+        copy_blobs(source, image, destination, options).await?;
+        options.cancel.check()?;
+        destination.put_child_manifest(image).await?;
+        size += image.manifest_bytes.len() as u64 + image.config_bytes.len() as u64;
+        size += image.layers.iter().map(|l| l.size).sum::<u64>();
+    }
+    let mut written = destination.put_index(index).await?;
+    written.size = written.size.max(size);
+    Ok(written)
+}
+
+/// Puts the config and the layers of `image` that `destination` lacks.
+async fn copy_blobs(
+    source: &dyn ImageSource,
+    image: &ResolvedImage,
+    destination: &dyn ImageDestination,
+    options: &CopyOptions,
+) -> Result<()> {
     options.cancel.check()?;
     let config = image.manifest.config();
     if !destination
@@ -168,8 +223,7 @@ pub async fn copy_image(
         .buffer_unordered(options.parallel.max(1))
         .try_collect::<Vec<()>>()
         .await?;
-    options.cancel.check()?;
-    destination.put_manifest(image).await
+    Ok(())
 }
 
 /// Read and write buffer size of blob copies.

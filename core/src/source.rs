@@ -83,6 +83,13 @@ pub trait ImageSource: Send + Sync {
         None
     }
 
+    /// For a registry, `(registry, repository)` of the image it serves now: a
+    /// destination in the same registry can mount blobs from that repository
+    /// instead of uploading them.
+    fn registry_origin(&self) -> Option<(String, String)> {
+        None
+    }
+
     /// A nested manifest or index named by a descriptor. Registries override this
     /// (manifests live at a different endpoint than blobs).
     fn fetch_manifest<'a>(&'a self, descriptor: &'a Descriptor) -> BoxFuture<'a, Result<Vec<u8>>> {
@@ -299,6 +306,97 @@ pub async fn resolve(
         tracing::warn!("{what} is built for {image_platform}, not for this machine ({platform})");
     }
     Ok(image)
+}
+
+/// An image index with every image it lists, each verified.
+#[derive(Debug, Clone)]
+pub struct ResolvedIndex {
+    /// What was asked for (or the name the source found), for messages.
+    pub name: String,
+    /// The index's digest.
+    pub digest: Digest,
+    /// Its raw bytes (digest-verified).
+    pub bytes: Vec<u8>,
+    /// Its media type.
+    pub media_type: String,
+    /// The images it lists, in its order.
+    pub images: Vec<ResolvedImage>,
+}
+
+/// What an image name resolves to with every platform kept.
+#[derive(Debug, Clone)]
+pub enum Resolved {
+    /// A single image.
+    Image(Box<ResolvedImage>),
+    /// A multi-platform image.
+    Index(ResolvedIndex),
+}
+
+/// [`resolve`] keeping every platform: the top-level document as it is, and for
+/// an index each image it lists (nested indexes are refused). Every document
+/// is verified as `resolve` verifies it.
+pub async fn resolve_all(source: &dyn ImageSource, image: Option<&str>) -> Result<Resolved> {
+    let root = source.root(image).await?;
+    let name = image
+        .map(str::to_owned)
+        .or(root.name.clone())
+        .unwrap_or_else(|| "the image".to_owned());
+    let what = format!("{name} in {}", source.describe());
+    let digest = verify_bytes(
+        &root.bytes,
+        root.digest.as_ref(),
+        &format!("manifest of {what}"),
+    )?;
+    let doc_what = format!("{} of {what}", digest.short());
+    if manifest::classify(root.media_type.as_deref(), &root.bytes, &doc_what)?
+        == DocumentKind::Manifest
+    {
+        let platform = Platform::host();
+        return Ok(Resolved::Image(Box::new(
+            resolve(source, image, &platform, false).await?,
+        )));
+    }
+    let index = manifest::parse_index(&root.bytes, &format!("image index {doc_what}"))?;
+    let mut images = Vec::new();
+    for d in index.manifests() {
+        let child_what = format!("manifest {} of {what}", d.digest());
+        let child_digest = manifest::descriptor_digest(d, &child_what)?;
+        manifest::check_size(d.size(), &child_what)?;
+        let child = source.fetch_manifest(d).await?;
+        verify_size(&child, d, &child_what)?;
+        verify_bytes(&child, Some(&child_digest), &child_what)?;
+        if manifest::classify(Some(d.media_type().as_ref()), &child, &child_what)?
+            == DocumentKind::Index
+        {
+            return Err(Error::IndexTooDeep { what, limit: 1 });
+        }
+        let parsed = manifest::parse_manifest(&child, &child_what)?;
+        let config_desc = parsed.config().clone();
+        let config_what = format!("config {} of {child_what}", config_desc.digest());
+        manifest::descriptor_digest(&config_desc, &config_what)?;
+        manifest::check_size(config_desc.size(), &config_what)?;
+        let config_bytes = source.fetch_manifest(&config_desc).await?;
+        images.push(from_parts(
+            name.clone(),
+            digest.clone(),
+            child_digest,
+            child,
+            config_bytes,
+        )?);
+    }
+    let media_type = index
+        .media_type()
+        .as_ref()
+        .map(|m| m.to_string())
+        .or(root.media_type)
+        .unwrap_or_else(|| manifest::OCI_INDEX.to_owned());
+    Ok(Resolved::Index(ResolvedIndex {
+        name,
+        digest,
+        bytes: root.bytes,
+        media_type,
+        images,
+    }))
 }
 
 /// Builds a [`ResolvedImage`] from an image manifest's and its config's bytes

@@ -1206,6 +1206,9 @@ struct Faults {
     statuses: VecDeque<(u16, Vec<(String, String)>)>,
     /// Applied to the next 200/206 blob GET responses, one each.
     responses: VecDeque<ResponseFault>,
+    /// The next uploads (`PATCH`/`PUT` of `.../blobs/uploads/...` with a body):
+    /// forward this many body bytes, then drop both connections.
+    upload_cuts: VecDeque<u64>,
 }
 
 struct ProxyShared {
@@ -1371,6 +1374,20 @@ impl Proxy {
         let mut f = lock(&self.shared.faults);
         f.statuses.clear();
         f.responses.clear();
+        f.upload_cuts.clear();
+    }
+
+    /// Upload cuts not hit yet.
+    pub fn pending_upload_cuts(&self) -> usize {
+        lock(&self.shared.faults).upload_cuts.len()
+    }
+
+    /// The next upload request with a body longer than `bytes` (`PATCH` or
+    /// `PUT` of `.../blobs/uploads/...`) reaches the registry with only `bytes`
+    /// of its body; then both connections are dropped, as a network failure
+    /// would.
+    pub fn cut_next_upload_after(&self, bytes: u64) {
+        lock(&self.shared.faults).upload_cuts.push_back(bytes);
     }
 }
 
@@ -1385,6 +1402,14 @@ impl Drop for Proxy {
             let _ = c.shutdown(Shutdown::Both);
         }
     }
+}
+
+/// Whether log entry `idx` is an upload request (`PATCH`/`PUT` of
+/// `.../blobs/uploads/...`).
+fn req_method_is_upload(log: &Mutex<Vec<ProxyRequest>>, idx: usize) -> bool {
+    lock(log).get(idx).is_some_and(|r| {
+        (r.method == "PATCH" || r.method == "PUT") && r.path.contains("/blobs/uploads/")
+    })
 }
 
 fn is_blob_path(path: &str) -> bool {
@@ -1500,7 +1525,26 @@ fn proxy_requests(
             }
             continue;
         }
+        let upload =
+            (req_method_is_upload(&shared.log, idx)) && body_len.is_some_and(|n| n > 0) && !chunked;
+        // A cut applies to the next upload whose body is longer than it.
+        let cut = if upload {
+            let mut faults = lock(&shared.faults);
+            match faults.upload_cuts.front() {
+                Some(&c) if body_len.is_some_and(|n| n > c) => faults.upload_cuts.pop_front(),
+                _ => None,
+            }
+        } else {
+            None
+        };
         upstream.write_all(&head)?;
+        if let (Some(cut), Some(n)) = (cut, body_len) {
+            copy_exact(&mut r, &mut upstream, cut.min(n))?;
+            upstream.flush()?;
+            let _ = upstream.shutdown(Shutdown::Both);
+            let _ = r.get_ref().shutdown(Shutdown::Both);
+            return Err(io::Error::other("upload cut by the test proxy"));
+        }
         if chunked {
             copy_chunked(&mut r, &mut upstream)?;
         } else if let Some(n) = body_len {

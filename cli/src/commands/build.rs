@@ -23,16 +23,35 @@ pub async fn build(
 ) -> anyhow::Result<()> {
     let app = locald_build::flow::app_dir(&args.app).map_err(build_error)?;
     let image = locald_build::image_name(&app, args.image.as_deref()).map_err(build_error)?;
-    let output = match &args.output {
-        Some(spec) => Output::parse(spec)?,
-        None => Output::Layout(PathBuf::from(format!(
+    let output = match (&args.output, args.publish) {
+        (Some(_), true) => {
+            return Err(UserError::with_hint(
+                "--publish and --output both say where the image goes",
+                "use one: --publish pushes to the registry --image names (the same as --output registry:IMAGE)",
+            )
+            .into())
+        }
+        (Some(spec), false) => Output::parse(spec, "--output")?,
+        (None, true) => {
+            if !names_a_registry(args.image.as_deref()) {
+                return Err(UserError::with_hint(
+                    format!(
+                        "--publish pushes to the registry --image names, and {} names none",
+                        match &args.image {
+                            Some(i) => format!("--image {i:?}"),
+                            None => "no --image".to_owned(),
+                        }
+                    ),
+                    "name the image with its registry, e.g. --image ghcr.io/me/app:1.0 (or --image docker.io/me/app for Docker Hub)",
+                )
+                .into());
+            }
+            Output::Registry(image.clone())
+        }
+        (None, false) => Output::Layout(std::path::absolute(PathBuf::from(format!(
             "{}.oci",
             image.repository().rsplit('/').next().unwrap_or("app")
-        ))),
-    };
-    let output = match output {
-        Output::Layout(p) => Output::Layout(std::path::absolute(&p)?),
-        Output::Archive(p) => Output::Archive(std::path::absolute(&p)?),
+        )))?),
     };
     let env: Vec<(String, String)> = args
         .env
@@ -62,7 +81,7 @@ pub async fn build(
         env,
         clear_cache: args.clear_cache,
         runner,
-        output: output.open(),
+        output: output.for_build(&args.registry),
         debug: verbose > 0,
         color: std::env::var_os(crate::env::NO_COLOR).is_none()
             && std::io::IsTerminal::is_terminal(&std::io::stderr()),
@@ -78,6 +97,10 @@ pub async fn build(
             "digest": built.written.manifest_digest.to_string(),
             "config_digest": built.written.config_digest.to_string(),
             "output": built.output,
+            "published": match &output {
+                Output::Registry(r) => Some(format!("{r}@{}", built.written.manifest_digest)),
+                _ => None,
+            },
             "runner": built.runner,
             "builder": built.builder.0,
             "builder_digest": built.builder.1.to_string(),
@@ -96,6 +119,9 @@ pub async fn build(
         );
         let short = locald_source_docker_archive::familiar_name(&image);
         match &output {
+            Output::Registry(r) => {
+                eprintln!("Pushed {r}@{}", built.written.manifest_digest);
+            }
             Output::Layout(dir) => {
                 // The layout names the image by its full reference.
                 eprintln!(
@@ -117,6 +143,17 @@ pub async fn build(
     }
     println!("{}", built.written.manifest_digest);
     Ok(())
+}
+
+/// Whether `image` names its registry (`ghcr.io/me/app`, `localhost:5000/app`,
+/// `docker.io/me/app`), as `--publish` needs: a first component with a `.` or a
+/// `:`, or `localhost`.
+fn names_a_registry(image: Option<&str>) -> bool {
+    image
+        .and_then(|i| i.split_once('/'))
+        .is_some_and(|(first, _)| {
+            first.contains('.') || first.contains(':') || first == "localhost"
+        })
 }
 
 /// What the user sees of a build: one line per step on stderr.
@@ -159,6 +196,10 @@ impl BuildEvents for Events {
     fn notes(&self) -> Arc<dyn Reporter> {
         crate::progress::notes_only()
     }
+
+    fn push_reporter(&self) -> Arc<dyn Reporter> {
+        crate::progress::reporter(self.quiet, 0)
+    }
 }
 
 /// A build error as the CLI shows it: a sentence with a hint (and the
@@ -177,6 +218,22 @@ fn build_error(e: BuildError) -> anyhow::Error {
             error.into()
         }
         BuildError::Failed { context, source } => anyhow::Error::new(*source).context(context),
+        BuildError::Output(failed) => {
+            let locald_build::flow::OutputFailed {
+                output,
+                image,
+                layout,
+                source,
+            } = *failed;
+            let retry = format!(
+                "the image is built and kept in this app's build state; retry with `locald image copy {image} --source oci-layout:{} --to {output}`",
+                layout.display()
+            );
+            anyhow::Error::new(source).context(UserError::with_hint(
+                format!("could not write the image to {output}"),
+                retry,
+            ))
+        }
         BuildError::Runner(e) => anyhow::Error::new(*e),
         BuildError::Core(e) => anyhow::Error::new(*e),
     }

@@ -1,4 +1,4 @@
-//! `locald image extract` and `locald image inspect`.
+//! `locald image extract`, `locald image inspect` and `locald image copy`.
 
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -9,8 +9,9 @@ use locald_core::source::{self, ResolvedImage};
 use locald_extract::{ExtractOptions, PathFilter};
 
 use super::{open_source, platform};
-use crate::args::{ExtractArgs, InspectArgs, SourceArgs};
+use crate::args::{CopyArgs, ExtractArgs, InspectArgs, SourceArgs};
 use crate::human::bytes as human_bytes;
+use crate::output::Output;
 use crate::UserError;
 
 async fn resolve(
@@ -160,5 +161,89 @@ pub async fn inspect(args: InspectArgs) -> anyhow::Result<()> {
             l.media_type
         );
     }
+    Ok(())
+}
+
+/// `locald image copy`
+pub async fn copy(args: CopyArgs, quiet: bool, cancel: Cancel) -> anyhow::Result<()> {
+    use locald_core::destination::{copy_image, copy_index, CopyOptions};
+    let started = Instant::now();
+    let to = Output::parse(&args.to, "--to")?;
+    let src = open_source(args.source.source.as_deref(), &args.source.registry, false)?;
+    let resolved = if args.all_platforms {
+        source::resolve_all(src.as_ref(), args.source.image.as_deref())
+            .await
+            .with_context(|| match &args.source.image {
+                Some(i) => format!("could not resolve image {i:?} in {}", src.describe()),
+                None => format!("could not resolve the image in {}", src.describe()),
+            })?
+    } else {
+        let (plat, explicit) = platform(args.source.platform.as_deref())?;
+        let image = source::resolve(src.as_ref(), args.source.image.as_deref(), &plat, explicit)
+            .await
+            .with_context(|| match &args.source.image {
+                Some(i) => format!("could not resolve image {i:?} in {}", src.describe()),
+                None => format!("could not resolve the image in {}", src.describe()),
+            })?;
+        source::Resolved::Image(Box::new(image))
+    };
+    let (found_name, total) = match &resolved {
+        source::Resolved::Image(i) => (i.name.clone(), i.layers.iter().map(|l| l.size).sum()),
+        source::Resolved::Index(x) => (
+            x.name.clone(),
+            x.images
+                .iter()
+                .flat_map(|i| i.layers.iter().map(|l| l.size))
+                .sum(),
+        ),
+    };
+    let name = args
+        .name
+        .clone()
+        .or_else(|| args.source.image.clone())
+        .unwrap_or(found_name);
+    // Local destinations name the image by its full reference when it is one.
+    let name = locald_core::ImageReference::parse(&name)
+        .map(|r| r.to_string())
+        .unwrap_or(name);
+    let destination = to
+        .open_destination(vec![name], &args.source.registry)
+        .await
+        .with_context(|| format!("could not open {}", to.describe()))?;
+    let options = CopyOptions {
+        cancel,
+        reporter: crate::progress::reporter(quiet || args.json, total),
+        parallel: 4,
+    };
+    let written = match &resolved {
+        source::Resolved::Image(image) => {
+            copy_image(src.as_ref(), image, destination.as_ref(), &options).await
+        }
+        source::Resolved::Index(index) => {
+            copy_index(src.as_ref(), index, destination.as_ref(), &options).await
+        }
+    }
+    .with_context(|| format!("could not copy the image to {}", to.describe()))?;
+    let elapsed = started.elapsed().as_secs_f64();
+    if args.json {
+        let out = serde_json::json!({
+            "source": src.describe(),
+            "destination": to.describe(),
+            "digest": written.manifest_digest.to_string(),
+            "size": written.size,
+            "seconds": elapsed,
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+    if !quiet {
+        eprintln!(
+            "Copied {} ({}) to {} in {elapsed:.1}s",
+            written.manifest_digest.short(),
+            human_bytes(written.size),
+            to.describe()
+        );
+    }
+    println!("{}", written.manifest_digest);
     Ok(())
 }

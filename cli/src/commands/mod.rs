@@ -13,10 +13,10 @@ use locald_core::lifecycle::LifecycleRunner;
 use locald_core::source::{ImageSource, SchemeRegistry, SourceSpec};
 use locald_core::Platform;
 
-/// Registers the built-in sources.
-pub fn builtin_schemes(r: &mut SchemeRegistry, registry: &RegistryArgs) -> anyhow::Result<()> {
-    locald_source_oci_layout::register(r)?;
-    locald_source_docker_archive::register(r)?;
+/// The registry options `--creds`, `--insecure-registry` and `--ca-cert` give.
+pub fn registry_options(
+    registry: &RegistryArgs,
+) -> anyhow::Result<locald_source_registry::RegistryOptions> {
     let credential = registry
         .creds
         .as_deref()
@@ -24,15 +24,23 @@ pub fn builtin_schemes(r: &mut SchemeRegistry, registry: &RegistryArgs) -> anyho
             locald_source_registry::Credential::parse_explicit(c, "--creds/LOCALD_REGISTRY_CREDS")
         })
         .transpose()?;
-    let options = locald_source_registry::RegistryOptions {
+    Ok(locald_source_registry::RegistryOptions {
         credential,
         insecure: registry.insecure_registries.clone(),
         ca_certs: registry.ca_certs.clone(),
         ..Default::default()
-    };
+    })
+}
+
+/// Registers the built-in sources.
+pub fn builtin_schemes(r: &mut SchemeRegistry, registry: &RegistryArgs) -> anyhow::Result<()> {
+    locald_source_oci_layout::register(r)?;
+    locald_source_docker_archive::register(r)?;
     r.register(
         locald_source_registry::SCHEME,
-        Box::new(locald_source_registry::Factory::new(options)),
+        Box::new(locald_source_registry::Factory::new(registry_options(
+            registry,
+        )?)),
     )?;
     Ok(())
 }

@@ -1746,3 +1746,124 @@ fn native_as_root_needs_dirs_the_build_user_can_reach() {
     );
     assert!(!out.exists());
 }
+
+/// `--publish`: the build pushes to the registry `--image` names, with the
+/// digest the build reports; a registry that is down fails the push, keeps the
+/// built image and prints a `locald image copy` line that works as printed.
+/// Nothing is pushed when the build fails.
+#[test]
+fn publishes_to_a_registry() {
+    if !require::tool("skopeo") || !require::tool("docker-registry") {
+        return;
+    }
+    let w = World::new();
+    let files = [("hello.txt", "published\n")];
+    let Some((_, src, app)) = setup(&w, &files) else {
+        return;
+    };
+    let reg = Registry::start(Auth::htpasswd("ci", "secret"));
+    let image = format!("{}/team/app-{}:1", reg.addr(), w.id);
+    let runner = any_runner();
+    let base = |extra: &[&str]| -> Vec<String> {
+        let mut a: Vec<String> = [
+            "build",
+            app.to_str().unwrap(),
+            "--runner",
+            runner.name(),
+            "--builder",
+            BUILDER,
+            "--source",
+            &src,
+            "--image",
+            &image,
+            "--json",
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+        a.extend(extra.iter().map(|s| (*s).to_owned()));
+        a
+    };
+    let run = |args: Vec<String>| w.run(&args.iter().map(String::as_str).collect::<Vec<_>>());
+
+    // A failed build pushes nothing.
+    std::fs::write(app.join(FAIL_DETECT), "").unwrap();
+    let r = run(base(&["--publish", "--creds", "ci:secret"]));
+    assert_ne!(r.code, 0, "{r}");
+    std::fs::remove_file(app.join(FAIL_DETECT)).unwrap();
+    assert!(
+        reg.inspect_raw(&format!("team/app-{}:1", w.id)).is_err(),
+        "a failed build pushed"
+    );
+
+    let r = run(base(&["--publish", "--creds", "ci:secret"]));
+    assert_eq!(r.code, 0, "{r}");
+    let v = r.json();
+    let digest = v["digest"].as_str().unwrap().to_owned();
+    assert_eq!(v["output"], format!("registry:{image}"), "{v:#}");
+    assert_eq!(v["published"], format!("{image}@{digest}"), "{v:#}");
+    let raw = reg.inspect_raw(&format!("team/app-{}:1", w.id)).unwrap();
+    assert_eq!(locald_tests::fixture::sha256_digest(raw.as_bytes()), digest);
+
+    // The registry gone: the push fails, the image stays, the hint works.
+    reg.kill();
+    let r = run(base(&["--publish", "--creds", "ci:secret"]));
+    assert_eq!(r.code, 1, "{r}");
+    assert!(
+        r.stderr
+            .contains(&format!("could not write the image to registry:{image}")),
+        "{r}"
+    );
+    let hint = r
+        .stderr
+        .lines()
+        .find(|l| l.contains("locald image copy"))
+        .unwrap_or_else(|| panic!("no retry line:\n{r}"));
+    let retry = hint[hint.find('`').unwrap() + 1..hint.rfind('`').unwrap()].to_owned();
+    reg.restart();
+    let mut args: Vec<String> = retry
+        .split_whitespace()
+        .skip(1)
+        .map(str::to_owned)
+        .collect();
+    args.extend(["--creds".to_owned(), "ci:secret".to_owned()]);
+    let r = w.run(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(r.code, 0, "{retry}: {r}");
+    let raw = reg.inspect_raw(&format!("team/app-{}:1", w.id)).unwrap();
+    assert_eq!(
+        locald_tests::fixture::sha256_digest(raw.as_bytes()),
+        r.stdout.trim()
+    );
+}
+
+/// `--publish` needs a registry in `--image`, and says so.
+#[test]
+fn publish_without_a_registry_is_refused() {
+    let w = World::new();
+    let app = w.app("app", &[("hello.txt", "x\n")]);
+    for image in [None, Some("app:1"), Some("team/app:1")] {
+        let mut args = vec!["build", app.to_str().unwrap(), "--publish"];
+        if let Some(i) = image {
+            args.extend(["--image", i]);
+        }
+        let r = w.run(&args);
+        assert_eq!(r.code, 1, "{image:?}: {r}");
+        assert!(
+            r.stderr
+                .contains("--publish pushes to the registry --image names"),
+            "{r}"
+        );
+        assert!(
+            r.stderr.contains("hint: name the image with its registry"),
+            "{r}"
+        );
+    }
+    let r = w.run(&[
+        "build",
+        app.to_str().unwrap(),
+        "--publish",
+        "--output",
+        "oci-layout:x",
+    ]);
+    assert_eq!(r.code, 2, "{r}");
+}

@@ -8,6 +8,7 @@ use locald_tests::fixture::{Compression, Entry, ImageSpec, IndexSpec, Layer, Lay
 mod build;
 mod builder_cache;
 mod builder_local;
+mod copy;
 mod plugins;
 
 fn locald(args: &[&str]) -> Output {

@@ -21,7 +21,7 @@ use locald_core::manifest::{
     MAX_JSON_BYTES, OCI_INDEX, OCI_LAYOUT_MARKER, REF_NAME,
 };
 use locald_core::oci_spec::image::Descriptor;
-use locald_core::source::{self, BoxFuture, ResolvedImage};
+use locald_core::source::{self, BoxFuture, ResolvedImage, ResolvedIndex};
 use locald_core::stream::HashingReader;
 
 /// What [`OciLayoutDestination::open`] does with a layout already at its path.
@@ -224,16 +224,16 @@ impl ImageDestination for OciLayoutDestination {
         Box::pin(async move {
             let manifest_path = self.root.join(image.manifest_digest.blob_path());
             write_atomic(&manifest_path, &image.manifest_bytes)?;
-            let index = merged_index(self.existing_index.clone(), image, &self.names)?;
-            let fresh = self.fresh.lock().map(|mut f| f.take()).unwrap_or(None);
-            match fresh {
-                Some(tmp) => {
-                    write_file(&tmp.path().join("index.json"), &index)?;
-                    set_mode(tmp.path(), 0o755)?;
-                    publish_dir(tmp, &self.path)?;
-                }
-                None => write_atomic(&self.path.join("index.json"), &index)?,
-            }
+            let index = merged_index(self.existing_index.clone(), &self.names, |annotations| {
+                index_entry(
+                    &manifest_media_type(&image.manifest),
+                    &image.manifest_digest,
+                    image.manifest_bytes.len() as u64,
+                    &image.config,
+                    annotations,
+                )
+            })?;
+            self.publish(&index)?;
             let mut size = image.manifest_bytes.len() as u64 + image.config_bytes.len() as u64;
             let mut seen = std::collections::HashSet::new();
             for l in &image.layers {
@@ -247,6 +247,52 @@ impl ImageDestination for OciLayoutDestination {
                 size,
             })
         })
+    }
+
+    fn put_child_manifest<'a>(&'a self, image: &'a ResolvedImage) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            let path = self.root.join(image.manifest_digest.blob_path());
+            write_atomic(&path, &image.manifest_bytes)
+        })
+    }
+
+    fn put_index<'a>(&'a self, index: &'a ResolvedIndex) -> BoxFuture<'a, Result<Written>> {
+        Box::pin(async move {
+            write_atomic(&self.root.join(index.digest.blob_path()), &index.bytes)?;
+            let merged = merged_index(self.existing_index.clone(), &self.names, |annotations| {
+                let mut v = serde_json::json!({
+                    "mediaType": index.media_type,
+                    "digest": index.digest.to_string(),
+                    "size": index.bytes.len(),
+                });
+                if !annotations.is_empty() {
+                    v["annotations"] = serde_json::json!(annotations);
+                }
+                v
+            })?;
+            self.publish(&merged)?;
+            Ok(Written {
+                manifest_digest: index.digest.clone(),
+                config_digest: index.digest.clone(),
+                size: index.bytes.len() as u64,
+            })
+        })
+    }
+}
+
+impl OciLayoutDestination {
+    /// Writes the new `index.json`: into the new layout, then renamed into
+    /// place; or over the existing one, atomically.
+    fn publish(&self, index: &[u8]) -> Result<()> {
+        let fresh = self.fresh.lock().map(|mut f| f.take()).unwrap_or(None);
+        match fresh {
+            Some(tmp) => {
+                write_file(&tmp.path().join("index.json"), index)?;
+                set_mode(tmp.path(), 0o755)?;
+                publish_dir(tmp, &self.path)
+            }
+            None => write_atomic(&self.path.join("index.json"), index),
+        }
     }
 }
 
@@ -395,12 +441,13 @@ fn empty_index() -> serde_json::Value {
     })
 }
 
-/// `existing` index.json (or a new one) with an entry for `image` per name,
-/// replacing any entry of that name (one unnamed entry when there is no name).
+/// `existing` index.json (or a new one) with an entry (made by `entry` from its
+/// annotations) per name, replacing any entry of that name (one unnamed entry
+/// when there is no name).
 fn merged_index(
     existing: Option<serde_json::Value>,
-    image: &ResolvedImage,
     names: &[String],
+    entry: impl Fn(BTreeMap<String, String>) -> serde_json::Value,
 ) -> Result<Vec<u8>> {
     let mut index = existing.unwrap_or_else(empty_index);
     let mut manifests: Vec<serde_json::Value> = index
@@ -408,15 +455,6 @@ fn merged_index(
         .and_then(|m| m.as_array())
         .cloned()
         .unwrap_or_default();
-    let entry = |annotations: BTreeMap<String, String>| {
-        index_entry(
-            &manifest_media_type(&image.manifest),
-            &image.manifest_digest,
-            image.manifest_bytes.len() as u64,
-            &image.config,
-            annotations,
-        )
-    };
     if names.is_empty() {
         manifests.push(entry(BTreeMap::new()));
     }

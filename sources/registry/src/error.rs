@@ -55,6 +55,17 @@ pub enum RegistryError {
         /// The last failure.
         reason: String,
     },
+    /// The registry refused what we sent (a manifest it does not take, a media
+    /// type it does not know, a blob it would not mount).
+    #[error("{what}: registry {registry} refused it: {reason}")]
+    Refused {
+        /// What we were doing.
+        what: String,
+        /// The registry.
+        registry: String,
+        /// What it said.
+        reason: String,
+    },
     /// A CA certificate file could not be used.
     #[error("could not use CA certificate {path}: {reason}")]
     CaCert {

@@ -12,6 +12,7 @@
 
 pub mod auth;
 pub mod error;
+mod push;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -29,6 +30,7 @@ use oci_client::{Reference, RegistryOperation};
 
 pub use auth::Credential;
 pub use error::RegistryError;
+pub use push::RegistryDestination;
 
 /// The source-spec scheme this crate serves (also the default scheme).
 pub const SCHEME: &str = "registry";
@@ -210,6 +212,20 @@ impl RegistrySource {
                 }
             }
         }
+        let session = self.login(image, RegistryOperation::Pull).await?;
+        if let Ok(mut guard) = self.session.lock() {
+            *guard = Some(session.clone());
+        }
+        Ok(session)
+    }
+
+    /// Logs in to the image's registry for `operation` (a push asks for a
+    /// token with push scope) and returns the session.
+    async fn login(
+        &self,
+        image: &ImageReference,
+        operation: RegistryOperation,
+    ) -> locald_core::Result<Session> {
         let registry = image.registry().to_owned();
         let credential = auth::resolve(&registry, self.options.credential.as_ref())?;
         tracing::debug!(registry = %registry, "using {credential:?}");
@@ -227,6 +243,10 @@ impl RegistrySource {
                         &registry,
                         scheme,
                         image.repository(),
+                        match operation {
+                            RegistryOperation::Push => "pull,push",
+                            RegistryOperation::Pull => "pull",
+                        },
                         token,
                         &credential,
                     )
@@ -236,7 +256,7 @@ impl RegistrySource {
         };
         let token = self
             .retry("authentication", &registry, || {
-                client.auth(&reference, &auth, RegistryOperation::Pull)
+                client.auth(&reference, &auth, operation)
             })
             .await
             .map_err(|e| self.classify(e, &registry, &credential, "authentication"))?;
@@ -261,9 +281,6 @@ impl RegistrySource {
             credential,
             scheme,
         };
-        if let Ok(mut guard) = self.session.lock() {
-            *guard = Some(session.clone());
-        }
         Ok(session)
     }
 
@@ -274,6 +291,7 @@ impl RegistrySource {
         registry: &str,
         scheme: &str,
         repository: &str,
+        scope: &str,
         refresh_token: &str,
         credential: &Credential,
     ) -> locald_core::Result<String> {
@@ -308,7 +326,7 @@ impl RegistrySource {
             ("grant_type", "refresh_token".to_owned()),
             ("refresh_token", refresh_token.to_owned()),
             ("client_id", "locald".to_owned()),
-            ("scope", format!("repository:{repository}:pull")),
+            ("scope", format!("repository:{repository}:{scope}")),
         ];
         if let Some(service) = challenge.get("service") {
             form.push(("service", service.clone()));
@@ -579,6 +597,11 @@ impl ImageSource for RegistrySource {
 
     fn is_remote(&self) -> bool {
         true
+    }
+
+    fn registry_origin(&self) -> Option<(String, String)> {
+        let session = self.current().ok()?;
+        Some((session.registry, session.reference.repository().to_owned()))
     }
 
     fn prepare<'a>(&'a self, image: Option<&'a str>) -> BoxFuture<'a, locald_core::Result<()>> {
