@@ -214,7 +214,7 @@ async fn copy_blobs(
                 options.reporter.layer_finished(index);
                 Ok(())
             };
-            put.await.map_err(|e| Error::Layer {
+            put.await.map_err(|e| Error::LayerCopy {
                 index,
                 digest: layer.digest.clone(),
                 source: Box::new(e),

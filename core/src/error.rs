@@ -116,6 +116,17 @@ pub enum Error {
         #[source]
         source: Box<Error>,
     },
+    /// A layer could not be copied to a destination; `source` says why.
+    #[error("layer {index} ({digest}) could not be copied")]
+    LayerCopy {
+        /// 1-based layer number.
+        index: usize,
+        /// The layer's digest.
+        digest: Digest,
+        /// Why.
+        #[source]
+        source: Box<Error>,
+    },
     /// An archive entry that we refuse to apply.
     #[error("entry {entry:?}: {reason}")]
     BadEntry {

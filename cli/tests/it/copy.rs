@@ -427,3 +427,91 @@ fn bad_destinations_are_refused() {
         r.stdout
     );
 }
+
+/// Uploads that keep failing: the copy gives up with a sentence, and no tag
+/// names a partial image.
+#[test]
+fn a_copy_that_fails_leaves_no_tag() {
+    if !peers_here() {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let reg = Registry::start(Auth::None);
+    let proxy = Proxy::start(&reg.addr());
+    let layout = t.path().join("layout");
+    app_layout(&layout, 12 << 20);
+    for _ in 0..12 {
+        proxy.cut_next_upload_after(1 << 20);
+    }
+    let r = locald(
+        t.path(),
+        &[
+            "image",
+            "copy",
+            "app",
+            "--source",
+            &format!("oci-layout:{}", layout.display()),
+            "--to",
+            &format!("registry:{}/broken/app:1", proxy.addr()),
+        ],
+    );
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("could not copy the image to registry:")
+            && r.stderr.contains("layer 2 (sha256:")
+            && r.stderr.contains("could not be copied"),
+        "{}",
+        r.stderr
+    );
+    assert!(reg.inspect_raw("broken/app:1").is_err(), "a tag appeared");
+    assert!(
+        !reg.requests()
+            .iter()
+            .any(|(m, uri, _)| m == "PUT" && uri.contains("/manifests/")),
+        "a manifest was pushed"
+    );
+}
+
+/// Layout to layout keeps the digest and adds the name beside what is there.
+#[test]
+fn layout_to_layout_keeps_the_digest() {
+    let t = tempfile::tempdir().unwrap();
+    let layout = t.path().join("layout");
+    let digest = app_layout(&layout, 4096);
+    let out = t.path().join("out");
+    for name in ["one:1", "two:2"] {
+        let r = locald(
+            t.path(),
+            &[
+                "image",
+                "copy",
+                "app",
+                "--source",
+                &format!("oci-layout:{}", layout.display()),
+                "--name",
+                name,
+                "--to",
+                &format!("oci-layout:{}", out.display()),
+            ],
+        );
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        assert_eq!(r.stdout.trim(), digest);
+    }
+    let index: Value =
+        serde_json::from_slice(&std::fs::read(out.join("index.json")).unwrap()).unwrap();
+    let names: Vec<&str> = index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            assert_eq!(m["digest"], digest.as_str());
+            m["annotations"]["org.opencontainers.image.ref.name"]
+                .as_str()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(
+        names,
+        ["docker.io/library/one:1", "docker.io/library/two:2"]
+    );
+}
