@@ -325,7 +325,9 @@ impl RegistryDestination {
             count = bytes.len() as u64;
             check_blob(blob.digest, blob.size, hasher.finish(), count, &blob.what)
                 .map_err(Stop::Fail)?;
-            return self.commit(name, blob, &location, bytes.to_vec()).await;
+            return self
+                .commit(name, blob, &location, bytes::Bytes::copy_from_slice(bytes))
+                .await;
         }
         let reader = blob
             .source
@@ -349,7 +351,9 @@ impl RegistryDestination {
             )
             .map_err(Stop::Fail)?;
             (blob.progress)(bytes.len() as u64);
-            return self.commit(name, blob, &location, bytes).await;
+            return self
+                .commit(name, blob, &location, bytes::Bytes::from(bytes))
+                .await;
         }
         loop {
             blob.cancel.check().map_err(Stop::Fail)?;
@@ -372,12 +376,14 @@ impl RegistryDestination {
                     actual: count,
                 }));
             }
+            let chunk = bytes::Bytes::from(chunk);
             location = self.send_chunk(name, blob, location, &chunk, start).await?;
             (blob.progress)(chunk.len() as u64);
         }
         check_blob(blob.digest, blob.size, hasher.finish(), count, &blob.what)
             .map_err(Stop::Fail)?;
-        self.commit(name, blob, &location, Vec::new()).await
+        self.commit(name, blob, &location, bytes::Bytes::new())
+            .await
     }
 
     /// Sends `chunk` (the blob's bytes from `start`) with `PATCH`, resuming
@@ -387,7 +393,7 @@ impl RegistryDestination {
         name: &ImageReference,
         blob: &BlobPut<'_>,
         mut location: String,
-        chunk: &[u8],
+        chunk: &bytes::Bytes,
         start: u64,
     ) -> Result<String, Stop> {
         let http = self.registry.http().map_err(|e| Stop::Fail(e.into()))?;
@@ -395,7 +401,7 @@ impl RegistryDestination {
         let mut attempt = 1;
         loop {
             let session = self.session(name).await.map_err(Stop::Fail)?;
-            let body = chunk[sent..].to_vec();
+            let body = chunk.slice(sent..);
             let from = start + sent as u64;
             let to = start + chunk.len() as u64 - 1;
             let mut request = http
@@ -515,7 +521,7 @@ impl RegistryDestination {
         name: &ImageReference,
         blob: &BlobPut<'_>,
         location: &str,
-        body: Vec<u8>,
+        body: bytes::Bytes,
     ) -> Result<(), Stop> {
         let separator = if location.contains('?') { '&' } else { '?' };
         let url = format!("{location}{separator}digest={}", blob.digest);
