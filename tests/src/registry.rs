@@ -1209,6 +1209,9 @@ struct Faults {
     /// The next uploads (`PATCH`/`PUT` of `.../blobs/uploads/...` with a body):
     /// forward this many body bytes, then drop both connections.
     upload_cuts: VecDeque<u64>,
+    /// Synthetic answers for the next request matching (method, path part):
+    /// status and JSON body, not forwarded upstream.
+    answers: VecDeque<(String, String, u16, String)>,
 }
 
 struct ProxyShared {
@@ -1375,6 +1378,19 @@ impl Proxy {
         f.statuses.clear();
         f.responses.clear();
         f.upload_cuts.clear();
+        f.answers.clear();
+    }
+
+    /// The next `method` request whose path contains `path_part` is answered
+    /// by the proxy with `status` and the JSON `body` (a registry error
+    /// envelope, say), and not forwarded.
+    pub fn answer_next(&self, method: &str, path_part: &str, status: u16, body: &str) {
+        lock(&self.shared.faults).answers.push_back((
+            method.to_owned(),
+            path_part.to_owned(),
+            status,
+            body.to_owned(),
+        ));
     }
 
     /// Upload cuts not hit yet.
@@ -1486,11 +1502,20 @@ fn proxy_requests(
         let blob_get = req.method == "GET" && is_blob_path(&req.path);
         let body_len = content_length(&req.headers);
         let chunked = is_chunked(&req.headers);
+        let answer = {
+            let mut faults = lock(&shared.faults);
+            let at = faults
+                .answers
+                .iter()
+                .position(|(m, p, _, _)| *m == req.method && req.path.contains(p.as_str()));
+            at.and_then(|i| faults.answers.remove(i))
+        };
         let injected = if blob_get {
             lock(&shared.faults).statuses.pop_front()
         } else {
             None
         };
+        let injected = injected.or(answer.as_ref().map(|(_, _, s, _)| (*s, Vec::new())));
         let idx = {
             let mut log = lock(&shared.log);
             log.push(ProxyRequest {
@@ -1509,9 +1534,12 @@ fn proxy_requests(
             } else if let Some(n) = body_len {
                 copy_exact(&mut r, &mut io::sink(), n)?;
             }
-            let body = format!(
-                r#"{{"errors":[{{"code":"UNAVAILABLE","message":"injected by the locald test proxy","detail":{status}}}]}}"#
-            );
+            let body = match &answer {
+                Some((_, _, _, body)) => body.clone(),
+                None => format!(
+                    r#"{{"errors":[{{"code":"UNAVAILABLE","message":"injected by the locald test proxy","detail":{status}}}]}}"#
+                ),
+            };
             let mut resp = format!(
                 "HTTP/1.1 {status} {}\r\nContent-Type: application/json\r\n",
                 reason(status)

@@ -515,3 +515,44 @@ fn layout_to_layout_keeps_the_digest() {
         ["docker.io/library/one:1", "docker.io/library/two:2"]
     );
 }
+
+/// A registry that refuses the manifest: the copy says what it refused and
+/// quotes the registry.
+#[test]
+fn a_refused_manifest_is_said() {
+    if !peers_here() {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let reg = Registry::start(Auth::None);
+    let proxy = Proxy::start(&reg.addr());
+    let layout = t.path().join("layout");
+    app_layout(&layout, 4096);
+    proxy.answer_next(
+        "PUT",
+        "/manifests/",
+        400,
+        r#"{"errors":[{"code":"MANIFEST_INVALID","message":"manifest invalid","detail":"unsupported media type"}]}"#,
+    );
+    let r = locald(
+        t.path(),
+        &[
+            "image",
+            "copy",
+            "app",
+            "--source",
+            &format!("oci-layout:{}", layout.display()),
+            "--to",
+            &format!("registry:{}/refused/app:1", proxy.addr()),
+        ],
+    );
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("pushing the manifest of")
+            && r.stderr.contains("refused it: HTTP 400")
+            && r.stderr.contains("MANIFEST_INVALID"),
+        "{}",
+        r.stderr
+    );
+    assert!(reg.inspect_raw("refused/app:1").is_err(), "a tag appeared");
+}
