@@ -207,6 +207,8 @@ mod tests {
                 cache: p.clone(),
                 layout: p,
             },
+            network: Default::default(),
+            volumes: Vec::new(),
         }
     }
 

@@ -24,7 +24,9 @@ use locald_cache::{Cache, PullOptions, PullPolicy, Pulled};
 use locald_core::cancel::Cancel;
 use locald_core::destination::{copy_image, CopyOptions, ImageDestination, Written};
 use locald_core::digest::Digest;
-use locald_core::lifecycle::{HostDirs, LifecycleRunner, LineWatcher, RunStatus, RunnerError};
+use locald_core::lifecycle::{
+    HostDirs, LifecycleRunner, LineWatcher, Network, RunStatus, RunnerError, Volume,
+};
 use locald_core::progress::Reporter;
 use locald_core::source::{BoxFuture, ImageSource};
 use locald_core::{Error, ImageReference, Platform};
@@ -180,6 +182,58 @@ pub struct BuildOptions {
     pub lifecycle_stdout_to_stderr: bool,
     /// Set to stop.
     pub cancel: Cancel,
+    /// More names for the image (`--tag`).
+    pub tags: Vec<ImageReference>,
+    /// The image's default process (`--default-process`).
+    pub default_process: Option<String>,
+    /// The image's created time, Unix seconds (`--creation-time`); `None`
+    /// keeps the lifecycle's reproducible default.
+    pub creation_time: Option<i64>,
+    /// The buildpacks' cache in this directory instead of the app's state.
+    pub cache_dir: Option<PathBuf>,
+    /// Where the build's SBOM files (`<layers>/sbom`) are copied afterwards.
+    pub sbom_output_dir: Option<PathBuf>,
+    /// The lifecycle's network.
+    pub network: Network,
+    /// Host directories mounted for the buildpacks.
+    pub volumes: Vec<Volume>,
+    /// Exactly these buildpacks, in one group, in this order (`--buildpack`).
+    pub buildpacks: Vec<BuildpackRef>,
+}
+
+/// A buildpack asked for with `--buildpack`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BuildpackRef {
+    /// One the builder carries: `ID[@VERSION]`.
+    Builder {
+        /// Its id.
+        id: String,
+        /// Its version (`None`: the builder's, when it has one).
+        version: Option<String>,
+    },
+    /// A directory holding a `buildpack.toml`.
+    Local(PathBuf),
+}
+
+impl BuildpackRef {
+    /// `./dir`, `/dir` or an existing directory is a local buildpack; anything
+    /// else `ID[@VERSION]`.
+    pub fn parse(spec: &str) -> BuildpackRef {
+        let path = Path::new(spec);
+        if spec.starts_with('.') || spec.starts_with('/') || path.is_dir() {
+            return BuildpackRef::Local(path.to_path_buf());
+        }
+        match spec.split_once('@') {
+            Some((id, v)) => BuildpackRef::Builder {
+                id: id.to_owned(),
+                version: Some(v.to_owned()),
+            },
+            None => BuildpackRef::Builder {
+                id: spec.to_owned(),
+                version: None,
+            },
+        }
+    }
 }
 
 /// What the user is told along the way.
@@ -370,8 +424,43 @@ pub async fn build(
         color,
         lifecycle_stdout_to_stderr,
         cancel,
+        tags,
+        default_process,
+        creation_time,
+        cache_dir,
+        sbom_output_dir,
+        network,
+        volumes,
+        buildpacks,
     } = options;
     let on_host = runner.on_host();
+    // What the runner cannot do is refused before anything is fetched.
+    if on_host && network != Network::Host {
+        return Err(BuildError::refused(
+            format!(
+                "--network none needs a sandbox: the {} runner runs the lifecycle on the host, in the host's network",
+                runner.name()
+            ),
+            "use --runner container",
+        ));
+    }
+    if on_host && !volumes.is_empty() {
+        return Err(BuildError::refused(
+            format!(
+                "--volume needs a sandbox: the {} runner runs the lifecycle on the host, which sees the host's files as they are",
+                runner.name()
+            ),
+            "use --runner container",
+        ));
+    }
+    for volume in &volumes {
+        volume.check().map_err(|message| {
+            BuildError::refused(
+                message,
+                "mount it somewhere else, e.g. --volume ./data:/data",
+            )
+        })?;
+    }
 
     // 1. The builder: /cnb on the host, the whole root for a sandbox.
     let filter = if on_host {
@@ -465,8 +554,20 @@ pub async fn build(
         (false, true) => Some((0, 0)),
         _ => None,
     };
-    let dirs = project.prepare(clear_cache, owner)?;
+    let dirs = project.prepare_with_cache(clear_cache, owner, cache_dir.as_deref())?;
     let host: HostDirs = dirs.clone().with_builder(pulled.tree.clone());
+    let group = if buildpacks.is_empty() {
+        None
+    } else {
+        let tree = pulled.tree.clone();
+        Some(write_group(
+            &buildpacks,
+            &info,
+            &tree,
+            &dirs.platform,
+            on_host,
+        )?)
+    };
     let plan = plan_creator(
         &info,
         CreatorOptions {
@@ -482,6 +583,12 @@ pub async fn build(
             no_color: !color,
             skip_restore: clear_cache,
             host,
+            process_type: default_process,
+            source_date_epoch: creation_time,
+            order: group.as_ref().map(|_| PathBuf::from(GROUP_ORDER)),
+            buildpacks: group.as_ref().map(|_| PathBuf::from(GROUP_BUILDPACKS)),
+            network,
+            volumes,
         },
     )
     .map_err(plan_error)?;
@@ -491,6 +598,10 @@ pub async fn build(
         blocking(move || {
             let copied = appcopy::copy_app_excluding(&app, &dest, owner, &skip)?;
             write_platform_env(&platform_dir, &env)?;
+            if let Some((uid, gid)) = owner {
+                locald_core::fsutil::chown_tree(&platform_dir, uid, gid)
+                    .map_err(Error::io("hand to the build user", &platform_dir))?;
+            }
             Ok(copied)
         })
         .await?
@@ -608,6 +719,9 @@ pub async fn build(
         ))));
     }
     timings.lifecycle = step.elapsed().as_secs_f64();
+    if let Some(out) = &sbom_output_dir {
+        copy_sbom(&dirs.layers.join("sbom"), out)?;
+    }
 
     // 6. The output.
     let step = Instant::now();
@@ -625,7 +739,9 @@ pub async fn build(
         std::fs::create_dir_all(parent).map_err(Error::io("create directory", parent))?;
     }
     let written = async {
-        let destination = (output.open)(vec![image_ref.to_string()]).await?;
+        let mut names = vec![image_ref.to_string()];
+        names.extend(tags.iter().map(ToString::to_string));
+        let destination = (output.open)(names).await?;
         copy_image(
             &layout_source,
             &exported,
@@ -665,6 +781,179 @@ pub async fn build(
         project: project.dir().to_path_buf(),
         timings,
     })
+}
+
+/// The group file `--buildpack` writes, relative to the platform directory.
+const GROUP_ORDER: &str = "locald/order.toml";
+/// The buildpacks directory `--buildpack` makes, relative to the platform
+/// directory.
+const GROUP_BUILDPACKS: &str = "locald/buildpacks";
+
+/// Writes the order of `--buildpack` (one group, exactly these, in this order)
+/// and a buildpacks directory holding them under the platform directory: the
+/// builder's as links into its `/cnb/buildpacks` (host paths for a runner on
+/// the host, sandbox paths otherwise), local ones copied. Returns the group.
+fn write_group(
+    refs: &[BuildpackRef],
+    info: &BuilderInfo,
+    tree: &Path,
+    platform: &Path,
+    on_host: bool,
+) -> Result<Vec<(String, String)>> {
+    let dir = platform.join(GROUP_BUILDPACKS);
+    std::fs::create_dir_all(&dir).map_err(Error::io("create directory", &dir))?;
+    let has = || {
+        let mut all: Vec<String> = info
+            .buildpacks
+            .iter()
+            .map(|b| format!("{}@{}", b.id, b.version))
+            .collect();
+        all.sort();
+        if all.is_empty() {
+            "none".to_owned()
+        } else {
+            all.join(", ")
+        }
+    };
+    let mut group = Vec::new();
+    for r in refs {
+        let (id, version) = match r {
+            BuildpackRef::Builder { id, version } => {
+                let found: Vec<&crate::builder::BuildpackInfo> = info
+                    .buildpacks
+                    .iter()
+                    .filter(|b| b.id == *id && version.as_ref().is_none_or(|v| *v == b.version))
+                    .collect();
+                let Some(bp) = found.last() else {
+                    return Err(BuildError::refused(
+                        format!(
+                            "--buildpack {}: the builder has no such buildpack (it has: {})",
+                            match version {
+                                Some(v) => format!("{id}@{v}"),
+                                None => id.clone(),
+                            },
+                            has()
+                        ),
+                        "name one the builder has, or a directory holding a buildpack.toml (./my-buildpack)",
+                    ));
+                };
+                let rel = Path::new("cnb/buildpacks")
+                    .join(escape_id(&bp.id))
+                    .join(&bp.version);
+                let target = if on_host {
+                    tree.join(&rel)
+                } else {
+                    Path::new("/").join(&rel)
+                };
+                let link_dir = dir.join(escape_id(&bp.id));
+                std::fs::create_dir_all(&link_dir)
+                    .map_err(Error::io("create directory", &link_dir))?;
+                let link = link_dir.join(&bp.version);
+                std::os::unix::fs::symlink(&target, &link).map_err(Error::io("link", &link))?;
+                (bp.id.clone(), bp.version.clone())
+            }
+            BuildpackRef::Local(path) => {
+                let descriptor = path.join("buildpack.toml");
+                let text = std::fs::read_to_string(&descriptor).map_err(|e| {
+                    BuildError::refused(
+                        format!(
+                            "--buildpack {}: no readable buildpack.toml there ({e})",
+                            path.display()
+                        ),
+                        "a local buildpack is a directory holding buildpack.toml, bin/detect and bin/build",
+                    )
+                })?;
+                let (id, version) = local_buildpack_id(&text).ok_or_else(|| {
+                    BuildError::refused(
+                        format!(
+                            "--buildpack {}: its buildpack.toml has no [buildpack] id and version",
+                            path.display()
+                        ),
+                        "a buildpack.toml starts with [buildpack] id = \"me/example\" version = \"1.0.0\"",
+                    )
+                })?;
+                let dest = dir.join(escape_id(&id)).join(&version);
+                if let Some(parent) = dest.parent() {
+                    std::fs::create_dir_all(parent)
+                        .map_err(Error::io("create directory", parent))?;
+                }
+                copy_tree(path, &dest)?;
+                (id, version)
+            }
+        };
+        group.push((id, version));
+    }
+    let mut order = String::from("[[order]]\n");
+    for (id, version) in &group {
+        order.push_str(&format!(
+            "\n  [[order.group]]\n    id = {}\n    version = {}\n",
+            toml_string(id),
+            toml_string(version)
+        ));
+    }
+    let path = platform.join(GROUP_ORDER);
+    std::fs::write(&path, order).map_err(Error::io("write", &path))?;
+    Ok(group)
+}
+
+/// A buildpack id as a directory name: `/` becomes `_` (as pack and the
+/// lifecycle lay buildpacks out).
+fn escape_id(id: &str) -> String {
+    id.replace('/', "_")
+}
+
+fn toml_string(s: &str) -> String {
+    toml::Value::String(s.to_owned()).to_string()
+}
+
+/// `[buildpack] id` and `version` of a buildpack.toml.
+fn local_buildpack_id(text: &str) -> Option<(String, String)> {
+    let doc: toml::Table = text.parse().ok()?;
+    let bp = doc.get("buildpack")?.as_table()?;
+    Some((
+        bp.get("id")?.as_str()?.to_owned(),
+        bp.get("version")?.as_str()?.to_owned(),
+    ))
+}
+
+/// Copies the tree at `from` to the new `to` (files, directories with their
+/// modes, symlinks as they are).
+fn copy_tree(from: &Path, to: &Path) -> Result<()> {
+    let meta = std::fs::symlink_metadata(from).map_err(Error::io("inspect", from))?;
+    let kind = meta.file_type();
+    if kind.is_symlink() {
+        let target = std::fs::read_link(from).map_err(Error::io("read link", from))?;
+        std::os::unix::fs::symlink(&target, to).map_err(Error::io("link", to))?;
+    } else if kind.is_dir() {
+        std::fs::create_dir(to).map_err(Error::io("create directory", to))?;
+        for entry in std::fs::read_dir(from).map_err(Error::io("read directory", from))? {
+            let entry = entry.map_err(Error::io("read directory", from))?;
+            copy_tree(&entry.path(), &to.join(entry.file_name()))?;
+        }
+        std::fs::set_permissions(to, meta.permissions())
+            .map_err(Error::io("set the mode of", to))?;
+    } else if kind.is_file() {
+        std::fs::copy(from, to).map_err(Error::io("copy", from))?;
+    }
+    Ok(())
+}
+
+/// Copies the build's SBOM files to `out` (made when missing).
+fn copy_sbom(sbom: &Path, out: &Path) -> Result<()> {
+    std::fs::create_dir_all(out).map_err(Error::io("create directory", out))?;
+    if !sbom.is_dir() {
+        tracing::warn!("the build wrote no SBOM files (no buildpack made any)");
+        return Ok(());
+    }
+    for entry in std::fs::read_dir(sbom).map_err(Error::io("read directory", sbom))? {
+        let entry = entry.map_err(Error::io("read directory", sbom))?;
+        let dest = out.join(entry.file_name());
+        if std::fs::symlink_metadata(&dest).is_ok() {
+            locald_core::fsutil::remove_path(&dest)?;
+        }
+        copy_tree(&entry.path(), &dest)?;
+    }
+    Ok(())
 }
 
 /// A builder no plan can be made for, in a sentence with a hint.

@@ -24,7 +24,8 @@ pub mod project;
 
 pub use exit::explain_exit;
 pub use flow::{
-    build, image_name, BuildError, BuildEvents, BuildOptions, Built, ImageInput, Output, Timings,
+    build, image_name, BuildError, BuildEvents, BuildOptions, BuildpackRef, Built, ImageInput,
+    Output, Timings,
 };
 pub use plan::{
     check_builder, negotiate_platform_api, plan_creator, CreatorOptions, PlanError, CREATOR,

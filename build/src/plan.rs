@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use crate::builder::{highest_common, ApiVersion, BuilderInfo};
-use locald_core::lifecycle::{Arg, Dir, HostDirs, LifecyclePlan};
+use locald_core::lifecycle::{Arg, Dir, HostDirs, LifecyclePlan, Network, Volume};
 
 /// The Platform API versions this `locald` speaks, oldest first. 0.12 is the first
 /// whose `creator` can export into an OCI layout (`-layout -layout-dir`).
@@ -37,6 +37,20 @@ pub struct CreatorOptions {
     pub skip_restore: bool,
     /// The host directories.
     pub host: HostDirs,
+    /// `-process-type`: the image's default process.
+    pub process_type: Option<String>,
+    /// `SOURCE_DATE_EPOCH`: the image's created time (Unix seconds).
+    pub source_date_epoch: Option<i64>,
+    /// `-order`: a group of the build's own (a file in the platform dir)
+    /// instead of the builder's order.
+    pub order: Option<PathBuf>,
+    /// `-buildpacks`: a buildpacks directory of the build's own (in the
+    /// platform dir) instead of the builder's.
+    pub buildpacks: Option<PathBuf>,
+    /// The network the lifecycle gets.
+    pub network: Network,
+    /// Host paths mounted for the buildpacks.
+    pub volumes: Vec<Volume>,
 }
 
 /// Why no plan could be made.
@@ -128,9 +142,15 @@ pub fn plan_creator(info: &BuilderInfo, opts: CreatorOptions) -> Result<Lifecycl
         text("-cache-dir"),
         path(Dir::Cache, ""),
         text("-buildpacks"),
-        path(Dir::Builder, "cnb/buildpacks"),
+        match &opts.buildpacks {
+            Some(rel) => Arg::Path(Dir::Platform, rel.clone()),
+            None => path(Dir::Builder, "cnb/buildpacks"),
+        },
         text("-order"),
-        path(Dir::Builder, "cnb/order.toml"),
+        match &opts.order {
+            Some(rel) => Arg::Path(Dir::Platform, rel.clone()),
+            None => path(Dir::Builder, "cnb/order.toml"),
+        },
         text("-launcher"),
         path(Dir::Builder, "cnb/lifecycle/launcher"),
     ];
@@ -151,6 +171,9 @@ pub fn plan_creator(info: &BuilderInfo, opts: CreatorOptions) -> Result<Lifecycl
     if opts.skip_restore {
         args.push(text("-skip-restore"));
     }
+    if let Some(t) = &opts.process_type {
+        args.extend([text("-process-type"), Arg::Text(t.clone())]);
+    }
     if opts.debug {
         args.extend([text("-log-level"), text("debug")]);
     }
@@ -168,6 +191,9 @@ pub fn plan_creator(info: &BuilderInfo, opts: CreatorOptions) -> Result<Lifecycl
         .collect();
     env.push(("CNB_PLATFORM_API".to_owned(), api.to_string()));
     env.push(("CNB_EXPERIMENTAL_MODE".to_owned(), "warn".to_owned()));
+    if let Some(epoch) = opts.source_date_epoch {
+        env.push(("SOURCE_DATE_EPOCH".to_owned(), epoch.to_string()));
+    }
 
     Ok(LifecyclePlan {
         phase: CREATOR.to_owned(),
@@ -177,6 +203,8 @@ pub fn plan_creator(info: &BuilderInfo, opts: CreatorOptions) -> Result<Lifecycl
         uid,
         gid,
         host: opts.host,
+        network: opts.network,
+        volumes: opts.volumes,
     })
 }
 
@@ -220,6 +248,12 @@ mod tests {
                 cache: d("cache"),
                 layout: d("layout"),
             },
+            process_type: None,
+            source_date_epoch: None,
+            order: None,
+            buildpacks: None,
+            network: Network::Host,
+            volumes: Vec::new(),
         }
     }
 

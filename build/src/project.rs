@@ -189,7 +189,22 @@ impl Project {
     /// build in `project.json`. The app is not copied: see
     /// [`crate::appcopy::copy_app`].
     pub fn prepare(&self, clear_cache: bool, owner: Option<(u32, u32)>) -> Result<ProjectDirs> {
-        let dirs = self.dirs();
+        self.prepare_with_cache(clear_cache, owner, None)
+    }
+
+    /// [`Project::prepare`] with the buildpacks' cache in `cache_dir` (made
+    /// when missing; what CI keeps between jobs) instead of the app's state.
+    pub fn prepare_with_cache(
+        &self,
+        clear_cache: bool,
+        owner: Option<(u32, u32)>,
+        cache_dir: Option<&Path>,
+    ) -> Result<ProjectDirs> {
+        let mut dirs = self.dirs();
+        if let Some(dir) = cache_dir {
+            std::fs::create_dir_all(dir).map_err(Error::io("create directory", dir))?;
+            dirs.cache = dir.to_path_buf();
+        }
         for d in [&dirs.app, &dirs.layers, &dirs.platform] {
             fsutil::fresh_dir(d)?;
         }
@@ -270,6 +285,108 @@ pub fn parse_env_arg(s: &str) -> Result<(String, String)> {
             }
         }
     }
+}
+
+/// Parses an env file (`--env-file`): `KEY=VALUE` lines, `KEY` alone for this
+/// environment's value, blank lines and `#` comments skipped. A bad line is an
+/// error naming the file and the line number.
+pub fn parse_env_file(
+    text: &str,
+    file: &Path,
+) -> std::result::Result<Vec<(String, String)>, String> {
+    let mut out = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let trimmed = line.trim_start();
+        if trimmed.is_empty() || trimmed.starts_with('#') {
+            continue;
+        }
+        let entry = line.trim_end_matches('\r');
+        let entry = entry.trim_start();
+        let key = entry.split_once('=').map_or(entry, |(k, _)| k);
+        if key.is_empty() || key.chars().any(char::is_whitespace) {
+            return Err(format!(
+                "{}:{}: {entry:?} is not KEY=VALUE (names have no spaces; # starts a comment)",
+                file.display(),
+                n + 1
+            ));
+        }
+        let pair =
+            parse_env_arg(entry).map_err(|e| format!("{}:{}: {e}", file.display(), n + 1))?;
+        out.push(pair);
+    }
+    Ok(out)
+}
+
+/// A descriptor's build env (name, value) and buildpack group (`ID[@VERSION]`
+/// or a local directory).
+pub type DescriptorBuild = (Vec<(String, String)>, Vec<String>);
+
+/// What a project descriptor (`project.toml`) says of the build: its `env`
+/// (`[[io.buildpacks.build.env]]`, schema 0.1 `[[build.env]]`) and its
+/// buildpack group (`[[io.buildpacks.group]]`, 0.1 `[[build.buildpacks]]`),
+/// each entry `id` with an optional `version`, or a `uri` to a local directory.
+pub fn parse_descriptor_build(
+    text: &str,
+    file: &Path,
+) -> std::result::Result<DescriptorBuild, String> {
+    let doc: toml::Table = text
+        .parse()
+        .map_err(|e| format!("{} is not valid TOML: {e}", file.display()))?;
+    let io_buildpacks = doc
+        .get("io")
+        .and_then(|v| v.get("buildpacks"))
+        .and_then(|v| v.as_table());
+    let build = doc.get("build").and_then(|v| v.as_table());
+    let env_entries = io_buildpacks
+        .and_then(|t| t.get("build"))
+        .and_then(|b| b.get("env"))
+        .or_else(|| build.and_then(|b| b.get("env")));
+    let mut env = Vec::new();
+    for e in env_entries.and_then(|v| v.as_array()).into_iter().flatten() {
+        let name = e.get("name").and_then(|v| v.as_str());
+        let value = e.get("value").and_then(|v| v.as_str());
+        match (name, value) {
+            (Some(n), Some(v)) => {
+                check_env_key(n).map_err(|e| format!("{}: {e}", file.display()))?;
+                env.push((n.to_owned(), v.to_owned()));
+            }
+            _ => {
+                return Err(format!(
+                    "{}: a build env entry needs a name and a value",
+                    file.display()
+                ))
+            }
+        }
+    }
+    let group_entries = io_buildpacks
+        .and_then(|t| t.get("group"))
+        .or_else(|| build.and_then(|b| b.get("buildpacks")));
+    let mut group = Vec::new();
+    for g in group_entries
+        .and_then(|v| v.as_array())
+        .into_iter()
+        .flatten()
+    {
+        let id = g.get("id").and_then(|v| v.as_str());
+        let version = g.get("version").and_then(|v| v.as_str());
+        let uri = g.get("uri").and_then(|v| v.as_str());
+        match (id, version, uri) {
+            (_, _, Some(uri)) => {
+                let rel = uri.strip_prefix("file://").unwrap_or(uri);
+                let base = file.parent().unwrap_or(Path::new("."));
+                group.push(base.join(rel).to_string_lossy().into_owned());
+            }
+            (Some(id), Some(v), None) => group.push(format!("{id}@{v}")),
+            (Some(id), None, None) => group.push(id.to_owned()),
+            _ => {
+                return Err(format!(
+                    "{}: a buildpack of the group needs an id or a uri",
+                    file.display()
+                ))
+            }
+        }
+    }
+    Ok((env, group))
 }
 
 /// A name that can be a file in `<platform>/env`.

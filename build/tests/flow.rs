@@ -115,6 +115,14 @@ impl World {
             color: false,
             lifecycle_stdout_to_stderr: false,
             cancel: Cancel::default(),
+            tags: Vec::new(),
+            default_process: None,
+            creation_time: None,
+            cache_dir: None,
+            sbom_output_dir: None,
+            network: Default::default(),
+            volumes: Vec::new(),
+            buildpacks: Vec::new(),
         }
     }
 

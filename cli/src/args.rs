@@ -32,7 +32,7 @@ pub enum Command {
     /// image, runs the builder's lifecycle (`creator`) in a rootless sandbox or on
     /// the host, and writes the image where --output says.
     #[command(after_help = BUILD_HELP)]
-    Build(BuildArgs),
+    Build(Box<BuildArgs>),
     /// Work with images: extract files, inspect metadata.
     #[command(subcommand)]
     Image(ImageCommand),
@@ -51,7 +51,10 @@ Examples:
   locald build ./app --source oci-layout:./builder-layout --pull never
   locald build ./app --source docker-archive:./builder.tar --output docker-archive:app.tar
   locald build ./app --env NODE_ENV=production --env API_KEY
-  locald build ./app --image ghcr.io/me/app:1.0 --publish
+  locald build ./app --image ghcr.io/me/app:1.0 --publish --tag ghcr.io/me/app:latest
+  locald build ./app --env-file ci.env --buildpack heroku/nodejs --buildpack ./my-buildpack
+  locald build ./app --network none --volume ./certs:/certs --cache-dir .cache/cnb
+  locald build ./app --default-process worker --creation-time now --sbom-output-dir ./sbom
 
 Runners:
   container  (default where user namespaces work) the lifecycle runs in a rootless
@@ -74,54 +77,129 @@ pub struct BuildArgs {
     /// The app's source directory.
     #[arg(default_value = ".", value_name = "APP_DIR")]
     pub app: PathBuf,
+    /// An environment variable for the buildpacks, KEY=VALUE, or KEY to pass this
+    /// environment's value (repeatable; wins over --env-file and the descriptor).
+    #[arg(
+        long = "env",
+        short = 'e',
+        value_name = "KEY=VALUE",
+        help_heading = "Input"
+    )]
+    pub env: Vec<String>,
+    /// A file of KEY=VALUE lines (KEY alone: this environment's value; # comments),
+    /// e.g. --env-file ci.env (repeatable, later files win).
+    #[arg(long = "env-file", value_name = "FILE", help_heading = "Input")]
+    pub env_files: Vec<PathBuf>,
+    /// The project descriptor (default: the app's project.toml): its build env,
+    /// its buildpack group and its include/exclude lists, e.g. --descriptor ci/project.toml.
+    #[arg(long, value_name = "FILE", help_heading = "Input")]
+    pub descriptor: Option<PathBuf>,
     /// The builder image.
-    #[arg(long, default_value = "heroku/builder:22", value_name = "IMAGE")]
+    #[arg(
+        long,
+        default_value = "heroku/builder:22",
+        value_name = "IMAGE",
+        help_heading = "Builder"
+    )]
     pub builder: String,
     /// Where to read the builder (and, unless --run-image-source says otherwise,
     /// the run image) from: `registry:` (default), `oci-layout:DIR`,
     /// `docker-archive:FILE` or a plugin's scheme.
-    #[arg(long, value_name = "SPEC")]
+    #[arg(long, value_name = "SPEC", help_heading = "Builder")]
     pub source: Option<String>,
-    /// Where to run the lifecycle (default: container where user namespaces
-    /// work, else native, with a warning).
-    #[arg(long, value_enum, value_name = "RUNNER")]
-    pub runner: Option<RunnerKind>,
+    /// Use exactly these buildpacks, in one group, in this order (repeatable):
+    /// ID[@VERSION] of one the builder has, or a directory with a buildpack.toml,
+    /// e.g. --buildpack heroku/nodejs --buildpack ./my-buildpack.
+    #[arg(
+        long = "buildpack",
+        short = 'b',
+        value_name = "REF",
+        help_heading = "Builder"
+    )]
+    pub buildpacks: Vec<String>,
+    /// The run image (default: the builder's, from its run.toml or stack.toml).
+    #[arg(long, value_name = "IMAGE", help_heading = "Builder")]
+    pub run_image: Option<String>,
+    /// Where to read the run image from (default: the builder's --source).
+    #[arg(long, value_name = "SPEC", help_heading = "Builder")]
+    pub run_image_source: Option<String>,
+    /// The platform to build for, OS/ARCH[/VARIANT]. Default: this machine's.
+    #[arg(long, value_name = "PLATFORM", help_heading = "Builder")]
+    pub platform: Option<String>,
+    #[command(flatten)]
+    pub policy: PullPolicyArgs,
     /// The output image's name (default: the app directory's name, `:latest`).
-    #[arg(long, value_name = "NAME")]
+    #[arg(long, value_name = "NAME", help_heading = "Output")]
     pub image: Option<String>,
+    /// More names for the same image (repeatable), e.g. --tag myapp:latest: in the
+    /// output layout or archive, or pushed with --publish.
+    #[arg(long = "tag", short = 't', value_name = "REF", help_heading = "Output")]
+    pub tags: Vec<String>,
     /// Where to write the image: `oci-layout:DIR` (default `oci-layout:./<name>.oci`),
     /// `docker-archive:FILE` (a `docker load`-able tarball) or `registry:REF` (pushed).
-    #[arg(long, value_name = "SPEC")]
+    #[arg(long, value_name = "SPEC", help_heading = "Output")]
     pub output: Option<String>,
     /// Push the image to the registry --image names (which must name one, e.g.
     /// ghcr.io/me/app:1.0). locald pushes after the lifecycle exported, with the
     /// credentials of --creds or your docker/podman login: they never enter the
     /// build. The app's build state keeps the image for the next build.
-    #[arg(long, conflicts_with = "output")]
+    #[arg(long, conflicts_with = "output", help_heading = "Output")]
     pub publish: bool,
-    /// The run image (default: the builder's, from its run.toml or stack.toml).
-    #[arg(long, value_name = "IMAGE")]
-    pub run_image: Option<String>,
-    /// Where to read the run image from (default: the builder's --source).
-    #[arg(long, value_name = "SPEC")]
-    pub run_image_source: Option<String>,
-    /// An environment variable for the buildpacks, KEY=VALUE, or KEY to pass this
-    /// environment's value (repeatable).
-    #[arg(long = "env", short = 'e', value_name = "KEY=VALUE")]
-    pub env: Vec<String>,
-    /// The platform to build for, OS/ARCH[/VARIANT]. Default: this machine's.
-    #[arg(long, value_name = "PLATFORM")]
-    pub platform: Option<String>,
-    #[command(flatten)]
-    pub policy: PullPolicyArgs,
-    /// Start without the buildpacks' cache from earlier builds of this app.
-    #[arg(long)]
-    pub clear_cache: bool,
-    /// Print a JSON summary on stdout (image, digest, output, runner).
-    #[arg(long)]
+    /// The image's default process, e.g. --default-process worker.
+    #[arg(long, value_name = "TYPE", help_heading = "Output")]
+    pub default_process: Option<String>,
+    /// The image's creation time: `now` or Unix seconds, e.g. --creation-time now
+    /// (default: 1980-01-01, so that builds are reproducible).
+    #[arg(long, value_name = "now|SECONDS", help_heading = "Output")]
+    pub creation_time: Option<String>,
+    /// Copy the build's SBOM files (the lifecycle's <layers>/sbom) here, e.g.
+    /// --sbom-output-dir ./sbom.
+    #[arg(long, value_name = "DIR", help_heading = "Output")]
+    pub sbom_output_dir: Option<PathBuf>,
+    /// Print a JSON summary on stdout (image, digest, output, runner, timings).
+    #[arg(long, help_heading = "Output")]
     pub json: bool,
+    /// Where to run the lifecycle (default: container where user namespaces
+    /// work, else native, with a warning).
+    #[arg(long, value_enum, value_name = "RUNNER", help_heading = "Runtime")]
+    pub runner: Option<RunnerKind>,
+    /// The buildpacks' network: host (default) or none (container runner only: a
+    /// network of its own with only loopback, for offline builds), e.g. --network none.
+    #[arg(
+        long,
+        value_enum,
+        default_value = "host",
+        value_name = "NETWORK",
+        help_heading = "Runtime"
+    )]
+    pub network: NetworkKind,
+    /// Mount a host directory for the buildpacks, HOST:TARGET[:ro|rw], read-only
+    /// unless :rw (container runner only; repeatable), e.g. --volume ./certs:/certs.
+    #[arg(
+        long = "volume",
+        value_name = "HOST:TARGET[:ro|rw]",
+        help_heading = "Runtime"
+    )]
+    pub volumes: Vec<String>,
+    /// Start without the buildpacks' cache from earlier builds of this app (or
+    /// empty --cache-dir).
+    #[arg(long, help_heading = "Runtime")]
+    pub clear_cache: bool,
+    /// Keep the buildpacks' cache in this directory instead of the app's build
+    /// state (what CI caches between jobs), e.g. --cache-dir .cache/cnb.
+    #[arg(long, value_name = "DIR", help_heading = "Runtime")]
+    pub cache_dir: Option<PathBuf>,
     #[command(flatten)]
     pub registry: RegistryArgs,
+}
+
+/// The buildpacks' network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum NetworkKind {
+    /// The host's.
+    Host,
+    /// Loopback only.
+    None,
 }
 
 /// Where the lifecycle runs.

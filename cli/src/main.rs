@@ -155,7 +155,7 @@ async fn run(cli: Cli, cancel: locald_core::cancel::Cancel) -> anyhow::Result<()
     let work = async {
         match cli.command {
             Command::Build(a) => {
-                commands::build::build(a, cli.verbose, cli.quiet, cancel.clone()).await
+                commands::build::build(*a, cli.verbose, cli.quiet, cancel.clone()).await
             }
             Command::Image(ImageCommand::Extract(a)) => {
                 commands::image::extract(a, cli.quiet, cancel.clone()).await

@@ -283,7 +283,7 @@ impl BuilderSpec {
     /// `[[targets]]` linux/amd64 and `[[stacks]]` with the stack id.
     pub fn buildpack_toml(&self, id: &str, version: &str) -> String {
         format!(
-            "api = {}\n\n[buildpack]\n  id = {}\n  version = {}\n  name = {}\n  homepage = {}\n\n\
+            "api = {}\n\n[buildpack]\n  id = {}\n  version = {}\n  name = {}\n  homepage = {}\n  sbom-formats = [\"application/vnd.cyclonedx+json\"]\n\n\
              [[targets]]\n  os = \"linux\"\n  arch = {}\n\n[[stacks]]\n  id = {}\n",
             toml_str(&self.buildpack_api()),
             toml_str(id),
@@ -540,8 +540,20 @@ printf '#!/bin/sh\necho "web process of @ID@"\ncat /workspace/hello.txt 2>/dev/n
     >"$layers/web/bin/locald-web" || exit 1
 chmod 755 "$layers/web/bin/locald-web"
 printf '[types]\n  launch = true\n' >"$layers/web.toml" || exit 1
-printf '[[processes]]\n  type = "web"\n  command = ["locald-web"]\n  default = true\n' \
+printf '[[processes]]\n  type = "web"\n  command = ["locald-web"]\n  default = true\n\n[[processes]]\n  type = "worker"\n  command = ["locald-web"]\n' \
     >"$layers/launch.toml" || exit 1
+# Its SBOM (CycloneDX, declared in buildpack.toml's sbom-formats).
+printf '{"bomFormat":"CycloneDX","specVersion":"1.4","version":1,"components":[{"type":"application","name":"locald-web"}]}' \
+    >"$layers/web.sbom.cdx.json" || exit 1
+
+if [ -e probe-network ]; then
+    probe "netdev $(tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' ' | sort | tr '\n' ' ')"
+fi
+if [ -e probe-volume ]; then
+    v=$(cat probe-volume)
+    probe "volume-read $(cat "$v/hello" 2>/dev/null || echo unreadable)"
+    if (: >"$v/written") 2>/dev/null; then probe "volume-write allowed"; else probe "volume-write denied"; fi
+fi
 
 platform_value() { # NAME: the environment's value, else the platform env file's
     eval "pv=\${$1:-}"

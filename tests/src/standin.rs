@@ -223,7 +223,7 @@ fi
 # Flags
 
 app= layers= platform= cache_dir= run_image= layout=false layout_dir= uid= gid=
-log_level= skip_restore=false buildpacks= order= run_toml= launcher= image=
+log_level= skip_restore=false buildpacks= order= run_toml= launcher= image= process_type=
 [ $# -gt 0 ] || fail "no arguments: expected the creator's flags and the output image name last"
 while [ $# -gt 0 ]; do
     flag=$1
@@ -238,7 +238,7 @@ while [ $# -gt 0 ]; do
     esac
     case $flag in
     -app | -layers | -platform | -cache-dir | -run-image | -layout-dir | -uid | -gid | \
-        -log-level | -buildpacks | -order | -run | -launcher)
+        -log-level | -buildpacks | -order | -run | -launcher | -process-type)
         if [ "$has_value" = false ]; then
             [ $# -ge 2 ] || fail "flag $flag needs a value"
             value=$2
@@ -260,6 +260,7 @@ while [ $# -gt 0 ]; do
         -order) order=$value ;;
         -run) run_toml=$value ;;
         -launcher) launcher=$value ;;
+        -process-type) process_type=$value ;;
         esac
         ;;
     -layout | -skip-restore | -no-color)
@@ -271,7 +272,7 @@ while [ $# -gt 0 ]; do
         shift
         ;;
     -*)
-        fail "unknown flag $flag (the stand-in accepts -app -layers -platform -cache-dir -run-image -layout -layout-dir -uid -gid -log-level -skip-restore -no-color -buildpacks -order -run -launcher)"
+        fail "unknown flag $flag (the stand-in accepts -app -layers -platform -cache-dir -run-image -layout -layout-dir -uid -gid -log-level -skip-restore -no-color -buildpacks -order -run -launcher -process-type)"
         ;;
     *)
         [ $# -eq 1 ] || fail "unexpected argument '$1' before the end: the output image name must be the last argument"
@@ -618,6 +619,23 @@ while read -r g_id g_version; do
             exit 51
         fi
     fi
+    # SBOM files, as the lifecycle's builder moves them: LAYER.sbom.cdx.json of
+    # a launch layer to <layers>/sbom/launch/<bp>/LAYER/sbom.cdx.json, and the
+    # buildpack's launch.sbom.cdx.json to <layers>/sbom/launch/<bp>/.
+    g_esc=$(echo "$g_id" | tr / _)
+    for sb in "$g_layers"/*.sbom.cdx.json; do
+        [ -f "$sb" ] || continue
+        sb_layer=$(basename "$sb" .sbom.cdx.json)
+        case $sb_layer in
+        launch) sb_dir=$layers/sbom/launch/$g_esc ;;
+        build) sb_dir=$layers/sbom/build/$g_esc ;;
+        *)
+            grep -q '^[[:space:]]*launch[[:space:]]*=[[:space:]]*true' "$g_layers/$sb_layer.toml" 2>/dev/null || continue
+            sb_dir=$layers/sbom/launch/$g_esc/$sb_layer
+            ;;
+        esac
+        { mkdir -p "$sb_dir" && cp "$sb" "$sb_dir/sbom.cdx.json"; } || fail "cannot copy the SBOM $sb"
+    done
 done <<EOF
 $group
 EOF
@@ -810,15 +828,30 @@ if [ -n "$processes" ]; then
     add_layer "buildpacksio/lifecycle:process-types" "$scratch/process"
 fi
 
+if [ -n "$process_type" ]; then
+    case " $processes " in
+    *" $process_type "*) default_process=$process_type ;;
+    *) export_fail "tried to set $process_type to default but it doesn't exist" ;;
+    esac
+fi
 entrypoint=/cnb/lifecycle/launcher
 [ -z "$default_process" ] || entrypoint=/cnb/process/$default_process
+# The created time: SOURCE_DATE_EPOCH when set (an invalid one is ignored with a
+# warning), else 1980-01-01T00:00:01Z, as the lifecycle's exporter sets it.
+created=1980-01-01T00:00:01Z
+if [ -n "${SOURCE_DATE_EPOCH:-}" ]; then
+    case $SOURCE_DATE_EPOCH in
+    *[!0-9]*) echo "Warning: Ignoring invalid SOURCE_DATE_EPOCH" ;;
+    *) created=$(date -u -d "@$SOURCE_DATE_EPOCH" +%Y-%m-%dT%H:%M:%SZ) || export_fail "cannot format SOURCE_DATE_EPOCH" ;;
+    esac
+fi
 build_md="{\\\"buildpacks\\\":[$md_buildpacks],\\\"processes\\\":[$md_processes],\\\"launcher\\\":{\\\"version\\\":\\\"stand-in\\\"}}"
 lifecycle_md="{\\\"app\\\":[{\\\"sha\\\":\\\"$md_app\\\"}],\\\"buildpacks\\\":[$md_layers],\\\"launcher\\\":{\\\"sha\\\":\\\"$md_launcher\\\"},\\\"config\\\":{\\\"sha\\\":\\\"$md_config\\\"}}"
 labels="\"io.buildpacks.build.metadata\":\"$build_md\",\"io.buildpacks.lifecycle.metadata\":\"$lifecycle_md\",\"io.locald.standin.layers\":\"${new_keys#;}\""
 [ -z "$run_stack" ] || labels="$labels,\"io.buildpacks.stack.id\":\"$run_stack\""
 diff_ids=$run_diff_ids$new_diff_ids
 diff_ids=${diff_ids#,}
-printf '%s' "{\"architecture\":\"${run_arch:-amd64}\",\"os\":\"${run_os:-linux}\",\"config\":{\"Env\":[\"PATH=/cnb/process:/cnb/lifecycle:/usr/local/bin:/usr/bin:/bin\",\"CNB_APP_DIR=$app\",\"CNB_LAYERS_DIR=$layers\",\"CNB_PLATFORM_API=$CNB_PLATFORM_API\"],\"Entrypoint\":[\"$entrypoint\"],\"WorkingDir\":\"$app\",\"User\":\"$uid:$gid\",\"Labels\":{$labels}},\"rootfs\":{\"type\":\"layers\",\"diff_ids\":[$diff_ids]}}" \
+printf '%s' "{\"architecture\":\"${run_arch:-amd64}\",\"os\":\"${run_os:-linux}\",\"created\":\"$created\",\"config\":{\"Env\":[\"PATH=/cnb/process:/cnb/lifecycle:/usr/local/bin:/usr/bin:/bin\",\"CNB_APP_DIR=$app\",\"CNB_LAYERS_DIR=$layers\",\"CNB_PLATFORM_API=$CNB_PLATFORM_API\"],\"Entrypoint\":[\"$entrypoint\"],\"WorkingDir\":\"$app\",\"User\":\"$uid:$gid\",\"Labels\":{$labels}},\"rootfs\":{\"type\":\"layers\",\"diff_ids\":[$diff_ids]}}" \
     >"$scratch/config.json" || export_fail "cannot write the config"
 config_hex=$(sha256sum <"$scratch/config.json" | cut -d' ' -f1)
 config_size=$(wc -c <"$scratch/config.json" | tr -d ' ')

@@ -53,11 +53,99 @@ pub async fn build(
             image.repository().rsplit('/').next().unwrap_or("app")
         )))?),
     };
-    let env: Vec<(String, String)> = args
-        .env
+    // The descriptor's env, then the env files in order, then --env: later wins.
+    let descriptor = args
+        .descriptor
+        .clone()
+        .unwrap_or_else(|| app.join(locald_build::appcopy::PROJECT_DESCRIPTOR));
+    let (mut env, descriptor_group) = match std::fs::read_to_string(&descriptor) {
+        Ok(text) => {
+            locald_build::project::parse_descriptor_build(&text, &descriptor).map_err(|e| {
+                UserError::with_hint(
+                    e,
+                    "see https://buildpacks.io/docs/reference/config/project-descriptor/",
+                )
+            })?
+        }
+        Err(e) if args.descriptor.is_some() => {
+            return Err(UserError::with_hint(
+                format!("cannot read --descriptor {}: {e}", descriptor.display()),
+                "name an existing project.toml",
+            )
+            .into())
+        }
+        Err(_) => (Vec::new(), Vec::new()),
+    };
+    for file in &args.env_files {
+        let text = std::fs::read_to_string(file).map_err(|e| {
+            UserError::with_hint(
+                format!("cannot read --env-file {}: {e}", file.display()),
+                "name an existing file of KEY=VALUE lines",
+            )
+        })?;
+        env.extend(
+            locald_build::project::parse_env_file(&text, file).map_err(|e| {
+                UserError::with_hint(
+                    e,
+                    "write KEY=VALUE, or KEY alone for this environment's value",
+                )
+            })?,
+        );
+    }
+    for e in &args.env {
+        env.push(locald_build::project::parse_env_arg(e)?);
+    }
+    let mut seen = std::collections::HashSet::new();
+    let mut env: Vec<(String, String)> = env
+        .into_iter()
+        .rev()
+        .filter(|(k, _)| seen.insert(k.clone()))
+        .collect();
+    env.reverse();
+    let buildpacks: Vec<locald_build::BuildpackRef> = if args.buildpacks.is_empty() {
+        descriptor_group
+            .iter()
+            .map(|b| locald_build::BuildpackRef::parse(b))
+            .collect()
+    } else {
+        args.buildpacks
+            .iter()
+            .map(|b| locald_build::BuildpackRef::parse(b))
+            .collect()
+    };
+    let tags = args
+        .tags
         .iter()
-        .map(|e| locald_build::project::parse_env_arg(e))
-        .collect::<Result<_, _>>()?;
+        .map(|t| {
+            ImageReference::parse(t).map_err(|e| {
+                UserError::with_hint(format!("--tag {t:?}: {e}"), "e.g. --tag myapp:latest")
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let creation_time = match args.creation_time.as_deref() {
+        None => None,
+        Some("now") => Some(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs() as i64)
+                .unwrap_or(0),
+        ),
+        Some(s) => Some(s.parse::<i64>().ok().filter(|n| *n >= 0).ok_or_else(|| {
+            UserError::with_hint(
+                format!("--creation-time {s:?} is neither `now` nor Unix seconds"),
+                "e.g. --creation-time now or --creation-time 1700000000",
+            )
+        })?),
+    };
+    let volumes = args
+        .volumes
+        .iter()
+        .map(|v| {
+            locald_core::lifecycle::Volume::parse(v).map_err(|e| {
+                UserError::with_hint(e, "e.g. --volume ./certs:/certs or --volume /data:/data:rw")
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     let runner = choose_runner(args.runner)?;
     let builder = open_builder_source(args.source.as_deref(), &args.registry, args.policy.policy)?;
     let run_spec = args
@@ -87,6 +175,25 @@ pub async fn build(
             && std::io::IsTerminal::is_terminal(&std::io::stderr()),
         lifecycle_stdout_to_stderr: args.json,
         cancel,
+        tags,
+        default_process: args.default_process.clone(),
+        creation_time,
+        cache_dir: args
+            .cache_dir
+            .as_deref()
+            .map(std::path::absolute)
+            .transpose()?,
+        sbom_output_dir: args
+            .sbom_output_dir
+            .as_deref()
+            .map(std::path::absolute)
+            .transpose()?,
+        network: match args.network {
+            crate::args::NetworkKind::Host => locald_core::lifecycle::Network::Host,
+            crate::args::NetworkKind::None => locald_core::lifecycle::Network::None,
+        },
+        volumes,
+        buildpacks,
     };
     let built = locald_build::build(&cache()?, options, &Events { quiet })
         .await

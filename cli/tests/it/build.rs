@@ -1867,3 +1867,487 @@ fn publish_without_a_registry_is_refused() {
     ]);
     assert_eq!(r.code, 2, "{r}");
 }
+
+// ---------------------------------------------------------------------------
+// The flags pack users script with.
+
+/// The image config of the only image of the OCI layout `out`, with its
+/// index.json.
+fn layout_config(out: &Path) -> (Value, Value) {
+    let index = read_json(&out.join("index.json"));
+    let blob = |d: &str| {
+        out.join("blobs/sha256")
+            .join(d.trim_start_matches("sha256:"))
+    };
+    let manifest = read_json(&blob(index["manifests"][0]["digest"].as_str().unwrap()));
+    let config = read_json(&blob(manifest["config"]["digest"].as_str().unwrap()));
+    (config, index)
+}
+
+/// `[probe] env NAME=VALUE` lines the first buildpack printed.
+fn probed_env(r: &Out) -> Vec<String> {
+    locald_tests::standin::probes(&r.all())
+        .into_iter()
+        .filter_map(|p| p.strip_prefix("env ").map(str::to_owned))
+        .collect()
+}
+
+/// The descriptor's build env, then the env files in order, then --env: the
+/// later wins; `KEY` alone takes this environment's value; comments and blank
+/// lines are skipped; a bad line is named with its number.
+#[test]
+fn env_file_descriptor_and_env() {
+    let w = World::new();
+    let descriptor = "[_]\nschema-version = \"0.2\"\n\n[[io.buildpacks.build.env]]\nname = \"FROM_DESC\"\nvalue = \"desc\"\n\n[[io.buildpacks.build.env]]\nname = \"OVER\"\nvalue = \"desc\"\n";
+    let Some((_, src, app)) = setup(&w, &[("hello.txt", "hi\n"), ("project.toml", descriptor)])
+    else {
+        return;
+    };
+    let env1 = w.path("one.env");
+    std::fs::write(
+        &env1,
+        "# CI settings\n\nOVER=file1\nFROM_FILE=a=b c\nPASSED\n",
+    )
+    .unwrap();
+    let env2 = w.path("two.env");
+    std::fs::write(&env2, "OVER=file2\nFLAG=file\n").unwrap();
+    let mut args = w.build_args(&app, any_runner(), &w.path("out"), &["--source", &src]);
+    args.extend(
+        [
+            "--env-file",
+            env1.to_str().unwrap(),
+            "--env-file",
+            env2.to_str().unwrap(),
+            "--env",
+            "FLAG=flag",
+        ]
+        .map(str::to_owned),
+    );
+    let r = output(
+        w.command(&args.iter().map(String::as_str).collect::<Vec<_>>())
+            .env("PASSED", "from the environment"),
+    );
+    assert_eq!(r.code, 0, "{r}");
+    let mut env = probed_env(&r);
+    env.sort();
+    assert_eq!(
+        env,
+        [
+            "FLAG=flag",
+            "FROM_DESC=desc",
+            "FROM_FILE=a=b c",
+            "OVER=file2",
+            "PASSED=from the environment",
+        ],
+        "{r}"
+    );
+    // A bad line, named.
+    std::fs::write(&env2, "OK=1\n\nnot a line\n").unwrap();
+    let r = w.run(
+        &w.build_args(
+            &app,
+            any_runner(),
+            &w.path("out2"),
+            &["--source", &src, "--env-file", env2.to_str().unwrap()],
+        )
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>(),
+    );
+    assert_eq!(r.code, 1, "{r}");
+    assert!(r.stderr.contains("two.env:3:"), "{r}");
+    assert!(r.stderr.contains("hint: "), "{r}");
+    // --descriptor names another file; a missing one is refused.
+    let other = w.path("other.toml");
+    std::fs::write(
+        &other,
+        "[[build.env]]\nname = \"FROM_OTHER\"\nvalue = \"v0.1\"\n",
+    )
+    .unwrap();
+    let r = w.build(
+        &app,
+        any_runner(),
+        &w.path("out3"),
+        &["--source", &src, "--descriptor", other.to_str().unwrap()],
+    );
+    assert_eq!(r.code, 0, "{r}");
+    assert_eq!(probed_env(&r), ["FROM_OTHER=v0.1"], "{r}");
+    let r = w.build(
+        &app,
+        any_runner(),
+        &w.path("out4"),
+        &["--source", &src, "--descriptor", "/nonexistent.toml"],
+    );
+    assert_eq!(r.code, 1, "{r}");
+    assert!(r.stderr.contains("--descriptor /nonexistent.toml"), "{r}");
+}
+
+/// --default-process, --creation-time and --tag, seen on the output image; an
+/// unknown process type fails the export with the lifecycle's sentence.
+#[test]
+fn default_process_creation_time_and_tags() {
+    let w = World::new();
+    let Some((_, src, app)) = setup(&w, &[("hello.txt", "hi\n")]) else {
+        return;
+    };
+    let out = w.path("plain");
+    let r = w.build(&app, any_runner(), &out, &["--source", &src]);
+    assert_eq!(r.code, 0, "{r}");
+    let (config, _) = layout_config(&out);
+    assert_eq!(
+        config["created"], "1980-01-01T00:00:01Z",
+        "reproducible by default"
+    );
+    assert_eq!(
+        config["config"]["Entrypoint"],
+        serde_json::json!(["/cnb/process/web"])
+    );
+
+    let out = w.path("flags");
+    let tag = format!("docker.io/locald-test/other-{}:2", w.id);
+    let r = w.build(
+        &app,
+        any_runner(),
+        &out,
+        &[
+            "--source",
+            &src,
+            "--default-process",
+            "worker",
+            "--creation-time",
+            "1700000000",
+            "--tag",
+            &tag,
+        ],
+    );
+    assert_eq!(r.code, 0, "{r}");
+    let (config, index) = layout_config(&out);
+    assert_eq!(config["created"], "2023-11-14T22:13:20Z", "{config}");
+    assert_eq!(
+        config["config"]["Entrypoint"],
+        serde_json::json!(["/cnb/process/worker"])
+    );
+    let mut names: Vec<&str> = index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["annotations"][REF_NAME].as_str().unwrap())
+        .collect();
+    names.sort();
+    let image = format!("docker.io/{}", w.image());
+    let mut want = vec![image.as_str(), tag.as_str()];
+    want.sort();
+    assert_eq!(names, want, "{index}");
+
+    let r = w.build(
+        &app,
+        any_runner(),
+        &w.path("now"),
+        &["--source", &src, "--creation-time", "now"],
+    );
+    assert_eq!(r.code, 0, "{r}");
+    let (config, _) = layout_config(&w.path("now"));
+    let year: i32 = config["created"].as_str().unwrap()[..4].parse().unwrap();
+    assert!(year >= 2026, "{config}");
+    for bad in ["yesterday", "-5"] {
+        let r = w.build(
+            &app,
+            any_runner(),
+            &w.path("bad"),
+            &["--source", &src, &format!("--creation-time={bad}")],
+        );
+        assert_eq!(r.code, 1, "{r}");
+        assert!(r.stderr.contains("--creation-time"), "{r}");
+    }
+
+    let r = w.build(
+        &app,
+        any_runner(),
+        &w.path("nope"),
+        &["--source", &src, "--default-process", "nope"],
+    );
+    assert_eq!(r.code, 62, "{r}");
+    assert!(r.stderr.contains("tried to set nope to default"), "{r}");
+}
+
+/// --sbom-output-dir gets the SBOM files the lifecycle collected.
+#[test]
+fn sbom_output_dir() {
+    let w = World::new();
+    let Some((_, src, app)) = setup(&w, &[("hello.txt", "hi\n")]) else {
+        return;
+    };
+    let sbom = w.path("sbom");
+    let r = w.build(
+        &app,
+        any_runner(),
+        &w.path("out"),
+        &[
+            "--source",
+            &src,
+            "--sbom-output-dir",
+            sbom.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(r.code, 0, "{r}");
+    let bp = BUSYBOX_BUILDPACKS[0].0.replace('/', "_");
+    let file = sbom.join("launch").join(&bp).join("web/sbom.cdx.json");
+    let doc = read_json(&file);
+    assert_eq!(doc["bomFormat"], "CycloneDX", "{doc}");
+}
+
+/// --cache-dir holds the buildpacks' cache (kept between builds, emptied by
+/// --clear-cache); the app's own state is not used for it.
+#[test]
+fn cache_dir_is_used_and_cleared() {
+    let w = World::new();
+    let Some((_, src, app)) = setup(&w, &[("hello.txt", "hi\n")]) else {
+        return;
+    };
+    let cache = w.path("ci-cache");
+    let c = cache.to_str().unwrap();
+    for (round, extra, want) in [
+        (1, None, "1"),
+        (2, None, "2"),
+        (3, Some("--clear-cache"), "1"),
+    ] {
+        let mut args = vec!["--source", src.as_str(), "--cache-dir", c];
+        args.extend(extra);
+        let r = w.build(&app, any_runner(), &w.path(&format!("out{round}")), &args);
+        assert_eq!(r.code, 0, "{r}");
+        assert_eq!(
+            r.probe("cache builds").as_deref(),
+            Some(want),
+            "round {round}: {r}"
+        );
+        assert!(
+            std::fs::read_dir(&cache).unwrap().count() > 0,
+            "nothing in {c}"
+        );
+    }
+    // Without it, the app's own cache starts from nothing.
+    let r = w.build(&app, any_runner(), &w.path("out4"), &["--source", &src]);
+    assert_eq!(r.code, 0, "{r}");
+    assert_eq!(r.probe("cache builds").as_deref(), Some("1"), "{r}");
+}
+
+/// --network none: the buildpacks see loopback only (container runner); the
+/// native runner refuses it.
+#[test]
+fn network_none_is_loopback_only() {
+    let w = World::new();
+    let Some((_, src, app)) = setup(&w, &[("hello.txt", "hi\n"), ("probe-network", "")]) else {
+        return;
+    };
+    let r = w.build(
+        &app,
+        Runner::Native,
+        &w.path("n"),
+        &["--source", &src, "--network", "none"],
+    );
+    assert_eq!(r.code, 1, "{r}");
+    assert!(
+        r.stderr.contains("native runner") && r.stderr.contains("hint: use --runner container"),
+        "{r}"
+    );
+    if require::ok(sandbox_possible(None), "the container runner").is_none() {
+        return;
+    }
+    let r = w.build(
+        &app,
+        Runner::Container,
+        &w.path("c"),
+        &["--source", &src, "--network", "none"],
+    );
+    assert_eq!(r.code, 0, "{r}");
+    assert_eq!(
+        r.probe("netdev").as_deref().map(str::trim),
+        Some("lo"),
+        "{r}"
+    );
+    let host: Vec<String> = std::fs::read_to_string("/proc/net/dev")
+        .unwrap()
+        .lines()
+        .skip(2)
+        .filter_map(|l| l.split(':').next().map(|s| s.trim().to_owned()))
+        .collect();
+    let r = w.build(&app, Runner::Container, &w.path("h"), &["--source", &src]);
+    assert_eq!(r.code, 0, "{r}");
+    let seen = r.probe("netdev").unwrap_or_default();
+    for iface in &host {
+        assert!(
+            seen.split_whitespace().any(|s| s == iface),
+            "{iface} missing from {seen:?}"
+        );
+    }
+}
+
+/// --volume: read-only by default, writable with :rw (container runner);
+/// targets over what the lifecycle needs are refused; the native runner
+/// refuses volumes.
+#[test]
+fn volumes_for_the_buildpacks() {
+    let w = World::new();
+    let data = w.path("data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("hello"), "from the host").unwrap();
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let Some((_, src, app)) = setup(&w, &[("hello.txt", "hi\n"), ("probe-volume", "/data")]) else {
+        return;
+    };
+    let d = data.to_str().unwrap();
+    for (target, want) in [
+        ("/cnb", "over /cnb"),
+        ("/workspace/x", "over /workspace"),
+        ("/proc", "over /proc"),
+        ("/", "root filesystem"),
+        ("relative", "absolute path"),
+    ] {
+        let r = w.build(
+            &app,
+            any_runner(),
+            &w.path("bad"),
+            &["--source", &src, "--volume", &format!("{d}:{target}")],
+        );
+        assert_eq!(r.code, 1, "{target}: {r}");
+        assert!(r.stderr.contains(want), "{target}: {r}");
+    }
+    let r = w.build(
+        &app,
+        Runner::Native,
+        &w.path("n"),
+        &["--source", &src, "--volume", &format!("{d}:/data")],
+    );
+    assert_eq!(r.code, 1, "{r}");
+    assert!(r.stderr.contains("native runner"), "{r}");
+    if require::ok(sandbox_possible(None), "the container runner").is_none() {
+        return;
+    }
+    let r = w.build(
+        &app,
+        Runner::Container,
+        &w.path("ro"),
+        &["--source", &src, "--volume", &format!("{d}:/data")],
+    );
+    assert_eq!(r.code, 0, "{r}");
+    assert_eq!(
+        r.probe("volume-read").as_deref(),
+        Some("from the host"),
+        "{r}"
+    );
+    assert_eq!(r.probe("volume-write").as_deref(), Some("denied"), "{r}");
+    assert!(!data.join("written").exists());
+    let r = w.build(
+        &app,
+        Runner::Container,
+        &w.path("rw"),
+        &["--source", &src, "--volume", &format!("{d}:/data:rw")],
+    );
+    assert_eq!(r.code, 0, "{r}");
+    assert_eq!(r.probe("volume-write").as_deref(), Some("allowed"), "{r}");
+    assert!(
+        data.join("written").exists(),
+        "the write did not reach the host"
+    );
+}
+
+/// --buildpack: exactly these, in this order; one the builder has by id, a
+/// local directory; unknown ids list what the builder has; a directory
+/// without buildpack.toml is refused.
+#[test]
+fn buildpack_flag_sets_the_group() {
+    let w = World::new();
+    let Some((_, src, app)) = setup(&w, &[("hello.txt", "hi\n")]) else {
+        return;
+    };
+    let (first, second) = (BUSYBOX_BUILDPACKS[0], BUSYBOX_BUILDPACKS[1]);
+    let local = w.path("my-buildpack");
+    std::fs::create_dir_all(local.join("bin")).unwrap();
+    std::fs::write(
+        local.join("buildpack.toml"),
+        "api = \"0.10\"\n\n[buildpack]\n  id = \"me/local\"\n  version = \"0.0.1\"\n\n[[targets]]\n  os = \"linux\"\n",
+    )
+    .unwrap();
+    for (name, body) in [
+        ("detect", "#!/bin/sh\nexit 0\n"),
+        (
+            "build",
+            "#!/bin/sh\necho \"local buildpack ran in $(pwd)\"\n",
+        ),
+    ] {
+        let p = local.join("bin").join(name);
+        std::fs::write(&p, body).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    std::fs::set_permissions(&w.root, std::fs::Permissions::from_mode(0o755)).unwrap();
+    for runner in all_runners() {
+        let r = w.build(
+            &app,
+            runner,
+            &w.path(&format!("two-{runner:?}")),
+            &[
+                "--source",
+                &src,
+                "--buildpack",
+                second.0,
+                "--buildpack",
+                local.to_str().unwrap(),
+            ],
+        );
+        assert_eq!(r.code, 0, "{r}");
+        let all = r.all();
+        let s2 = all
+            .find(&format!("stand-in build: {}@{}", second.0, second.1))
+            .unwrap_or_else(|| panic!("{r}"));
+        let sl = all
+            .find("local buildpack ran")
+            .unwrap_or_else(|| panic!("{r}"));
+        assert!(s2 < sl, "order: {r}");
+        assert!(
+            !all.contains(&format!("stand-in build: {}@", first.0)),
+            "{r}"
+        );
+    }
+    let r = w.build(
+        &app,
+        any_runner(),
+        &w.path("x"),
+        &["--source", &src, "--buildpack", "nobody/here@9"],
+    );
+    assert_eq!(r.code, 1, "{r}");
+    assert!(
+        r.stderr.contains("no such buildpack")
+            && r.stderr.contains(&format!("{}@{}", first.0, first.1)),
+        "{r}"
+    );
+    let empty = w.path("empty-bp");
+    std::fs::create_dir_all(&empty).unwrap();
+    let r = w.build(
+        &app,
+        any_runner(),
+        &w.path("y"),
+        &["--source", &src, "--buildpack", empty.to_str().unwrap()],
+    );
+    assert_eq!(r.code, 1, "{r}");
+    assert!(r.stderr.contains("buildpack.toml"), "{r}");
+}
+
+/// `build --help` groups its options and shows an example of each new flag.
+#[test]
+fn build_help_groups_options() {
+    let w = World::new();
+    let r = w.run(&["build", "--help"]);
+    assert_eq!(r.code, 0, "{r}");
+    for want in [
+        "Input:",
+        "Builder:",
+        "Output:",
+        "Runtime:",
+        "--env-file ci.env",
+        "--network none",
+        "--publish",
+        "--sbom-output-dir ./sbom",
+    ] {
+        assert!(r.stdout.contains(want), "missing {want:?}:\n{}", r.stdout);
+    }
+}

@@ -120,6 +120,101 @@ pub struct LifecyclePlan {
     pub gid: u32,
     /// The host directories.
     pub host: HostDirs,
+    /// The network the lifecycle gets.
+    pub network: Network,
+    /// Host paths mounted for the buildpacks (sandboxes only).
+    pub volumes: Vec<Volume>,
+}
+
+/// The network a sandboxed process gets.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Network {
+    /// The host's (buildpacks can download).
+    #[default]
+    Host,
+    /// A network namespace of its own with only loopback (offline builds).
+    None,
+}
+
+/// A host path mounted into the sandbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Volume {
+    /// The host path (absolute, existing).
+    pub host: PathBuf,
+    /// Where it appears (absolute).
+    pub target: String,
+    /// Read-only (the default, as in pack).
+    pub read_only: bool,
+}
+
+impl Volume {
+    /// Parses `HOST:TARGET[:ro|rw]` (`HOST` made absolute against the working
+    /// directory; read-only unless `rw`).
+    pub fn parse(spec: &str) -> std::result::Result<Volume, String> {
+        let mut parts: Vec<&str> = spec.split(':').collect();
+        let read_only = match parts.last() {
+            Some(&"ro") if parts.len() == 3 => {
+                parts.pop();
+                true
+            }
+            Some(&"rw") if parts.len() == 3 => {
+                parts.pop();
+                false
+            }
+            _ => true,
+        };
+        let [host, target] = parts.as_slice() else {
+            return Err(format!("--volume {spec:?} is not HOST:TARGET[:ro|rw]"));
+        };
+        if host.is_empty() || target.is_empty() {
+            return Err(format!("--volume {spec:?} is not HOST:TARGET[:ro|rw]"));
+        }
+        if !target.starts_with('/') || target.split('/').any(|c| c == "..") {
+            return Err(format!(
+                "--volume {spec:?}: the target {target:?} must be an absolute path without `..`"
+            ));
+        }
+        let host = std::path::absolute(host).map_err(|e| format!("--volume {spec:?}: {e}"))?;
+        Ok(Volume {
+            host,
+            target: (*target).to_owned(),
+            read_only,
+        })
+    }
+}
+
+impl Volume {
+    /// Refuses a target that would hide or replace what the lifecycle needs:
+    /// the root, its own directories (`/workspace`, `/layers`, `/platform`,
+    /// `/cache`, `/layout-repo`), `/cnb`, `/proc` or `/dev`, or anything below
+    /// them; and a host path that is not a directory.
+    pub fn check(&self) -> std::result::Result<(), String> {
+        let target = self.target.trim_end_matches('/');
+        let reserved: Vec<&str> = Dir::WRITABLE
+            .iter()
+            .map(|d| d.sandbox_path())
+            .chain(["/cnb", "/proc", "/dev"])
+            .collect();
+        if target.is_empty() {
+            return Err("--volume cannot mount over the root filesystem".to_owned());
+        }
+        if let Some(r) = reserved
+            .iter()
+            .find(|r| target == **r || target.starts_with(&format!("{r}/")))
+        {
+            return Err(format!(
+                "--volume target {} is over {r}, which the lifecycle needs (its own directories, /cnb, /proc and /dev are reserved)",
+                self.target
+            ));
+        }
+        if !self.host.is_dir() {
+            return Err(format!(
+                "--volume host path {} is not a directory",
+                self.host.display()
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl LifecyclePlan {

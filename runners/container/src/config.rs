@@ -30,6 +30,9 @@ pub(crate) struct Bind {
     pub host: PathBuf,
     /// Where the lifecycle sees it (absolute).
     pub target: String,
+    /// Mounted read-only (a `--volume` without `:rw`).
+    #[serde(default)]
+    pub read_only: bool,
 }
 
 /// The unprivileged host user and group the lifecycle of a sandbox started by root
@@ -69,6 +72,9 @@ pub(crate) struct SandboxConfig {
     pub cwd: String,
     /// The sandbox's host name.
     pub hostname: String,
+    /// A network namespace of its own with only loopback (`--network none`).
+    #[serde(default)]
+    pub network_none: bool,
 }
 
 /// The `PATH` a lifecycle gets when the plan has none.
@@ -253,6 +259,7 @@ mod tests {
             what: "x".into(),
             host: "/h".into(),
             target: target.into(),
+            read_only: false,
         }
     }
 
@@ -357,6 +364,7 @@ mod tests {
             env: vec![],
             cwd: "/workspace".into(),
             hostname: "h".into(),
+            network_none: false,
         };
         let tree = config.mount_tree();
         let names: Vec<&str> = tree.children.keys().map(String::as_str).collect();

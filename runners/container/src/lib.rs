@@ -142,6 +142,21 @@ impl ContainerRunner {
                 what: what.to_owned(),
                 host,
                 target: dir.sandbox_path().to_owned(),
+                read_only: false,
+            });
+        }
+
+        for volume in &plan.volumes {
+            volume.check().map_err(RunnerError::Other)?;
+            let host = std::fs::canonicalize(&volume.host).map_err(|source| RunnerError::Io {
+                what: format!("resolving the volume {}", volume.host.display()),
+                source,
+            })?;
+            binds.push(Bind {
+                what: "volume".to_owned(),
+                host,
+                target: volume.target.clone(),
+                read_only: volume.read_only,
             });
         }
 
@@ -175,6 +190,7 @@ impl ContainerRunner {
             env: config::sandbox_env(&plan.env, &home),
             cwd: Dir::App.sandbox_path().to_owned(),
             hostname: sandbox::HOSTNAME.to_owned(),
+            network_none: plan.network == locald_core::lifecycle::Network::None,
         })
     }
 }

@@ -394,6 +394,11 @@ fn init(
     enter_root()?;
     rustix::system::sethostname(config.hostname.as_bytes())
         .context(|| format!("setting the host name to {}", config.hostname))?;
+    if config.network_none {
+        sys::unshare(UnshareFlags::NEWNET)
+            .context(|| "creating the build's own network namespace (--network none)".into())?;
+        sys::loopback_up().context(|| "bringing up loopback in the build's network".into())?;
+    }
 
     let lifecycle = match sys::fork().context(|| format!("starting {}", config.program))? {
         Forked::Child => std::process::exit(match lifecycle(config) {
@@ -680,8 +685,12 @@ fn system_mounts(config: &SandboxConfig) -> Result<(), Failure> {
             )
         };
         rustix::mount::mount_bind_recursive(&bind.host, &target).context(what)?;
-        remount_bind(&target, MountFlags::empty())
-            .context(|| format!("{} (nosuid, nodev)", what()))?;
+        let flags = if bind.read_only {
+            MountFlags::RDONLY
+        } else {
+            MountFlags::empty()
+        };
+        remount_bind(&target, flags).context(|| format!("{} (nosuid, nodev)", what()))?;
     }
     rustix::mount::mount(
         "proc",

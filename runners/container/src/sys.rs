@@ -391,3 +391,33 @@ pub(crate) fn probe_userns(uid: u32, gid: u32) -> io::Result<Option<(ProbeStep, 
         _ => Err(io::Error::other("the probe process ended unexpectedly")),
     }
 }
+
+/// Brings the loopback interface of this network namespace up (a new network
+/// namespace has `lo`, down). Needs `CAP_NET_ADMIN` over the namespace.
+pub(crate) fn loopback_up() -> io::Result<()> {
+    let sock = rustix::net::socket(
+        rustix::net::AddressFamily::INET,
+        rustix::net::SocketType::DGRAM,
+        None,
+    )?;
+    // SAFETY: `ifreq` is plain old data; all-zero is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(b"lo\0") {
+        *dst = *src as libc::c_char;
+    }
+    use std::os::fd::AsRawFd;
+    // SAFETY: SIOCGIFFLAGS reads into `req`, a valid, live ifreq with a
+    // NUL-terminated name; the fd is an open socket.
+    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `ifru_flags` is the union member SIOCGIFFLAGS just filled in.
+    unsafe {
+        req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+    }
+    // SAFETY: as above; SIOCSIFFLAGS only reads `req`.
+    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}

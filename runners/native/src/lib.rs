@@ -14,7 +14,7 @@ use std::process::{Command, Stdio};
 
 use locald_core::cancel::Cancel;
 use locald_core::lifecycle::{
-    Dir, LifecyclePlan, LifecycleRunner, LineWatcher, RunStatus, RunnerError,
+    Dir, LifecyclePlan, LifecycleRunner, LineWatcher, Network, RunStatus, RunnerError,
 };
 
 /// Runs the lifecycle on the host.
@@ -70,6 +70,12 @@ impl LifecycleRunner for NativeRunner {
         watcher: &LineWatcher,
         cancel: &Cancel,
     ) -> Result<RunStatus, RunnerError> {
+        if plan.network != Network::Host || !plan.volumes.is_empty() {
+            return Err(RunnerError::Unavailable {
+                message: "the native runner runs the lifecycle on the host, in the host's network and file system: it cannot give it --network none or --volume mounts".to_owned(),
+                hint: "use --runner container".to_owned(),
+            });
+        }
         let program = plan.host.builder.join(&plan.program);
         check_program(&program, &plan.program)?;
         let uid = rustix::process::geteuid().as_raw();

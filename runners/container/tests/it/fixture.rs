@@ -120,6 +120,8 @@ impl Fixture {
             uid: UID,
             gid: GID,
             host: self.host.clone(),
+            network: Default::default(),
+            volumes: Vec::new(),
         }
     }
 }
