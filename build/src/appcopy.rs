@@ -143,7 +143,12 @@ fn toml_problem(text: &str, e: &toml::de::Error) -> String {
 
 /// Reads the file filter of the app in `app_dir` (none without a `project.toml`).
 pub fn read_file_filter(app_dir: &Path) -> Result<FileFilter> {
-    let path = app_dir.join(PROJECT_DESCRIPTOR);
+    read_filter_from(&app_dir.join(PROJECT_DESCRIPTOR))
+}
+
+/// Reads the file filter of the descriptor at `path` (none when it is missing).
+pub fn read_filter_from(path: &Path) -> Result<FileFilter> {
+    let path = path.to_path_buf();
     match std::fs::read(&path) {
         Ok(bytes) => {
             let text = String::from_utf8(bytes).map_err(|_| Error::ProjectDescriptor {
@@ -190,8 +195,23 @@ pub fn copy_app_excluding(
     owner: Option<(u32, u32)>,
     skip: &[PathBuf],
 ) -> Result<CopyStats> {
+    copy_app_with(src, dest, owner, skip, None)
+}
+
+/// [`copy_app_excluding`] with the include/exclude lists of `descriptor`
+/// instead of the app's own `project.toml` (`--descriptor`).
+pub fn copy_app_with(
+    src: &Path,
+    dest: &Path,
+    owner: Option<(u32, u32)>,
+    skip: &[PathBuf],
+    descriptor: Option<&Path>,
+) -> Result<CopyStats> {
     let src = app_root(src)?;
-    let filter = read_file_filter(&src)?;
+    let filter = match descriptor {
+        Some(d) => read_filter_from(d)?,
+        None => read_file_filter(&src)?,
+    };
     let dest = absolute_dest(dest)?;
     if src.starts_with(&dest) {
         return Err(Error::AppDir {

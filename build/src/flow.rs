@@ -199,6 +199,9 @@ pub struct BuildOptions {
     pub volumes: Vec<Volume>,
     /// Exactly these buildpacks, in one group, in this order (`--buildpack`).
     pub buildpacks: Vec<BuildpackRef>,
+    /// The project descriptor whose include/exclude lists pick the app's files
+    /// (`None`: the app's own `project.toml`).
+    pub descriptor: Option<PathBuf>,
 }
 
 /// A buildpack asked for with `--buildpack`.
@@ -432,6 +435,7 @@ pub async fn build(
         network,
         volumes,
         buildpacks,
+        descriptor,
     } = options;
     let on_host = runner.on_host();
     // What the runner cannot do is refused before anything is fetched.
@@ -596,7 +600,7 @@ pub async fn build(
     let copied = {
         let (app, dest, platform_dir) = (app.clone(), dirs.app.clone(), dirs.platform.clone());
         blocking(move || {
-            let copied = appcopy::copy_app_excluding(&app, &dest, owner, &skip)?;
+            let copied = appcopy::copy_app_with(&app, &dest, owner, &skip, descriptor.as_deref())?;
             write_platform_env(&platform_dir, &env)?;
             if let Some((uid, gid)) = owner {
                 locald_core::fsutil::chown_tree(&platform_dir, uid, gid)

@@ -123,6 +123,7 @@ impl World {
             network: Default::default(),
             volumes: Vec::new(),
             buildpacks: Vec::new(),
+            descriptor: None,
         }
     }
 

@@ -194,6 +194,11 @@ pub async fn build(
         },
         volumes,
         buildpacks,
+        descriptor: args
+            .descriptor
+            .as_deref()
+            .map(std::path::absolute)
+            .transpose()?,
     };
     let built = locald_build::build(&cache()?, options, &Events { quiet })
         .await

@@ -1961,9 +1961,10 @@ fn env_file_descriptor_and_env() {
     let other = w.path("other.toml");
     std::fs::write(
         &other,
-        "[[build.env]]\nname = \"FROM_OTHER\"\nvalue = \"v0.1\"\n",
+        "[build]\nexclude = [\"secret.txt\"]\n\n[[build.env]]\nname = \"FROM_OTHER\"\nvalue = \"v0.1\"\n",
     )
     .unwrap();
+    std::fs::write(app.join("secret.txt"), "not for the image").unwrap();
     let r = w.build(
         &app,
         any_runner(),
@@ -1972,6 +1973,12 @@ fn env_file_descriptor_and_env() {
     );
     assert_eq!(r.code, 0, "{r}");
     assert_eq!(probed_env(&r), ["FROM_OTHER=v0.1"], "{r}");
+    let paths = app_layer_paths(&w.path("out3")).unwrap();
+    assert!(paths.iter().any(|p| p.ends_with("hello.txt")), "{paths:?}");
+    assert!(
+        !paths.iter().any(|p| p.ends_with("secret.txt")),
+        "{paths:?}"
+    );
     let r = w.build(
         &app,
         any_runner(),
