@@ -79,7 +79,8 @@ impl Output {
     }
 
     /// Opens the destination for an image called `names` (a registry
-    /// destination names the image by its own reference).
+    /// destination names the image by its own reference, then by the names
+    /// after the first).
     pub async fn open_destination(
         &self,
         names: Vec<String>,
@@ -89,7 +90,10 @@ impl Output {
             Output::Registry(r) => {
                 let options = crate::commands::registry_options(registry)
                     .map_err(|e| locald_core::Error::source(format!("{e:#}")))?;
-                Box::new(RegistryDestination::open(options, &[r.to_string()]).await?)
+                // Its own reference first; the other names (a build's --tag) after.
+                let mut all = vec![r.to_string()];
+                all.extend(names.into_iter().skip(1));
+                Box::new(RegistryDestination::open(options, &all).await?)
             }
             Output::Layout(dir) => {
                 Box::new(OciLayoutDestination::open(dir, names, Existing::Merge).await?)

@@ -1796,14 +1796,29 @@ fn publishes_to_a_registry() {
         "a failed build pushed"
     );
 
-    let r = run(base(&["--publish", "--creds", "ci:secret"]));
+    let latest = format!("{}/team/app-{}:latest", reg.addr(), w.id);
+    let r = run(base(&[
+        "--publish",
+        "--creds",
+        "ci:secret",
+        "--tag",
+        &latest,
+    ]));
     assert_eq!(r.code, 0, "{r}");
     let v = r.json();
     let digest = v["digest"].as_str().unwrap().to_owned();
     assert_eq!(v["output"], format!("registry:{image}"), "{v:#}");
     assert_eq!(v["published"], format!("{image}@{digest}"), "{v:#}");
-    let raw = reg.inspect_raw(&format!("team/app-{}:1", w.id)).unwrap();
-    assert_eq!(locald_tests::fixture::sha256_digest(raw.as_bytes()), digest);
+    for tag in ["1", "latest"] {
+        let raw = reg
+            .inspect_raw(&format!("team/app-{}:{tag}", w.id))
+            .unwrap();
+        assert_eq!(
+            locald_tests::fixture::sha256_digest(raw.as_bytes()),
+            digest,
+            "{tag}"
+        );
+    }
 
     // The registry gone: the push fails, the image stays, the hint works.
     reg.kill();
