@@ -33,6 +33,10 @@ pub enum Command {
     /// the host, and writes the image where --output says.
     #[command(after_help = BUILD_HELP)]
     Build(Box<BuildArgs>),
+    /// Run an image's process rootless, with no daemon: the image from any
+    /// source, through the cache, with a throwaway writable layer.
+    #[command(after_help = RUN_HELP)]
+    Run(Box<RunArgs>),
     /// Work with images: extract files, inspect metadata.
     #[command(subcommand)]
     Image(ImageCommand),
@@ -191,6 +195,72 @@ pub struct BuildArgs {
     pub cache_dir: Option<PathBuf>,
     #[command(flatten)]
     pub registry: RegistryArgs,
+}
+
+const RUN_HELP: &str = "\
+Examples:
+  locald run ./app.oci                                   # the layout's only image
+  locald run busybox:1.36 -- echo hello
+  locald run ghcr.io/me/app:1.0 --process worker -e LOG=debug --network none
+  locald run app:1 --source oci-layout:./images --volume ./data:/data:rw --user 1000
+
+The image's whole root filesystem is extracted into the cache once and reused:
+a warm start touches no network and extracts nothing. The root is that tree,
+read-only, under a writable layer thrown away when the process exits (as with
+`docker run --rm`). Fresh /proc, a minimal /dev, tmpfs /tmp, the host's
+resolv.conf and localhost in /etc/hosts; nothing else of the host unless
+--volume names it. The image config is honoured: User (names through the
+image's /etc/passwd and /etc/group), Env (then --env-file and -e), WorkingDir,
+Entrypoint and Cmd (-- ARGS replaces Cmd, --entrypoint replaces Entrypoint).
+The process's stdio are locald's; SIGINT, SIGTERM and SIGHUP are forwarded;
+its exit code (128 + signal) is locald's.";
+
+/// `locald run`
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The image: a reference, the name of an image in --source, or the path of
+    /// an OCI layout holding one image (`locald run ./app.oci`).
+    pub image: Option<String>,
+    /// Where to read it from: `registry:` (default), `oci-layout:DIR`,
+    /// `docker-archive:FILE` or a plugin's scheme.
+    #[arg(long, value_name = "SPEC")]
+    pub source: Option<String>,
+    /// The platform to pick from a multi-platform image (default: this machine's).
+    #[arg(long, value_name = "PLATFORM")]
+    pub platform: Option<String>,
+    /// For a CNB image: run /cnb/process/TYPE (the types are in `locald image inspect`).
+    #[arg(long, value_name = "TYPE")]
+    pub process: Option<String>,
+    /// An environment variable, KEY=VALUE or KEY (this environment's value); over
+    /// the image's Env and --env-file (repeatable).
+    #[arg(long = "env", short = 'e', value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+    /// A file of KEY=VALUE lines (repeatable).
+    #[arg(long = "env-file", value_name = "FILE")]
+    pub env_files: Vec<PathBuf>,
+    /// Mount a host directory, HOST:TARGET[:ro|rw] (read-only unless :rw; repeatable).
+    #[arg(long = "volume", value_name = "HOST:TARGET[:ro|rw]")]
+    pub volumes: Vec<String>,
+    /// host (default: a server in the image listens on the host's ports) or none
+    /// (loopback only).
+    #[arg(long, value_enum, default_value = "host", value_name = "NETWORK")]
+    pub network: NetworkKind,
+    /// The working directory (default: the image's WorkingDir, else /).
+    #[arg(long, value_name = "DIR")]
+    pub workdir: Option<String>,
+    /// The user, UID[:GID] or NAME[:GROUP] of the image (default: the image's User).
+    #[arg(long, value_name = "USER")]
+    pub user: Option<String>,
+    /// Replace the image's Entrypoint (and its Cmd, unless -- ARGS are given).
+    #[arg(long, value_name = "PROGRAM")]
+    pub entrypoint: Option<String>,
+    #[command(flatten)]
+    pub policy: PullPolicyArgs,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+    /// Arguments: they replace the image's Cmd.
+    #[arg(last = true, value_name = "ARGS")]
+    pub args: Vec<String>,
 }
 
 /// The buildpacks' network.

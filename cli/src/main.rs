@@ -119,6 +119,24 @@ fn main() -> ExitCode {
         }
     };
     let cancel = locald_core::cancel::Cancel::new();
+    // `locald run` hands its exit code on, and forwards signals itself.
+    let cli = match cli.command {
+        Command::Run(args) => {
+            let result = runtime.block_on(commands::run::run(*args, cli.quiet));
+            runtime.shutdown_background();
+            return match result {
+                Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    if let Some(hint) = hint(&e) {
+                        eprintln!("hint: {hint}");
+                    }
+                    ExitCode::from(Exit::Failure as u8)
+                }
+            };
+        }
+        command => Cli { command, ..cli },
+    };
     let result = runtime.block_on(run(cli, cancel));
     // Do not wait for blocking workers still unwinding after an interrupt.
     runtime.shutdown_background();
@@ -165,6 +183,7 @@ async fn run(cli: Cli, cancel: locald_core::cancel::Cancel) -> anyhow::Result<()
                 commands::image::copy(a, cli.quiet, cancel.clone()).await
             }
             Command::Plugin(PluginCommand::Ls(a)) => commands::plugin::ls(a),
+            Command::Run(_) => unreachable!("handled in main"),
             Command::Builder(c) => {
                 use commands::builder;
                 match c {

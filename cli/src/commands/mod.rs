@@ -4,6 +4,7 @@ pub mod build;
 pub mod builder;
 pub mod image;
 pub mod plugin;
+pub mod run;
 
 use anyhow::Context;
 
@@ -135,7 +136,7 @@ pub fn choose_runner(asked: Option<RunnerKind>) -> anyhow::Result<Box<dyn Lifecy
     }
 }
 
-fn runner_error(e: locald_core::lifecycle::RunnerError) -> anyhow::Error {
+pub fn runner_error(e: locald_core::lifecycle::RunnerError) -> anyhow::Error {
     match e {
         locald_core::lifecycle::RunnerError::Unavailable { message, hint } => {
             UserError::with_hint(message, hint).into()

@@ -10,6 +10,7 @@ mod builder_cache;
 mod builder_local;
 mod copy;
 mod plugins;
+mod run;
 
 fn locald(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_locald"))

@@ -75,6 +75,10 @@ pub(crate) struct SandboxConfig {
     /// A network namespace of its own with only loopback (`--network none`).
     #[serde(default)]
     pub network_none: bool,
+    /// The root is writable, its changes thrown away at the end (`locald run`:
+    /// an overlay with a tmpfs upper layer) instead of read-only.
+    #[serde(default)]
+    pub writable_root: bool,
 }
 
 /// The `PATH` a lifecycle gets when the plan has none.
@@ -365,6 +369,7 @@ mod tests {
             cwd: "/workspace".into(),
             hostname: "h".into(),
             network_none: false,
+            writable_root: false,
         };
         let tree = config.mount_tree();
         let names: Vec<&str> = tree.children.keys().map(String::as_str).collect();

@@ -27,6 +27,7 @@ mod config;
 mod ids;
 mod probe;
 mod rootfs;
+mod run;
 mod sandbox;
 mod sys;
 
@@ -42,6 +43,7 @@ use locald_core::lifecycle::{
 
 pub use config::RootMode;
 pub use probe::probe;
+pub use run::{home_of, resolve_user, RunSpec, Running};
 
 use config::{Bind, SandboxConfig};
 use ids::Lent;
@@ -191,6 +193,7 @@ impl ContainerRunner {
             cwd: Dir::App.sandbox_path().to_owned(),
             hostname: sandbox::HOSTNAME.to_owned(),
             network_none: plan.network == locald_core::lifecycle::Network::None,
+            writable_root: false,
         })
     }
 }

@@ -196,7 +196,7 @@ fn exit_code(status: WaitStatus) -> i32 {
 }
 
 /// The signals the helper and the init handle (blocked, then waited for).
-const SIGNALS: [i32; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGCHLD];
+const SIGNALS: [i32; 4] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGCHLD];
 
 fn die_with_parent() -> Result<(), Failure> {
     rustix::process::set_parent_process_death_signal(Some(Signal::KILL))
@@ -543,6 +543,12 @@ fn build_root(config: &SandboxConfig, dir: &Path) -> Result<RootMode, Failure> {
     remount_read_only(Path::new("lower"))?;
 
     let tree = config.mount_tree();
+    if config.writable_root {
+        writable_overlay_root(&tree)?;
+        system_mounts(config)?;
+        localhost_in_hosts()?;
+        return Ok(RootMode::Overlay);
+    }
     let mode = match config.root_mode {
         RootMode::Overlay => {
             overlay_root(&tree)?;
@@ -582,6 +588,45 @@ fn overlay_root(tree: &MountTree) -> Result<(), Failure> {
         Some(c"lowerdir=skel:lower"),
     )
     .context(|| "mounting the builder root read-only (overlayfs)".into())
+}
+
+/// A writable overlay for `locald run`: the skeleton and the image tree below, an
+/// upper layer on the staging tmpfs, so every change is gone with the sandbox.
+fn writable_overlay_root(tree: &MountTree) -> Result<(), Failure> {
+    fs::create_dir("skel").context(|| "creating the overlay skeleton".into())?;
+    copy_mode(Path::new("lower"), Path::new("skel"))?;
+    mirror(Some(Path::new("lower")), Path::new("skel"), tree, false)?;
+    for name in ["upper", "work"] {
+        fs::create_dir(name).context(|| format!("creating the overlay's {name} directory"))?;
+    }
+    copy_mode(Path::new("lower"), Path::new("upper"))?;
+    rustix::mount::mount(
+        "overlay",
+        "root",
+        "overlay",
+        MountFlags::NOSUID | MountFlags::NODEV,
+        Some(c"lowerdir=skel:lower,upperdir=upper,workdir=work"),
+    )
+    .context(|| "mounting the image root with a throwaway writable layer (overlayfs)".into())
+}
+
+/// `/etc/hosts` of a writable root names localhost (written into the throwaway
+/// layer when the image's does not).
+fn localhost_in_hosts() -> Result<(), Failure> {
+    let hosts = in_root("/etc/hosts");
+    let text = fs::read_to_string(&hosts).unwrap_or_default();
+    if text.split_whitespace().any(|w| w == "localhost") {
+        return Ok(());
+    }
+    if let Some(dir) = hosts.parent() {
+        fs::create_dir_all(dir).context(|| "creating /etc".into())?;
+    }
+    let mut out = text;
+    if !out.is_empty() && !out.ends_with('\n') {
+        out.push('\n');
+    }
+    out.push_str("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n");
+    fs::write(&hosts, out).context(|| "writing /etc/hosts".into())
 }
 
 /// A tmpfs with read-only bind mounts of the builder tree's entries (copies of its

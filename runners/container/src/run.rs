@@ -1,0 +1,326 @@
+//! `locald run`: an image's own process in the sandbox. The image tree from the
+//! cache is the read-only lower layer of an overlay whose upper layer is a tmpfs
+//! (what the process writes is gone when it exits); fresh /proc, a minimal /dev,
+//! tmpfs /tmp, the host's resolv.conf, localhost in /etc/hosts, the volumes asked
+//! for, the host's network or none. The process's stdio are locald's own, and
+//! its exit code (128 + signal when a signal ended it) is what [`ContainerRunner::run_image`]
+//! returns.
+
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use locald_core::lifecycle::{RunnerError, Volume};
+
+use crate::config::{Bind, RootMode, SandboxConfig, DEFAULT_PATH};
+use crate::sandbox::{CONFIG_FILE, HOSTNAME, MARKER, REPORT_FILE, STAGE_DIR};
+use crate::{ids, read_report, rootfs, ContainerRunner};
+
+/// What to run, as the image config and the user's flags decided.
+#[derive(Debug, Clone)]
+pub struct RunSpec {
+    /// The image's root filesystem (the cached tree).
+    pub rootfs: PathBuf,
+    /// The program (absolute, or looked up in the image's `PATH`).
+    pub program: String,
+    /// Its arguments.
+    pub args: Vec<String>,
+    /// Its environment, in order (later entries win).
+    pub env: Vec<(String, String)>,
+    /// Its working directory (absolute).
+    pub cwd: String,
+    /// The user and group it runs as inside.
+    pub uid: u32,
+    /// The group.
+    pub gid: u32,
+    /// A network namespace with loopback only.
+    pub network_none: bool,
+    /// Host directories mounted in.
+    pub volumes: Vec<Volume>,
+}
+
+/// A started image process.
+pub struct Running {
+    child: Child,
+    dir: tempfile::TempDir,
+}
+
+impl Running {
+    /// The helper's pid: signals sent to it reach the process.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits for the process and returns its exit code (128 + signal when a
+    /// signal ended it), or why the sandbox could not be set up.
+    pub fn wait(mut self) -> Result<i32, RunnerError> {
+        let status = self.child.wait().map_err(|source| RunnerError::Io {
+            what: "waiting for the sandbox".into(),
+            source,
+        })?;
+        let records = read_report(&self.dir.path().join(REPORT_FILE));
+        for record in &records {
+            if let crate::sandbox::Record::Failed { message, .. } = record {
+                return Err(RunnerError::Other(format!(
+                    "the sandbox for the image could not be set up: {message}"
+                )));
+            }
+        }
+        Ok(match (status.code(), status.signal()) {
+            (Some(code), _) => code,
+            (None, Some(sig)) => 128 + sig,
+            _ => 1,
+        })
+    }
+}
+
+/// Targets a volume may not cover in `locald run`.
+const RESERVED: [&str; 2] = ["/proc", "/dev"];
+
+impl ContainerRunner {
+    /// Starts `spec` in a sandbox with the caller's stdin, stdout and stderr.
+    pub fn start_image(&self, spec: &RunSpec) -> Result<Running, RunnerError> {
+        let mut binds = Vec::new();
+        for v in &spec.volumes {
+            let target = v.target.trim_end_matches('/');
+            if target.is_empty()
+                || RESERVED
+                    .iter()
+                    .any(|r| target == *r || target.starts_with(&format!("{r}/")))
+            {
+                return Err(RunnerError::Unavailable {
+                    message: format!(
+                        "--volume target {} would cover {}: the sandbox's own /, /proc and /dev are not replaceable",
+                        v.target,
+                        if target.is_empty() { "/" } else { target }
+                    ),
+                    hint: "mount it somewhere else, e.g. --volume ./data:/data".to_owned(),
+                });
+            }
+            if !v.host.is_dir() {
+                return Err(RunnerError::Unavailable {
+                    message: format!("--volume host path {} is not a directory", v.host.display()),
+                    hint: "name an existing directory".to_owned(),
+                });
+            }
+            let host = std::fs::canonicalize(&v.host).map_err(|source| RunnerError::Io {
+                what: format!("resolving the volume {}", v.host.display()),
+                source,
+            })?;
+            binds.push(Bind {
+                what: "volume".to_owned(),
+                host,
+                target: v.target.clone(),
+                read_only: v.read_only,
+            });
+        }
+        let rootfs = std::fs::canonicalize(&spec.rootfs).map_err(|source| RunnerError::Io {
+            what: format!("resolving the image root {}", spec.rootfs.display()),
+            source,
+        })?;
+        let mut env = spec.env.clone();
+        if !env.iter().any(|(k, _)| k == "PATH") {
+            env.insert(0, ("PATH".to_owned(), DEFAULT_PATH.to_owned()));
+        }
+        let program = resolve_program(&rootfs, &spec.program, &env)?;
+        let config = SandboxConfig {
+            parent_pid: rustix::process::getpid().as_raw_nonzero().get(),
+            rootfs,
+            root_mode: RootMode::Overlay,
+            binds,
+            home_mount: None,
+            uid: spec.uid,
+            gid: spec.gid,
+            host_ids: if rustix::process::geteuid().is_root() {
+                ids::for_root()
+            } else {
+                None
+            },
+            program,
+            args: spec.args.clone(),
+            env,
+            cwd: spec.cwd.clone(),
+            hostname: HOSTNAME.to_owned(),
+            network_none: spec.network_none,
+            writable_root: true,
+        };
+        let dir = tempfile::Builder::new()
+            .prefix("locald-run-")
+            .permissions(std::fs::Permissions::from_mode(0o700))
+            .tempdir()
+            .map_err(|source| RunnerError::Io {
+                what: "creating the sandbox's temporary directory".into(),
+                source,
+            })?;
+        let io = |what: &str| {
+            let what = what.to_owned();
+            move |source| RunnerError::Io { what, source }
+        };
+        let json = serde_json::to_vec(&config)
+            .map_err(|e| RunnerError::Other(format!("the sandbox configuration: {e}")))?;
+        std::fs::write(dir.path().join(CONFIG_FILE), json)
+            .map_err(io("writing the sandbox configuration"))?;
+        std::fs::create_dir(dir.path().join(STAGE_DIR))
+            .map_err(io("creating the sandbox's staging directory"))?;
+        let mut command = Command::new(&self.helper_exe);
+        command
+            .arg(MARKER)
+            .arg(dir.path())
+            .env_clear()
+            .stdin(Stdio::inherit())
+            .stdout(Stdio::inherit())
+            .stderr(Stdio::inherit());
+        // With a terminal the sandbox stays in the terminal's foreground group
+        // (it may read it; Ctrl-C reaches it directly); without one it gets a
+        // group of its own and the caller forwards signals.
+        if !std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+            use std::os::unix::process::CommandExt;
+            command.process_group(0);
+        }
+        let child = command.spawn().map_err(|source| RunnerError::Io {
+            what: format!("starting the sandbox helper {}", self.helper_exe.display()),
+            source,
+        })?;
+        Ok(Running { child, dir })
+    }
+}
+
+/// `program` as an absolute path inside the image: as it is when absolute, else
+/// the first match in the image's `PATH` (as a runtime looks it up). A program
+/// the image does not have is an error naming it.
+fn resolve_program(
+    root: &Path,
+    program: &str,
+    env: &[(String, String)],
+) -> Result<String, RunnerError> {
+    let missing = |what: String| {
+        RunnerError::Unavailable {
+        message: what,
+        hint: "`locald image inspect IMAGE` shows the image's entrypoint and cmd; pass --entrypoint or a command after --".to_owned(),
+    }
+    };
+    if program.contains('/') {
+        let abs = if program.starts_with('/') {
+            program.to_owned()
+        } else {
+            format!("/{program}")
+        };
+        return match rootfs::resolve_in_root(root, Path::new(&abs)) {
+            Some(p) if p.is_file() => Ok(abs),
+            _ => Err(missing(format!("the image has no program {program}"))),
+        };
+    }
+    let path = env
+        .iter()
+        .rev()
+        .find(|(k, _)| k == "PATH")
+        .map(|(_, v)| v.as_str())
+        .unwrap_or(DEFAULT_PATH);
+    for dir in path.split(':').filter(|d| d.starts_with('/')) {
+        let candidate = format!("{}/{program}", dir.trim_end_matches('/'));
+        if let Some(p) = rootfs::resolve_in_root(root, Path::new(&candidate)) {
+            if p.is_file()
+                && std::fs::metadata(&p).is_ok_and(|m| m.permissions().mode() & 0o111 != 0)
+            {
+                return Ok(candidate);
+            }
+        }
+    }
+    Err(missing(format!(
+        "the image has no program {program} in its PATH ({path})"
+    )))
+}
+
+/// `uid`/`gid` for the image config's `User` (or `--user`): numbers as they
+/// are, names through the image's own `/etc/passwd` and `/etc/group`. Empty:
+/// root.
+pub fn resolve_user(root: &Path, user: &str) -> Result<(u32, u32), String> {
+    if user.is_empty() {
+        return Ok((0, 0));
+    }
+    let (u, g) = match user.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (user, None),
+    };
+    let read = |file: &str| {
+        rootfs::resolve_in_root(root, Path::new(file))
+            .and_then(|p| rootfs::read_small_file(&p))
+            .unwrap_or_default()
+    };
+    let passwd = read("/etc/passwd");
+    let entry = |text: &str, name: &str| -> Option<(u32, u32)> {
+        text.lines().find_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            (f.len() >= 4 && f[0] == name)
+                .then(|| Some((f[2].parse().ok()?, f[3].parse().ok()?)))
+                .flatten()
+        })
+    };
+    let (uid, primary) = match u.parse::<u32>() {
+        Ok(n) => {
+            let gid = passwd.lines().find_map(|l| {
+                let f: Vec<&str> = l.split(':').collect();
+                (f.len() >= 4 && f[2].parse::<u32>().ok() == Some(n))
+                    .then(|| f[3].parse().ok())
+                    .flatten()
+            });
+            (n, gid.unwrap_or(n))
+        }
+        Err(_) => entry(&passwd, u)
+            .ok_or_else(|| format!("the image has no user {u:?} in its /etc/passwd"))?,
+    };
+    let gid = match g {
+        None => primary,
+        Some(g) => match g.parse::<u32>() {
+            Ok(n) => n,
+            Err(_) => {
+                let group = read("/etc/group");
+                group
+                    .lines()
+                    .find_map(|l| {
+                        let f: Vec<&str> = l.split(':').collect();
+                        (f.len() >= 3 && f[0] == g)
+                            .then(|| f[2].parse().ok())
+                            .flatten()
+                    })
+                    .ok_or_else(|| format!("the image has no group {g:?} in its /etc/group"))?
+            }
+        },
+    };
+    Ok((uid, gid))
+}
+
+/// The home directory of `uid` in the image's /etc/passwd.
+pub fn home_of(root: &Path, uid: u32) -> Option<String> {
+    let passwd = rootfs::resolve_in_root(root, Path::new("/etc/passwd"))
+        .and_then(|p| rootfs::read_small_file(&p))?;
+    crate::config::home_from_passwd(&passwd, uid)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn users_by_name_and_number() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir_all(dir.path().join("etc")).expect("etc");
+        std::fs::write(
+            dir.path().join("etc/passwd"),
+            "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1001::/home/app:/bin/sh\n",
+        )
+        .expect("passwd");
+        std::fs::write(dir.path().join("etc/group"), "root:x:0:\nstaff:x:50:app\n").expect("group");
+        let r = dir.path();
+        assert_eq!(resolve_user(r, ""), Ok((0, 0)));
+        assert_eq!(resolve_user(r, "app"), Ok((1000, 1001)));
+        assert_eq!(resolve_user(r, "1000"), Ok((1000, 1001)));
+        assert_eq!(resolve_user(r, "4242"), Ok((4242, 4242)));
+        assert_eq!(resolve_user(r, "app:staff"), Ok((1000, 50)));
+        assert_eq!(resolve_user(r, "app:7"), Ok((1000, 7)));
+        assert!(resolve_user(r, "nobody-here").is_err());
+        assert!(resolve_user(r, "app:nogroup").is_err());
+        assert_eq!(home_of(r, 1000).as_deref(), Some("/home/app"));
+    }
+}
