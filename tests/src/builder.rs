@@ -85,6 +85,10 @@ pub struct BuilderSpec {
     pub run_image: String,
     /// Mirrors of the run image.
     pub run_mirrors: Vec<String>,
+    /// Files added to the run image in a layer of their own (the busybox
+    /// builder's: busybox as `/bin/sh` and its applets, so that its app images
+    /// run).
+    pub run_extra: Vec<Entry>,
     /// `CNB_STACK_ID` and the `io.buildpacks.stack.id` label.
     pub stack_id: String,
     /// `CNB_USER_ID`.
@@ -154,6 +158,7 @@ impl Default for BuilderSpec {
             buildpacks: vec![nodejs, procfile],
             run_image: "heroku/heroku:22-cnb".into(),
             run_mirrors: Vec::new(),
+            run_extra: Vec::new(),
             stack_id: "heroku-22".into(),
             uid,
             gid,
@@ -943,6 +948,18 @@ impl BuilderSpec {
             scripts,
             run_image: run_image.to_owned(),
             run_mirrors: Vec::new(),
+            run_extra: {
+                let mut e = vec![
+                    Entry::dir("bin/"),
+                    Entry::file("bin/busybox", busybox).mode(0o755),
+                ];
+                e.extend(
+                    BUSYBOX_APPLETS
+                        .iter()
+                        .map(|a| Entry::symlink(format!("bin/{a}"), "busybox")),
+                );
+                e
+            },
             stack_id: BUSYBOX_STACK_ID.to_owned(),
             uid,
             gid,
@@ -977,7 +994,11 @@ impl BuilderSpec {
     /// The run image [`BuilderSpec::run_image`] names: [`run_image`] for this
     /// builder's stack and user. No ref name is set.
     pub fn run_image_spec(&self) -> ImageSpec {
-        run_image(&self.stack_id, self.uid, self.gid)
+        let mut spec = run_image(&self.stack_id, self.uid, self.gid);
+        if !self.run_extra.is_empty() {
+            spec.layers.push(gz(self.run_extra.clone()));
+        }
+        spec
     }
 
     /// Writes an OCI layout at `dir` holding [`BuilderSpec::runnable_image`]

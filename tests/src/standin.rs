@@ -74,6 +74,35 @@ use std::sync::Mutex;
 pub const CREATOR: &str = r##"#!/bin/sh
 # locald-tests stand-in for the CNB lifecycle's `creator` (Platform API 0.12+).
 #
+# Called as the launcher (`/cnb/lifecycle/launcher`, or a `/cnb/process/TYPE`
+# link to it, in an exported image) it is the launcher instead: it finds the
+# process type's command in <layers>/config/metadata.toml, puts the launch
+# layers' bin directories on PATH, and runs it in the app directory with the
+# arguments it was given, as the lifecycle's launcher does.
+case $0 in
+*/cnb/process/* | */launcher)
+    l_layers=${CNB_LAYERS_DIR:-/layers}
+    l_app=${CNB_APP_DIR:-/workspace}
+    l_type=$(basename "$0")
+    [ "$l_type" = launcher ] && l_type=${CNB_PROCESS_TYPE:-}
+    l_cmd=$(awk -v t="$l_type" '
+        /^[[:space:]]*\[\[processes\]\]/ { ty = "" }
+        /^[[:space:]]*type[[:space:]]*=/ { v = $0; sub(/^[^"]*"/, "", v); sub(/".*/, "", v); ty = v }
+        /^[[:space:]]*command[[:space:]]*=/ && ty == t { v = $0; sub(/^[^"]*"/, "", v); sub(/".*/, "", v); print v; exit }
+    ' "$l_layers/config/metadata.toml" 2>/dev/null)
+    if [ -z "$l_cmd" ]; then
+        echo "ERROR: failed to launch: process type '$l_type' not found" >&2
+        exit 1
+    fi
+    for l_bin in "$l_layers"/*/*/bin; do
+        [ -d "$l_bin" ] && PATH=$l_bin:$PATH
+    done
+    export PATH
+    cd "$l_app" || exit 1
+    exec "$l_cmd" "$@"
+    ;;
+esac
+#
 # The real lifecycle cannot be installed where locald's tests run, so this script
 # checks the contract locald gives it (flags, environment, user, directories, the
 # launcher, the run image in the layout dir) and fails loudly, exit 3 (the
@@ -755,6 +784,7 @@ done
 
 # Buildpack layers marked `launch = true`, and the processes of launch.toml.
 processes=
+proc_cmds=
 default_process=
 md_processes=
 while read -r g_id g_version; do
@@ -776,14 +806,17 @@ while read -r g_id g_version; do
     done
     if [ -f "$layers/$g_esc/launch.toml" ]; then
         for p_line in $(awk '
-            /^[[:space:]]*\[\[processes\]\]/ { if (type != "") print type ":" def; type = ""; def = "false"; next }
+            /^[[:space:]]*\[\[processes\]\]/ { if (type != "") print type ":" def ":" cmd; type = ""; def = "false"; cmd = ""; next }
             /^[[:space:]]*type[[:space:]]*=/ { v = $0; sub(/^[^"]*"/, "", v); sub(/".*/, "", v); type = v }
             /^[[:space:]]*default[[:space:]]*=[[:space:]]*true/ { def = "true" }
-            END { if (type != "") print type ":" def }
+            /^[[:space:]]*command[[:space:]]*=/ { v = $0; sub(/^[^"]*"/, "", v); sub(/".*/, "", v); cmd = v }
+            END { if (type != "") print type ":" def ":" cmd }
         ' "$layers/$g_esc/launch.toml"); do
             p_type=${p_line%%:*}
+            p_rest=${p_line#*:}
             processes="$processes $p_type"
-            [ "${p_line#*:}" = true ] && default_process=$p_type
+            proc_cmds="$proc_cmds $p_type=${p_rest#*:}"
+            [ "${p_rest%%:*}" = true ] && default_process=$p_type
             [ -z "$md_processes" ] || md_processes="$md_processes,"
             md_processes="$md_processes{\\\"type\\\":\\\"$p_type\\\",\\\"buildpackID\\\":\\\"$g_id\\\"}"
         done
@@ -813,7 +846,11 @@ md_launcher=$al_diff
 mkdir -p "$scratch/config$layers/config" || export_fail "cannot stage the config"
 {
     for p_type in $processes; do
-        printf '[[processes]]\n  type = "%s"\n' "$p_type"
+        p_cmd=
+        for pc in $proc_cmds; do
+            [ "${pc%%=*}" = "$p_type" ] && p_cmd=${pc#*=}
+        done
+        printf '[[processes]]\n  type = "%s"\n  command = ["%s"]\n' "$p_type" "$p_cmd"
     done
     printf '\n'
     printf '%s' "$group_toml" | sed 's/^\[\[group\]\]/[[buildpacks]]/'

@@ -229,32 +229,39 @@ pub async fn build(
             "Built {image} ({}) in {:.1}s -> {}",
             built.written.manifest_digest, built.timings.total, built.output
         );
-        let short = locald_source_docker_archive::familiar_name(&image);
-        match &output {
+        // A command line that runs it, as printed (quoted for a POSIX shell).
+        let run = match &output {
             Output::Registry(r) => {
                 eprintln!("Pushed {r}@{}", built.written.manifest_digest);
+                format!("locald run {}", shell_quote(&r.to_string()))
             }
-            Output::Layout(dir) => {
-                // The layout names the image by its full reference.
-                eprintln!(
-                    "Run it with podman:  podman run --rm oci:{}:{image}",
-                    dir.display()
-                );
-                eprintln!(
-                    "or with Docker:      skopeo copy oci:{}:{image} docker-daemon:{short} && docker run --rm {short}",
-                    dir.display()
-                );
-            }
-            Output::Archive(file) => {
-                eprintln!(
-                    "Run it with Docker:  docker load -i {} && docker run --rm {short}",
-                    file.display()
-                );
-            }
-        }
+            Output::Layout(dir) => format!(
+                "locald run {} --source {}",
+                shell_quote(&image.to_string()),
+                shell_quote(&format!("oci-layout:{}", dir.display()))
+            ),
+            Output::Archive(file) => format!(
+                "locald run {} --source {}",
+                shell_quote(&image.to_string()),
+                shell_quote(&format!("docker-archive:{}", file.display()))
+            ),
+        };
+        eprintln!("Run it:  {run}");
     }
     println!("{}", built.written.manifest_digest);
     Ok(())
+}
+
+/// `s` as one word of a POSIX shell command line.
+fn shell_quote(s: &str) -> String {
+    if !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"@%+=:,./-_".contains(&b))
+    {
+        s.to_owned()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
 }
 
 /// Whether `image` names its registry (`ghcr.io/me/app`, `localhost:5000/app`,

@@ -103,6 +103,7 @@ pub async fn inspect(args: InspectArgs) -> anyhow::Result<()> {
         .into_iter()
         .collect();
     let user = cfg.user().clone().unwrap_or_default();
+    let processes = super::run::process_types(&image.config);
     if args.json {
         let out = serde_json::json!({
             "image": image.name,
@@ -118,6 +119,7 @@ pub async fn inspect(args: InspectArgs) -> anyhow::Result<()> {
             "working_dir": cfg.working_dir(),
             "entrypoint": cfg.entrypoint(),
             "cmd": cfg.cmd(),
+            "process_types": processes,
         });
         println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(());
@@ -134,6 +136,12 @@ pub async fn inspect(args: InspectArgs) -> anyhow::Result<()> {
         "User:      {}",
         if user.is_empty() { "(root)" } else { &user }
     );
+    if !processes.is_empty() {
+        println!(
+            "Processes: {}  (locald run IMAGE --process TYPE)",
+            processes.join(", ")
+        );
+    }
     println!("Env:");
     for e in &env {
         println!("  {e}");

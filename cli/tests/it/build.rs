@@ -763,17 +763,19 @@ fn writes_a_docker_archive() {
     }
 }
 
-/// The `oci:DIR:REF` of the `podman run --rm oci:DIR:REF` hint on stderr.
-fn podman_hint(r: &Out) -> String {
+/// The `locald run ...` line of the hint on stderr, as words.
+fn run_hint(r: &Out) -> Vec<String> {
     let line = r
         .stderr
         .lines()
-        .find(|l| l.contains("podman run --rm "))
-        .unwrap_or_else(|| panic!("no podman hint:\n{r}"));
-    line.split_whitespace()
-        .find(|t| t.starts_with("oci:"))
-        .unwrap_or_else(|| panic!("no oci: in the hint {line:?}"))
-        .to_owned()
+        .find_map(|l| l.strip_prefix("Run it:  "))
+        .unwrap_or_else(|| panic!("no `Run it:` hint:\n{r}"));
+    let words: Vec<String> = line
+        .split_whitespace()
+        .map(|w| w.trim_matches('\'').to_owned())
+        .collect();
+    assert_eq!(words[..2], ["locald", "run"], "{line}");
+    words
 }
 
 /// The app directory is the current directory and there is no `--output`: the
@@ -829,20 +831,34 @@ fn default_output_inside_the_app_is_not_built_into_the_next_image() {
         first.iter().any(|p| p.ends_with("workspace/hello.txt")),
         "{first:?}"
     );
-    // The hint: the output directory and the full reference, which work.
-    let hint = podman_hint(&r);
-    let (dir, reference) = hint
-        .strip_prefix("oci:")
-        .and_then(|h| h.split_once(':'))
-        .unwrap_or_else(|| panic!("the hint {hint:?} is not oci:DIR:REF"));
-    assert_eq!(Path::new(dir), out, "{r}");
-    assert_eq!(reference, format!("docker.io/{image}"), "{r}");
+    // The hint is a `locald run` line that runs the image as printed.
+    let words = run_hint(&r);
     assert!(
-        r.stderr.contains(&format!("skopeo copy {hint} ")),
-        "the Docker hint names another image:\n{r}"
+        words.contains(&format!("oci-layout:{}", out.display())),
+        "{words:?}"
     );
-    if require::tool("skopeo") {
-        inspect(&hint);
+    if require::ok(sandbox_possible(None), "the container runner").is_some() {
+        let args: Vec<&str> = words[1..].iter().map(String::as_str).collect();
+        let ran = w.run(&args);
+        assert_eq!(ran.code, 0, "{words:?}: {ran}");
+        assert!(ran.stdout.contains("web process of"), "{ran}");
+        assert!(ran.stdout.contains("hi"), "the app's file: {ran}");
+        // --process picks another type; the types are listed by inspect.
+        let mut worker = args.clone();
+        worker.extend(["--process", "worker"]);
+        let ran = w.run(&worker);
+        assert_eq!(ran.code, 0, "{ran}");
+        assert!(ran.stdout.contains("web process of"), "{ran}");
+        let mut nope = args.clone();
+        nope.extend(["--process", "nope"]);
+        let ran = w.run(&nope);
+        assert_eq!(ran.code, 1, "{ran}");
+        assert!(ran.stderr.contains("web, worker"), "{ran}");
+        let inspected = w.run(&["image", "inspect", &words[2], "--source", &words[4]]);
+        assert!(
+            inspected.stdout.contains("Processes: web, worker"),
+            "{inspected}"
+        );
     }
 
     std::fs::write(app.join("hello.txt"), "hi again\n").unwrap();
