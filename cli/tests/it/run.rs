@@ -373,3 +373,114 @@ fn bad_input_is_said() {
     );
     assert!(r.stderr.contains("hint: "), "{}", r.stderr);
 }
+
+/// Images from a registry and from a docker archive run as from a layout.
+#[test]
+fn images_from_a_registry_and_a_docker_archive() {
+    if !require::tool("skopeo") || !require::tool("docker-registry") {
+        return;
+    }
+    let Some(w) = World::new() else { return };
+    let reg = locald_tests::registry::Registry::start(locald_tests::registry::Auth::None);
+    reg.push_layout(&w.root.join("app.oci"), "app", "run/app:1")
+        .unwrap();
+    let r = w.run(&[
+        &format!("{}/run/app:1", reg.addr()),
+        "--",
+        "from",
+        "a",
+        "registry",
+    ]);
+    assert_eq!(
+        (r.code, r.stdout.as_str()),
+        (0, "from a registry\n"),
+        "{}",
+        r.stderr
+    );
+    // Warm: the registry gone, the cached tree is used with --pull never.
+    reg.kill();
+    let r = w.run(&[
+        &format!("{}/run/app:1", reg.addr()),
+        "--pull",
+        "never",
+        "--",
+        "offline",
+    ]);
+    assert_eq!(
+        (r.code, r.stdout.as_str()),
+        (0, "offline\n"),
+        "{}",
+        r.stderr
+    );
+    let archive = w.root.join("app.tar");
+    locald_tests::peers::skopeo_copy(
+        &format!("oci:{}:app", w.root.join("app.oci").display()),
+        &format!("docker-archive:{}:run/app:1", archive.display()),
+        &[],
+    )
+    .unwrap();
+    let r = w.run(&[
+        "run/app:1",
+        "--source",
+        &format!("docker-archive:{}", archive.display()),
+        "--",
+        "from an archive",
+    ]);
+    assert_eq!(
+        (r.code, r.stdout.as_str()),
+        (0, "from an archive\n"),
+        "{}",
+        r.stderr
+    );
+}
+
+/// Run by an unprivileged user (the CI's root runs it as the test user): the
+/// same image, the same isolation.
+#[test]
+fn runs_as_an_unprivileged_user() {
+    use std::os::unix::process::CommandExt;
+    if !locald_tests::peers::is_root() {
+        return; // run as that user already
+    }
+    let Some(w) = World::new() else { return };
+    let Some(user) = require::ok(locald_tests::standin::test_user(), "the test user") else {
+        return;
+    };
+    locald_tests::standin::chown_tree(&w.root, user.uid, user.gid).unwrap();
+    let bin = w.root.join("locald");
+    std::fs::copy(env!("CARGO_BIN_EXE_locald"), &bin).unwrap();
+    std::os::unix::fs::chown(&bin, Some(user.uid), Some(user.gid)).unwrap();
+    let secret = w.root.join("secret");
+    std::fs::write(&secret, "host").unwrap();
+    let o = Command::new(&bin)
+        .args([
+            "run",
+            &w.layout(),
+            "--entrypoint",
+            "sh",
+            "--",
+            "-c",
+            &format!(
+                "id; test -e {} && echo visible || echo hidden",
+                secret.display()
+            ),
+        ])
+        .env_clear()
+        .env("HOME", &w.root)
+        .env("XDG_DATA_HOME", w.root.join("data-user"))
+        .env("PATH", "/usr/bin:/bin")
+        .uid(user.uid)
+        .gid(user.gid)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(stdout.contains("uid=1000(app)"), "{stdout}");
+    assert!(stdout.contains("hidden"), "{stdout}");
+}
