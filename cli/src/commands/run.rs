@@ -56,9 +56,6 @@ pub async fn run(args: RunArgs, quiet: bool) -> anyhow::Result<i32> {
             Volume::parse(v).map_err(|e| UserError::with_hint(e, "e.g. --volume ./data:/data"))
         })
         .collect::<Result<Vec<_>, _>>()?;
-    if let Err(e) = locald_runner_container::probe() {
-        return Err(super::runner_error(e));
-    }
     let cache = cache()?;
     let src = open_builder_source(source.as_deref(), &args.registry, args.policy.policy)?;
     let (plat, explicit) = platform(args.platform.as_deref())?;

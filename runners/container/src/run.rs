@@ -61,7 +61,20 @@ impl Running {
         })?;
         let records = read_report(&self.dir.path().join(REPORT_FILE));
         for record in &records {
-            if let crate::sandbox::Record::Failed { message, .. } = record {
+            if let crate::sandbox::Record::Failed {
+                message,
+                errno,
+                userns,
+            } = record
+            {
+                // User namespaces refused: say why, as the build's probe does.
+                if let (Some(step), Some(errno)) = (userns, errno) {
+                    return Err(crate::probe::diagnose(
+                        (*step).into(),
+                        *errno,
+                        &crate::probe::Settings::read(),
+                    ));
+                }
                 return Err(RunnerError::Other(format!(
                     "the sandbox for the image could not be set up: {message}"
                 )));
