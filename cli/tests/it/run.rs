@@ -28,14 +28,10 @@ const APPLETS: &[&str] = &[
 impl World {
     fn new() -> Option<World> {
         let busybox = require::ok(find_busybox(), "busybox-static")?;
-        if require::ok(
+        require::ok(
             locald_runner_container::probe().map_err(|e| e.to_string()),
             "the sandbox (user namespaces)",
-        )
-        .is_none()
-        {
-            return None;
-        }
+        )?;
         let tmp = tempfile::tempdir().unwrap();
         let root = std::fs::canonicalize(tmp.path()).unwrap();
         std::fs::set_permissions(&root, std::os::unix::fs::PermissionsExt::from_mode(0o755))
