@@ -189,34 +189,107 @@ pub async fn run(args: RunArgs, quiet: bool) -> anyhow::Result<i32> {
         gid,
         network_none: args.network == NetworkKind::None,
         volumes,
+        tty: std::io::IsTerminal::is_terminal(&std::io::stdin()),
     };
     let exe =
         std::env::current_exe().context("cannot find the locald executable for the sandbox")?;
     let runner = ContainerRunner::new(exe);
-    let running = runner.start_image(&spec).map_err(super::runner_error)?;
+    let mut running = runner.start_image(&spec).map_err(super::runner_error)?;
     let pid =
         rustix::process::Pid::from_raw(running.pid() as i32).context("the sandbox has no pid")?;
+    // With a terminal: ours in raw mode, its keys relayed to the process's own
+    // terminal and its output back (Ctrl-C becomes the process's SIGINT there).
+    let relay = running.take_pty().map(Relay::start).transpose()?;
     let mut wait = tokio::task::spawn_blocking(move || running.wait());
     use tokio::signal::unix::{signal, SignalKind};
     let mut int = signal(SignalKind::interrupt()).context("handling SIGINT")?;
     let mut term = signal(SignalKind::terminate()).context("handling SIGTERM")?;
     let mut hup = signal(SignalKind::hangup()).context("handling SIGHUP")?;
+    let mut winch = signal(SignalKind::window_change()).context("handling SIGWINCH")?;
     use rustix::process::Signal;
     loop {
         let sig = tokio::select! {
             done = &mut wait => {
-                return done.context("the sandbox thread failed")?.map_err(super::runner_error);
-            }
-            // At a terminal, Ctrl-C reached the sandbox already (same group).
-            _ = int.recv() => {
-                if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
-                    continue;
+                let code = done.context("the sandbox thread failed")?.map_err(super::runner_error);
+                if let Some(relay) = relay {
+                    relay.finish();
                 }
-                Signal::INT
+                return code;
             }
+            _ = int.recv() => Signal::INT,
             _ = term.recv() => Signal::TERM,
             _ = hup.recv() => Signal::HUP,
+            _ = winch.recv() => {
+                if let Some(r) = &relay {
+                    r.resize();
+                }
+                continue;
+            }
         };
         let _ = rustix::process::kill_process(pid, sig);
+    }
+}
+
+/// The relay between our terminal and the process's pty.
+struct Relay {
+    master: std::sync::Arc<std::os::fd::OwnedFd>,
+    saved: Option<rustix::termios::Termios>,
+    output: std::thread::JoinHandle<()>,
+}
+
+impl Relay {
+    fn start(master: std::os::fd::OwnedFd) -> anyhow::Result<Relay> {
+        use std::io::{Read, Write};
+        let saved = rustix::termios::tcgetattr(std::io::stdin()).ok();
+        if let Some(t) = &saved {
+            let mut raw = t.clone();
+            raw.make_raw();
+            let _ = rustix::termios::tcsetattr(
+                std::io::stdin(),
+                rustix::termios::OptionalActions::Now,
+                &raw,
+            );
+        }
+        let master = std::sync::Arc::new(master);
+        let input = std::fs::File::from(master.try_clone().context("sharing the pty")?);
+        std::thread::spawn(move || {
+            let mut input = input;
+            let _ = std::io::copy(&mut std::io::stdin().lock(), &mut input);
+        });
+        let mut output = std::fs::File::from(master.try_clone().context("sharing the pty")?);
+        let output = std::thread::spawn(move || {
+            let mut buf = [0u8; 8192];
+            let mut out = std::io::stdout();
+            // Until the process's side is gone (EIO).
+            while let Ok(n) = output.read(&mut buf) {
+                if n == 0 || out.write_all(&buf[..n]).and_then(|()| out.flush()).is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Relay {
+            master,
+            saved,
+            output,
+        })
+    }
+
+    /// Our terminal's size, given to the process's.
+    fn resize(&self) {
+        if let Ok(size) = rustix::termios::tcgetwinsize(std::io::stdout()) {
+            let _ = rustix::termios::tcsetwinsize(&*self.master, size);
+        }
+    }
+
+    /// Waits for the process's last output and gives our terminal back.
+    fn finish(self) {
+        let _ = self.output.join();
+        if let Some(t) = &self.saved {
+            let _ = rustix::termios::tcsetattr(
+                std::io::stdin(),
+                rustix::termios::OptionalActions::Now,
+                t,
+            );
+        }
     }
 }

@@ -480,3 +480,44 @@ fn runs_as_an_unprivileged_user() {
     assert!(stdout.contains("uid=1000(app)"), "{stdout}");
     assert!(stdout.contains("hidden"), "{stdout}");
 }
+
+/// At a terminal (here one `script` makes), the process gets a terminal of its
+/// own as its controlling terminal, reads what is typed there, and a Ctrl-C
+/// typed there is its SIGINT.
+#[test]
+fn a_terminal_becomes_the_process_controlling_terminal() {
+    if !require::tool("script") {
+        return;
+    }
+    let Some(w) = World::new() else { return };
+    let bin = env!("CARGO_BIN_EXE_locald");
+    // tty_nr (field 7 of /proc/self/stat) is 0 without a controlling terminal.
+    let inner = format!(
+        "XDG_DATA_HOME={} {bin} run {} --entrypoint sh -- -c 'test -t 0 && echo stdin-is-a-tty; read -r a < /proc/self/stat; set -- $a; echo tty_nr=$7; read -r line; echo got=$line'",
+        w.root.join("data").display(),
+        w.layout()
+    );
+    let mut child = Command::new("script")
+        .args(["-qec", &inner, "/dev/null"])
+        .env_remove("LOCALD_LOG")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    stdin.write_all(b"typed\n").unwrap();
+    drop(stdin);
+    let o = child.wait_with_output().unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("stdin-is-a-tty"), "{out}");
+    assert!(out.contains("got=typed"), "{out}");
+    let nr: i64 = out
+        .split("tty_nr=")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{out}"));
+    assert_ne!(nr, 0, "no controlling terminal: {out}");
+}

@@ -79,6 +79,10 @@ pub(crate) struct SandboxConfig {
     /// an overlay with a tmpfs upper layer) instead of read-only.
     #[serde(default)]
     pub writable_root: bool,
+    /// The process's stdin is a terminal (a pty's slave): it becomes the
+    /// process's controlling terminal, in a session of its own.
+    #[serde(default)]
+    pub controlling_tty: bool,
 }
 
 /// The `PATH` a lifecycle gets when the plan has none.
@@ -370,6 +374,7 @@ mod tests {
             hostname: "h".into(),
             network_none: false,
             writable_root: false,
+            controlling_tty: false,
         };
         let tree = config.mount_tree();
         let names: Vec<&str> = tree.children.keys().map(String::as_str).collect();

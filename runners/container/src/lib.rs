@@ -194,6 +194,7 @@ impl ContainerRunner {
             hostname: sandbox::HOSTNAME.to_owned(),
             network_none: plan.network == locald_core::lifecycle::Network::None,
             writable_root: false,
+            controlling_tty: false,
         })
     }
 }

@@ -38,15 +38,25 @@ pub struct RunSpec {
     pub network_none: bool,
     /// Host directories mounted in.
     pub volumes: Vec<Volume>,
+    /// Give the process a terminal of its own (a pty whose master
+    /// [`Running::take_pty`] hands out), as its controlling terminal.
+    pub tty: bool,
 }
 
 /// A started image process.
 pub struct Running {
     child: Child,
     dir: tempfile::TempDir,
+    pty: Option<std::os::fd::OwnedFd>,
 }
 
 impl Running {
+    /// The master side of the process's terminal, when it has one: what is
+    /// written to it is the process's input, what is read its output.
+    pub fn take_pty(&mut self) -> Option<std::os::fd::OwnedFd> {
+        self.pty.take()
+    }
+
     /// The helper's pid: signals sent to it reach the process.
     pub fn pid(&self) -> u32 {
         self.child.id()
@@ -157,6 +167,7 @@ impl ContainerRunner {
             hostname: HOSTNAME.to_owned(),
             network_none: spec.network_none,
             writable_root: true,
+            controlling_tty: spec.tty,
         };
         let dir = tempfile::Builder::new()
             .prefix("locald-run-")
@@ -177,26 +188,61 @@ impl ContainerRunner {
         std::fs::create_dir(dir.path().join(STAGE_DIR))
             .map_err(io("creating the sandbox's staging directory"))?;
         let mut command = Command::new(&self.helper_exe);
-        command
-            .arg(MARKER)
-            .arg(dir.path())
-            .env_clear()
-            .stdin(Stdio::inherit())
-            .stdout(Stdio::inherit())
-            .stderr(Stdio::inherit());
-        // With a terminal the sandbox stays in the terminal's foreground group
-        // (it may read it; Ctrl-C reaches it directly); without one it gets a
-        // group of its own and the caller forwards signals.
-        if !std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+        command.arg(MARKER).arg(dir.path()).env_clear();
+        // The sandbox gets a process group of its own; the caller forwards
+        // signals. With a terminal, the process gets a pty of its own (its
+        // controlling terminal) whose master the caller relays.
+        {
             use std::os::unix::process::CommandExt;
             command.process_group(0);
         }
+        let pty = if spec.tty {
+            let (master, slave) = open_pty().map_err(|source| RunnerError::Io {
+                what: "opening a terminal for the process".into(),
+                source,
+            })?;
+            let io_err = |source| RunnerError::Io {
+                what: "sharing the process's terminal".into(),
+                source,
+            };
+            command
+                .stdin(Stdio::from(slave.try_clone().map_err(io_err)?))
+                .stdout(Stdio::from(slave.try_clone().map_err(io_err)?))
+                .stderr(Stdio::from(slave));
+            Some(master)
+        } else {
+            command
+                .stdin(Stdio::inherit())
+                .stdout(Stdio::inherit())
+                .stderr(Stdio::inherit());
+            None
+        };
         let child = command.spawn().map_err(|source| RunnerError::Io {
             what: format!("starting the sandbox helper {}", self.helper_exe.display()),
             source,
         })?;
-        Ok(Running { child, dir })
+        drop(command);
+        Ok(Running { child, dir, pty })
     }
+}
+
+/// A new pty: (master, slave), the slave opened without becoming our
+/// controlling terminal, with the window size of our own terminal.
+fn open_pty() -> std::io::Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
+    use rustix::pty::{grantpt, openpt, ptsname, unlockpt, OpenptFlags};
+    let master = openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY | OpenptFlags::CLOEXEC)?;
+    grantpt(&master)?;
+    unlockpt(&master)?;
+    let name = ptsname(&master, Vec::new())?;
+    let slave = rustix::fs::open(
+        name.as_c_str(),
+        rustix::fs::OFlags::RDWR | rustix::fs::OFlags::NOCTTY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )?;
+    if let Ok(size) = rustix::termios::tcgetwinsize(std::io::stdout()) {
+        let _ = rustix::termios::tcsetwinsize(&slave, size);
+    }
+    Ok((master, slave))
 }
 
 /// `program` as an absolute path inside the image: as it is when absolute, else

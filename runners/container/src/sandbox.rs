@@ -457,6 +457,12 @@ fn lifecycle(config: &SandboxConfig) -> Result<std::convert::Infallible, Failure
     sys::join_new_session_keyring().context(|| "joining a new session keyring".into())?;
     sys::reset_signal_dispositions();
     sys::unblock_all_signals().context(|| "unblocking signals".into())?;
+    if config.controlling_tty {
+        // A session of its own, whose controlling terminal is the pty on stdin.
+        rustix::process::setsid().context(|| "starting the process's session".into())?;
+        rustix::process::ioctl_tiocsctty(std::io::stdin())
+            .context(|| "making the terminal the process's controlling terminal".into())?;
+    }
     let error = Command::new(&config.program)
         .args(&config.args)
         .env_clear()
