@@ -191,8 +191,7 @@ pub async fn run(args: RunArgs, quiet: bool) -> anyhow::Result<i32> {
         volumes,
         tty: std::io::IsTerminal::is_terminal(&std::io::stdin()),
     };
-    let exe =
-        std::env::current_exe().context("cannot find the locald executable for the sandbox")?;
+    let exe = super::sandbox_helper()?;
     let runner = ContainerRunner::new(exe);
     let mut running = runner.start_image(&spec).map_err(super::runner_error)?;
     let pid =
