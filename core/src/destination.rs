@@ -56,6 +56,25 @@ pub struct BlobPut<'a> {
     pub what: String,
 }
 
+impl Written {
+    /// What putting `image` wrote: its digests, and the bytes of its manifest,
+    /// config and layers (each once).
+    pub fn of(image: &ResolvedImage) -> Written {
+        let mut size = image.manifest_bytes.len() as u64 + image.config_bytes.len() as u64;
+        let mut seen = HashSet::new();
+        for l in &image.layers {
+            if seen.insert(&l.digest) {
+                size += l.size;
+            }
+        }
+        Written {
+            manifest_digest: image.manifest_digest.clone(),
+            config_digest: image.config_digest.clone(),
+            size,
+        }
+    }
+}
+
 /// An image destination: an OCI layout, a docker archive, a registry.
 pub trait ImageDestination: Send + Sync {
     /// A short description for messages, e.g. `oci-layout:./app.oci`.

@@ -76,22 +76,7 @@ pub async fn build(
         }
         Err(_) => (Vec::new(), Vec::new()),
     };
-    for file in &args.env_files {
-        let text = std::fs::read_to_string(file).map_err(|e| {
-            UserError::with_hint(
-                format!("cannot read --env-file {}: {e}", file.display()),
-                "name an existing file of KEY=VALUE lines",
-            )
-        })?;
-        env.extend(
-            locald_build::project::parse_env_file(&text, file).map_err(|e| {
-                UserError::with_hint(
-                    e,
-                    "write KEY=VALUE, or KEY alone for this environment's value",
-                )
-            })?,
-        );
-    }
+    env.extend(super::read_env_files(&args.env_files)?);
     for e in &args.env {
         env.push(locald_build::project::parse_env_arg(e)?);
     }

@@ -155,3 +155,26 @@ pub fn sandbox_helper() -> anyhow::Result<std::path::PathBuf> {
     }
     Ok(exe)
 }
+
+/// The `KEY=VALUE` pairs of `--env-file`s, in order (a bad line is named with
+/// its file and line number).
+pub fn read_env_files(files: &[std::path::PathBuf]) -> anyhow::Result<Vec<(String, String)>> {
+    let mut env = Vec::new();
+    for file in files {
+        let text = std::fs::read_to_string(file).map_err(|e| {
+            UserError::with_hint(
+                format!("cannot read --env-file {}: {e}", file.display()),
+                "name an existing file of KEY=VALUE lines",
+            )
+        })?;
+        env.extend(
+            locald_build::project::parse_env_file(&text, file).map_err(|e| {
+                UserError::with_hint(
+                    e,
+                    "write KEY=VALUE, or KEY alone for this environment's value",
+                )
+            })?,
+        );
+    }
+    Ok(env)
+}

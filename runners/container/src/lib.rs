@@ -199,6 +199,31 @@ impl ContainerRunner {
     }
 }
 
+/// A private temporary directory for one sandbox: its configuration and an
+/// empty staging directory.
+fn sandbox_dir(config: &SandboxConfig, prefix: &str) -> Result<tempfile::TempDir, RunnerError> {
+    let dir = tempfile::Builder::new()
+        .prefix(prefix)
+        .permissions(std::fs::Permissions::from_mode(0o700))
+        .tempdir()
+        .map_err(|source| RunnerError::Io {
+            what: "creating the sandbox's temporary directory".into(),
+            source,
+        })?;
+    let io = |what: &str| {
+        let what = what.to_owned();
+        move |source| RunnerError::Io { what, source }
+    };
+    let json = serde_json::to_vec(config).map_err(|e| {
+        RunnerError::Other(format!("the sandbox configuration cannot be written: {e}"))
+    })?;
+    std::fs::write(dir.path().join(CONFIG_FILE), json)
+        .map_err(io("writing the sandbox configuration"))?;
+    std::fs::create_dir(dir.path().join(STAGE_DIR))
+        .map_err(io("creating the sandbox's staging directory"))?;
+    Ok(dir)
+}
+
 /// The records the sandbox left in the report file.
 fn read_report(path: &Path) -> Vec<Record> {
     std::fs::read_to_string(path)
@@ -290,26 +315,7 @@ impl ContainerRunner {
         watcher: &LineWatcher,
         cancel: &Cancel,
     ) -> Result<RunStatus, RunnerError> {
-        let dir = tempfile::Builder::new()
-            .prefix("locald-sandbox-")
-            .permissions(std::fs::Permissions::from_mode(0o700))
-            .tempdir()
-            .map_err(|source| RunnerError::Io {
-                what: "creating the sandbox's temporary directory".into(),
-                source,
-            })?;
-        let json = serde_json::to_vec(config).map_err(|e| {
-            RunnerError::Other(format!("the sandbox configuration cannot be written: {e}"))
-        })?;
-        let io = |what: &str| {
-            let what = what.to_owned();
-            move |source| RunnerError::Io { what, source }
-        };
-        std::fs::write(dir.path().join(CONFIG_FILE), json)
-            .map_err(io("writing the sandbox configuration"))?;
-        std::fs::create_dir(dir.path().join(STAGE_DIR))
-            .map_err(io("creating the sandbox's staging directory"))?;
-
+        let dir = sandbox_dir(config, "locald-sandbox-")?;
         let child = Command::new(&self.helper_exe)
             .arg(MARKER)
             .arg(dir.path())

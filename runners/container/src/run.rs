@@ -14,7 +14,7 @@ use std::process::{Child, Command, Stdio};
 use locald_core::lifecycle::{RunnerError, Volume};
 
 use crate::config::{Bind, RootMode, SandboxConfig, DEFAULT_PATH};
-use crate::sandbox::{CONFIG_FILE, HOSTNAME, MARKER, REPORT_FILE, STAGE_DIR};
+use crate::sandbox::{HOSTNAME, MARKER, REPORT_FILE};
 use crate::{ids, read_report, rootfs, ContainerRunner};
 
 /// What to run, as the image config and the user's flags decided.
@@ -169,24 +169,7 @@ impl ContainerRunner {
             writable_root: true,
             controlling_tty: spec.tty,
         };
-        let dir = tempfile::Builder::new()
-            .prefix("locald-run-")
-            .permissions(std::fs::Permissions::from_mode(0o700))
-            .tempdir()
-            .map_err(|source| RunnerError::Io {
-                what: "creating the sandbox's temporary directory".into(),
-                source,
-            })?;
-        let io = |what: &str| {
-            let what = what.to_owned();
-            move |source| RunnerError::Io { what, source }
-        };
-        let json = serde_json::to_vec(&config)
-            .map_err(|e| RunnerError::Other(format!("the sandbox configuration: {e}")))?;
-        std::fs::write(dir.path().join(CONFIG_FILE), json)
-            .map_err(io("writing the sandbox configuration"))?;
-        std::fs::create_dir(dir.path().join(STAGE_DIR))
-            .map_err(io("creating the sandbox's staging directory"))?;
+        let dir = crate::sandbox_dir(&config, "locald-run-")?;
         let mut command = Command::new(&self.helper_exe);
         command.arg(MARKER).arg(dir.path()).env_clear();
         // The sandbox gets a process group of its own; the caller forwards

@@ -234,18 +234,7 @@ impl ImageDestination for OciLayoutDestination {
                 )
             })?;
             self.publish(&index)?;
-            let mut size = image.manifest_bytes.len() as u64 + image.config_bytes.len() as u64;
-            let mut seen = std::collections::HashSet::new();
-            for l in &image.layers {
-                if seen.insert(&l.digest) {
-                    size += l.size;
-                }
-            }
-            Ok(Written {
-                manifest_digest: image.manifest_digest.clone(),
-                config_digest: image.config_digest.clone(),
-                size,
-            })
+            Ok(Written::of(image))
         })
     }
 
