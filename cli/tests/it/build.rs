@@ -1612,9 +1612,9 @@ fn bad_input_is_refused_with_a_sentence() {
                 "--source".into(),
                 src.clone(),
                 "--output".into(),
-                "registry:foo".into(),
+                "ftp:foo".into(),
             ],
-            "is not an output locald can write",
+            "is not a destination locald can write",
         ),
         (
             vec![
