@@ -1631,11 +1631,13 @@ mod tests {
         assert_eq!(names, ["builder", run]);
         assert_ne!(builder.manifest.digest, run_info.manifest.digest);
         let rr = read_layout(&layout, run);
+        // The run image's two layers, and busybox (so that app images run).
         assert_eq!(
             rr.media_types,
             [
                 "application/vnd.oci.image.layer.v1.tar+gzip",
-                "application/vnd.oci.image.layer.v1.tar"
+                "application/vnd.oci.image.layer.v1.tar",
+                "application/vnd.oci.image.layer.v1.tar+gzip"
             ]
         );
         assert_eq!(rr.config["architecture"], host_arch());

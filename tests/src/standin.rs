@@ -1640,11 +1640,20 @@ mod tests {
         let leftovers: Vec<_> = std::fs::read_dir(rig.root.join("layers"))
             .unwrap()
             .map(|e| e.unwrap().file_name())
-            .filter(|n| n != "group.toml" && n != "plan.toml" && n != "locald-test_first")
+            .filter(|n| {
+                n != "group.toml" && n != "plan.toml" && n != "locald-test_first" && n != "sbom"
+            })
             .collect();
         assert!(
             leftovers.is_empty(),
             "scratch left in layers: {leftovers:?}"
+        );
+        // The launch layer's SBOM, where the lifecycle's builder moves it.
+        assert!(
+            rig.root
+                .join("layers/sbom/launch/locald-test_first/web/sbom.cdx.json")
+                .is_file(),
+            "no SBOM in <layers>/sbom"
         );
 
         // CNB_BUILD_CONFIG_DIR is reported, not required.
