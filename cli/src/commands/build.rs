@@ -1,6 +1,5 @@
 //! `locald build`: app directory in, OCI image out, with a CNB builder's lifecycle.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use locald_build::{BuildError, BuildEvents, BuildOptions, ImageInput};
@@ -8,6 +7,7 @@ use locald_core::cancel::Cancel;
 use locald_core::progress::{Reporter, Silent};
 use locald_core::{Digest, ImageReference};
 
+use super::build_inputs::{self as inputs, shell_quote};
 use super::builder::{cache, open_builder_source};
 use super::{choose_runner, open_source};
 use crate::args::BuildArgs;
@@ -23,114 +23,14 @@ pub async fn build(
 ) -> anyhow::Result<()> {
     let app = locald_build::flow::app_dir(&args.app).map_err(build_error)?;
     let image = locald_build::image_name(&app, args.image.as_deref()).map_err(build_error)?;
-    let output = match (&args.output, args.publish) {
-        (Some(_), true) => {
-            return Err(UserError::with_hint(
-                "--publish and --output both say where the image goes",
-                "use one: --publish pushes to the registry --image names (the same as --output registry:IMAGE)",
-            )
-            .into())
-        }
-        (Some(spec), false) => Output::parse(spec, "--output")?,
-        (None, true) => {
-            if !names_a_registry(args.image.as_deref()) {
-                return Err(UserError::with_hint(
-                    format!(
-                        "--publish pushes to the registry --image names, and {} names none",
-                        match &args.image {
-                            Some(i) => format!("--image {i:?}"),
-                            None => "no --image".to_owned(),
-                        }
-                    ),
-                    "name the image with its registry, e.g. --image ghcr.io/me/app:1.0 (or --image docker.io/me/app for Docker Hub)",
-                )
-                .into());
-            }
-            Output::Registry(image.clone())
-        }
-        (None, false) => Output::Layout(std::path::absolute(PathBuf::from(format!(
-            "{}.oci",
-            image.repository().rsplit('/').next().unwrap_or("app")
-        )))?),
-    };
-    // The descriptor's env, then the env files in order, then --env: later wins.
-    let descriptor = args
-        .descriptor
-        .clone()
-        .unwrap_or_else(|| app.join(locald_build::appcopy::PROJECT_DESCRIPTOR));
-    let (mut env, descriptor_group) = match std::fs::read_to_string(&descriptor) {
-        Ok(text) => {
-            locald_build::project::parse_descriptor_build(&text, &descriptor).map_err(|e| {
-                UserError::with_hint(
-                    e,
-                    "see https://buildpacks.io/docs/reference/config/project-descriptor/",
-                )
-            })?
-        }
-        Err(e) if args.descriptor.is_some() => {
-            return Err(UserError::with_hint(
-                format!("cannot read --descriptor {}: {e}", descriptor.display()),
-                "name an existing project.toml",
-            )
-            .into())
-        }
-        Err(_) => (Vec::new(), Vec::new()),
-    };
-    env.extend(super::read_env_files(&args.env_files)?);
-    for e in &args.env {
-        env.push(locald_build::project::parse_env_arg(e)?);
-    }
-    let mut seen = std::collections::HashSet::new();
-    let mut env: Vec<(String, String)> = env
-        .into_iter()
-        .rev()
-        .filter(|(k, _)| seen.insert(k.clone()))
-        .collect();
-    env.reverse();
-    let buildpacks: Vec<locald_build::BuildpackRef> = if args.buildpacks.is_empty() {
-        descriptor_group
-            .iter()
-            .map(|b| locald_build::BuildpackRef::parse(b))
-            .collect()
-    } else {
-        args.buildpacks
-            .iter()
-            .map(|b| locald_build::BuildpackRef::parse(b))
-            .collect()
-    };
-    let tags = args
-        .tags
-        .iter()
-        .map(|t| {
-            ImageReference::parse(t).map_err(|e| {
-                UserError::with_hint(format!("--tag {t:?}: {e}"), "e.g. --tag myapp:latest")
-            })
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    let creation_time = match args.creation_time.as_deref() {
-        None => None,
-        Some("now") => Some(
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs() as i64)
-                .unwrap_or(0),
-        ),
-        Some(s) => Some(s.parse::<i64>().ok().filter(|n| *n >= 0).ok_or_else(|| {
-            UserError::with_hint(
-                format!("--creation-time {s:?} is neither `now` nor Unix seconds"),
-                "e.g. --creation-time now or --creation-time 1700000000",
-            )
-        })?),
-    };
-    let volumes = args
-        .volumes
-        .iter()
-        .map(|v| {
-            locald_core::lifecycle::Volume::parse(v).map_err(|e| {
-                UserError::with_hint(e, "e.g. --volume ./certs:/certs or --volume /data:/data:rw")
-            })
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+    let output = inputs::output(&args, &image)?;
+    let inputs::Inputs {
+        env,
+        buildpacks,
+        tags,
+        creation_time,
+        volumes,
+    } = inputs::inputs(&args, &app)?;
     let runner = choose_runner(args.runner)?;
     let builder = open_builder_source(args.source.as_deref(), &args.registry, args.policy.policy)?;
     let run_spec = args
@@ -235,29 +135,6 @@ pub async fn build(
     }
     println!("{}", built.written.manifest_digest);
     Ok(())
-}
-
-/// `s` as one word of a POSIX shell command line.
-fn shell_quote(s: &str) -> String {
-    if !s.is_empty()
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"@%+=:,./-_".contains(&b))
-    {
-        s.to_owned()
-    } else {
-        format!("'{}'", s.replace('\'', "'\\''"))
-    }
-}
-
-/// Whether `image` names its registry (`ghcr.io/me/app`, `localhost:5000/app`,
-/// `docker.io/me/app`), as `--publish` needs: a first component with a `.` or a
-/// `:`, or `localhost`.
-fn names_a_registry(image: Option<&str>) -> bool {
-    image
-        .and_then(|i| i.split_once('/'))
-        .is_some_and(|(first, _)| {
-            first.contains('.') || first.contains(':') || first == "localhost"
-        })
 }
 
 /// What the user sees of a build: one line per step on stderr.

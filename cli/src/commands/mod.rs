@@ -1,6 +1,7 @@
 //! Command implementations, and the source wiring they share.
 
 pub mod build;
+mod build_inputs;
 pub mod builder;
 pub mod image;
 pub mod plugin;
