@@ -18,14 +18,26 @@ async fn resolve(
     args: &SourceArgs,
 ) -> anyhow::Result<(Box<dyn locald_core::source::ImageSource>, ResolvedImage)> {
     let src = open_source(args.source.as_deref(), &args.registry, false)?;
-    let (plat, explicit) = platform(args.platform.as_deref())?;
-    let image = source::resolve(src.as_ref(), args.image.as_deref(), &plat, explicit)
-        .await
-        .with_context(|| match &args.image {
-            Some(i) => format!("could not resolve image {i:?} in {}", src.describe()),
-            None => format!("could not resolve the image in {}", src.describe()),
-        })?;
+    let image = resolve_in(src.as_ref(), args).await?;
     Ok((src, image))
+}
+
+/// The image `args` name, resolved in `src` for their platform.
+async fn resolve_in(
+    src: &dyn locald_core::source::ImageSource,
+    args: &SourceArgs,
+) -> anyhow::Result<ResolvedImage> {
+    let (plat, explicit) = platform(args.platform.as_deref())?;
+    source::resolve(src, args.image.as_deref(), &plat, explicit)
+        .await
+        .with_context(|| unresolved(src, args))
+}
+
+fn unresolved(src: &dyn locald_core::source::ImageSource, args: &SourceArgs) -> String {
+    match &args.image {
+        Some(i) => format!("could not resolve image {i:?} in {}", src.describe()),
+        None => format!("could not resolve the image in {}", src.describe()),
+    }
 }
 
 /// `locald image extract`
@@ -181,19 +193,9 @@ pub async fn copy(args: CopyArgs, quiet: bool, cancel: Cancel) -> anyhow::Result
     let resolved = if args.all_platforms {
         source::resolve_all(src.as_ref(), args.source.image.as_deref())
             .await
-            .with_context(|| match &args.source.image {
-                Some(i) => format!("could not resolve image {i:?} in {}", src.describe()),
-                None => format!("could not resolve the image in {}", src.describe()),
-            })?
+            .with_context(|| unresolved(src.as_ref(), &args.source))?
     } else {
-        let (plat, explicit) = platform(args.source.platform.as_deref())?;
-        let image = source::resolve(src.as_ref(), args.source.image.as_deref(), &plat, explicit)
-            .await
-            .with_context(|| match &args.source.image {
-                Some(i) => format!("could not resolve image {i:?} in {}", src.describe()),
-                None => format!("could not resolve the image in {}", src.describe()),
-            })?;
-        source::Resolved::Image(Box::new(image))
+        source::Resolved::Image(Box::new(resolve_in(src.as_ref(), &args.source).await?))
     };
     let (found_name, total) = match &resolved {
         source::Resolved::Image(i) => (i.name.clone(), i.layers.iter().map(|l| l.size).sum()),

@@ -113,15 +113,39 @@ pub(crate) fn normalize(path: &str) -> Option<PathBuf> {
     Some(out)
 }
 
-/// The home directory of `uid` in a passwd file's text.
-pub(crate) fn home_from_passwd(passwd: &str, uid: u32) -> Option<String> {
-    passwd.lines().find_map(|line| {
+/// One entry of a passwd file: `name:password:uid:gid:gecos:home:shell`.
+pub(crate) struct PasswdEntry<'a> {
+    pub name: &'a str,
+    pub uid: u32,
+    pub gid: u32,
+    /// The home directory, on complete (seven-field) lines.
+    pub home: Option<&'a str>,
+}
+
+/// The entries of a passwd file's text with a name and numeric ids (others
+/// are skipped).
+pub(crate) fn passwd_entries(passwd: &str) -> impl Iterator<Item = PasswdEntry<'_>> {
+    passwd.lines().filter_map(|line| {
         let fields: Vec<&str> = line.split(':').collect();
-        if fields.len() < 7 || fields[2].parse::<u32>().ok()? != uid {
+        if fields.len() < 4 {
             return None;
         }
-        Some(fields[5].to_owned()).filter(|home| !home.is_empty())
+        Some(PasswdEntry {
+            name: fields[0],
+            uid: fields[2].parse().ok()?,
+            gid: fields[3].parse().ok()?,
+            home: (fields.len() >= 7).then(|| fields[5]),
+        })
     })
+}
+
+/// The home directory of `uid` in a passwd file's text.
+pub(crate) fn home_from_passwd(passwd: &str, uid: u32) -> Option<String> {
+    passwd_entries(passwd)
+        .find(|e| e.uid == uid && e.home.is_some())
+        .and_then(|e| e.home)
+        .filter(|home| !home.is_empty())
+        .map(str::to_owned)
 }
 
 /// HOME for the lifecycle: the plan's, else the build user's home in the builder's

@@ -13,7 +13,7 @@ use std::process::{Child, Command, Stdio};
 
 use locald_core::lifecycle::{RunnerError, Volume};
 
-use crate::config::{Bind, RootMode, SandboxConfig, DEFAULT_PATH};
+use crate::config::{passwd_entries, Bind, RootMode, SandboxConfig, DEFAULT_PATH};
 use crate::sandbox::{HOSTNAME, MARKER, REPORT_FILE};
 use crate::{ids, read_report, rootfs, ContainerRunner};
 
@@ -291,25 +291,14 @@ pub fn resolve_user(root: &Path, user: &str) -> Result<(u32, u32), String> {
             .unwrap_or_default()
     };
     let passwd = read("/etc/passwd");
-    let entry = |text: &str, name: &str| -> Option<(u32, u32)> {
-        text.lines().find_map(|l| {
-            let f: Vec<&str> = l.split(':').collect();
-            (f.len() >= 4 && f[0] == name)
-                .then(|| Some((f[2].parse().ok()?, f[3].parse().ok()?)))
-                .flatten()
-        })
-    };
     let (uid, primary) = match u.parse::<u32>() {
         Ok(n) => {
-            let gid = passwd.lines().find_map(|l| {
-                let f: Vec<&str> = l.split(':').collect();
-                (f.len() >= 4 && f[2].parse::<u32>().ok() == Some(n))
-                    .then(|| f[3].parse().ok())
-                    .flatten()
-            });
+            let gid = passwd_entries(&passwd).find(|e| e.uid == n).map(|e| e.gid);
             (n, gid.unwrap_or(n))
         }
-        Err(_) => entry(&passwd, u)
+        Err(_) => passwd_entries(&passwd)
+            .find(|e| e.name == u)
+            .map(|e| (e.uid, e.gid))
             .ok_or_else(|| format!("the image has no user {u:?} in its /etc/passwd"))?,
     };
     let gid = match g {

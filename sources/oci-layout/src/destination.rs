@@ -511,7 +511,7 @@ fn temp_name(hex: &str) -> String {
 
 /// Removes `.NAME.locald-tmp-*` left in `parent` by a killed run. Only called
 /// under the directory's lock, so no live writer owns one.
-pub fn remove_stale(parent: &Path, name: &str) {
+fn remove_stale(parent: &Path, name: &str) {
     let prefix = format!(".{name}.locald-tmp-");
     for e in std::fs::read_dir(parent).into_iter().flatten().flatten() {
         if e.file_name().to_string_lossy().starts_with(&prefix) {

@@ -22,9 +22,7 @@ use locald_core::source::{
 };
 use locald_core::ImageReference;
 
-pub use destination::{
-    prune_layout_blobs, read_single_image, remove_stale, Existing, OciLayoutDestination,
-};
+pub use destination::{prune_layout_blobs, read_single_image, Existing, OciLayoutDestination};
 
 /// The scheme this crate serves.
 pub const SCHEME: &str = "oci-layout";

@@ -138,10 +138,7 @@ impl RegistryDestination {
         let mut relogged = false;
         let mut attempt = 1;
         loop {
-            let mut request = build(&http, &session);
-            if let Some(h) = session.header.lock().ok().and_then(|h| h.clone()) {
-                request = request.header(reqwest::header::AUTHORIZATION, h);
-            }
+            let request = authorized(build(&http, &session), &session);
             let url = request
                 .try_clone()
                 .and_then(|r| r.build().ok())
@@ -404,15 +401,14 @@ impl RegistryDestination {
             let body = chunk.slice(sent..);
             let from = start + sent as u64;
             let to = start + chunk.len() as u64 - 1;
-            let mut request = http
-                .patch(&location)
-                .header(CONTENT_TYPE, "application/octet-stream")
-                .header(CONTENT_RANGE, format!("{from}-{to}"))
-                .header(CONTENT_LENGTH, body.len())
-                .body(body);
-            if let Some(h) = session.header.lock().ok().and_then(|h| h.clone()) {
-                request = request.header(reqwest::header::AUTHORIZATION, h);
-            }
+            let request = authorized(
+                http.patch(&location)
+                    .header(CONTENT_TYPE, "application/octet-stream")
+                    .header(CONTENT_RANGE, format!("{from}-{to}"))
+                    .header(CONTENT_LENGTH, body.len())
+                    .body(body),
+                &session,
+            );
             let failure = match request.send().await {
                 Ok(res) if res.status() == StatusCode::ACCEPTED => {
                     return match res.headers().get(LOCATION).and_then(|v| v.to_str().ok()) {
@@ -576,27 +572,20 @@ impl RegistryDestination {
                 }
             }
         }
-        let target = match (name.digest(), name.tag()) {
-            (Some(d), _) => {
-                if *d != image.manifest_digest {
-                    return Err(RegistryError::Refused {
-                        what: format!("pushing {name}"),
-                        registry: name.registry().to_owned(),
-                        reason: format!(
-                            "the image's manifest is {}, not the digest the name pins",
-                            image.manifest_digest
-                        ),
-                    }
-                    .into());
-                }
-                d.to_string()
+        if name.digest().is_some_and(|d| *d != image.manifest_digest) {
+            return Err(RegistryError::Refused {
+                what: format!("pushing {name}"),
+                registry: name.registry().to_owned(),
+                reason: format!(
+                    "the image's manifest is {}, not the digest the name pins",
+                    image.manifest_digest
+                ),
             }
-            (None, Some(t)) => t.to_owned(),
-            (None, None) => "latest".to_owned(),
-        };
+            .into());
+        }
         self.put_document(
             name,
-            &target,
+            &manifest_target(name),
             &manifest::manifest_media_type(&image.manifest),
             &image.manifest_bytes,
             &image.manifest_digest,
@@ -641,6 +630,24 @@ impl RegistryDestination {
             }
         }
         Ok(())
+    }
+}
+
+/// `request` with the session's `Authorization`, when it has one.
+fn authorized(request: reqwest::RequestBuilder, session: &Session) -> reqwest::RequestBuilder {
+    match session.header.lock().ok().and_then(|h| h.clone()) {
+        Some(h) => request.header(reqwest::header::AUTHORIZATION, h),
+        None => request,
+    }
+}
+
+/// Where a manifest goes under `name`: `.../manifests/DIGEST` when the name
+/// pins one, else its tag.
+fn manifest_target(name: &ImageReference) -> String {
+    match (name.digest(), name.tag()) {
+        (Some(d), _) => d.to_string(),
+        (None, Some(t)) => t.to_owned(),
+        (None, None) => "latest".to_owned(),
     }
 }
 
@@ -709,14 +716,9 @@ impl ImageDestination for RegistryDestination {
     ) -> BoxFuture<'a, locald_core::Result<Written>> {
         Box::pin(async move {
             for name in &self.names {
-                let target = match (name.digest(), name.tag()) {
-                    (Some(d), _) => d.to_string(),
-                    (None, Some(t)) => t.to_owned(),
-                    (None, None) => "latest".to_owned(),
-                };
                 self.put_document(
                     name,
-                    &target,
+                    &manifest_target(name),
                     &index.media_type,
                     &index.bytes,
                     &index.digest,
