@@ -25,7 +25,7 @@ use locald_core::cancel::Cancel;
 use locald_core::destination::{copy_image, CopyOptions, ImageDestination, Written};
 use locald_core::digest::Digest;
 use locald_core::lifecycle::{
-    HostDirs, LifecycleRunner, LineWatcher, Network, RunStatus, RunnerError, Volume,
+    HostDirs, LifecycleRunner, LineWatcher, Network, PhaseTime, RunStatus, RunnerError, Volume,
 };
 use locald_core::progress::Reporter;
 use locald_core::source::{BoxFuture, ImageSource};
@@ -278,6 +278,9 @@ pub struct Timings {
     pub run_image: f64,
     /// The lifecycle.
     pub lifecycle: f64,
+    /// The lifecycle's time by the phases it announced (`===> ANALYZING`, ...), in
+    /// order; the first, `starting`, is its time before the first heading.
+    pub lifecycle_phases: Vec<PhaseTime>,
     /// Copying the image to the output.
     pub output: f64,
     /// All of it.
@@ -722,7 +725,9 @@ pub async fn build(
             plan.env_var("CNB_PLATFORM_API").unwrap_or("?")
         ))));
     }
-    timings.lifecycle = step.elapsed().as_secs_f64();
+    let ended = Instant::now();
+    timings.lifecycle = ended.duration_since(step).as_secs_f64();
+    timings.lifecycle_phases = watcher.phases(step, ended);
     if let Some(out) = &sbom_output_dir {
         copy_sbom(&dirs.layers.join("sbom"), out)?;
     }

@@ -503,6 +503,7 @@ fn check_build(w: &World, r: &Out, runner: Runner, out: &Path) -> Value {
     for want in ["[creator] ===> DETECTING", "[creator] ===> EXPORTING"] {
         assert!(all.contains(want), "{want:?} missing:\n{r}");
     }
+    check_timings(&v, &all);
     assert!(!all.contains('\u{1b}'), "colour codes in the output:\n{r}");
     // What locald passed, as the stand-in checked it (a real lifecycle says
     // nothing of it: the build's success is its word).
@@ -515,6 +516,40 @@ fn check_build(w: &World, r: &Out, runner: Runner, out: &Path) -> Value {
         check_launcher(r, runner);
     }
     v
+}
+
+/// `timings` accounts for the build by stage, and the lifecycle's part by the
+/// phase headings it printed, in the order printed.
+fn check_timings(v: &Value, all: &str) {
+    let t = &v["timings"];
+    let secs = |k: &str| {
+        t[k].as_f64()
+            .unwrap_or_else(|| panic!("timings.{k} missing: {t:#}"))
+    };
+    let stages = ["builder", "app_copy", "run_image", "lifecycle", "output"];
+    let sum: f64 = stages.iter().map(|k| secs(k)).sum();
+    assert!(
+        sum <= secs("total") + 1e-6,
+        "stages exceed the total: {t:#}"
+    );
+    assert!(secs("lifecycle") > 0.0, "{t:#}");
+    let printed: Vec<String> = all
+        .lines()
+        .filter_map(|l| l.split("===> ").nth(1))
+        .map(|p| p.trim().to_ascii_lowercase())
+        .collect();
+    let phases = t["lifecycle_phases"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no lifecycle_phases: {t:#}"));
+    let names: Vec<&str> = phases.iter().filter_map(|p| p["phase"].as_str()).collect();
+    assert_eq!(names[0], "starting", "{t:#}");
+    assert_eq!(names[1..], printed, "phases vs the headings printed: {t:#}");
+    let in_phases: f64 = phases.iter().filter_map(|p| p["seconds"].as_f64()).sum();
+    assert!(
+        (in_phases - secs("lifecycle")).abs() < 0.05,
+        "the phases ({in_phases}) do not add up to the lifecycle ({}): {t:#}",
+        secs("lifecycle")
+    );
 }
 
 /// `-launcher` names the builder's launcher (which the stand-in found

@@ -13,7 +13,7 @@ pub mod supervise;
 
 use std::path::{Path, PathBuf};
 
-pub use supervise::{supervise, LineWatcher, RunStatus};
+pub use supervise::{supervise, LineWatcher, PhaseTime, RunStatus};
 
 use crate::cancel::Cancel;
 

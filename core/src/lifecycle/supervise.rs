@@ -48,7 +48,18 @@ impl RunStatus {
 #[derive(Debug, Default)]
 pub struct LineWatcher {
     lines: Mutex<VecDeque<String>>,
+    /// The phase headings seen (`===> ANALYZING`), with when.
+    marks: Mutex<Vec<(String, Instant)>>,
     stdout_to_stderr: bool,
+}
+
+/// One phase the lifecycle announced, and how long it took.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct PhaseTime {
+    /// The phase, as the lifecycle named it, lower case (`analyzing`, `building`).
+    pub phase: String,
+    /// Seconds from its heading to the next heading (or to the lifecycle's end).
+    pub seconds: f64,
 }
 
 /// How many lines a [`LineWatcher`] keeps.
@@ -76,6 +87,35 @@ impl LineWatcher {
             lines.pop_front();
         }
         lines.push_back(line.to_owned());
+        drop(lines);
+        if let Some(name) = phase_heading(line) {
+            let mut marks = self.marks.lock().unwrap_or_else(|e| e.into_inner());
+            marks.push((name, Instant::now()));
+        }
+    }
+
+    /// Where the time of a run that started at `start` and ended at `end` went,
+    /// by the phase headings the lifecycle printed: what came before the first
+    /// heading is `starting` (left out when there is none).
+    pub fn phases(&self, start: Instant, end: Instant) -> Vec<PhaseTime> {
+        let marks = self.marks.lock().unwrap_or_else(|e| e.into_inner());
+        if marks.is_empty() {
+            return Vec::new();
+        }
+        let mut out = Vec::with_capacity(marks.len() + 1);
+        let (mut phase, mut from) = ("starting".to_owned(), start);
+        for (name, at) in marks.iter() {
+            out.push(PhaseTime {
+                phase: std::mem::replace(&mut phase, name.clone()),
+                seconds: at.saturating_duration_since(from).as_secs_f64(),
+            });
+            from = *at;
+        }
+        out.push(PhaseTime {
+            phase,
+            seconds: end.saturating_duration_since(from).as_secs_f64(),
+        });
+        out
     }
 
     /// The lines kept, oldest first.
@@ -83,6 +123,17 @@ impl LineWatcher {
         let lines = self.lines.lock().unwrap_or_else(|e| e.into_inner());
         lines.iter().cloned().collect()
     }
+}
+
+/// The phase a lifecycle heading line names: `===> ANALYZING` -> `analyzing`.
+fn phase_heading(line: &str) -> Option<String> {
+    let name = line.trim().strip_prefix("===>")?.trim();
+    (!name.is_empty()
+        && name.len() <= 32
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_uppercase() || b == b' ' || b == b'_'))
+    .then(|| name.to_ascii_lowercase())
 }
 
 /// Copy `from` to `to` line by line, each line prefixed, each line also given to
@@ -209,6 +260,30 @@ pub fn supervise(
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn phases_follow_the_headings() {
+        let w = LineWatcher::new();
+        let start = Instant::now();
+        w.push("Warning: something");
+        w.push("===> ANALYZING");
+        w.push("Restoring data");
+        w.push("  ===> DETECTING  ");
+        w.push("echo ===> not a heading");
+        w.push("===> lower case is no heading");
+        w.push("===> EXPORTING");
+        let end = Instant::now() + Duration::from_millis(5);
+        let p = w.phases(start, end);
+        let names: Vec<&str> = p.iter().map(|p| p.phase.as_str()).collect();
+        assert_eq!(names, ["starting", "analyzing", "detecting", "exporting"]);
+        let total: f64 = p.iter().map(|p| p.seconds).sum();
+        let want = end.duration_since(start).as_secs_f64();
+        assert!((total - want).abs() < 1e-6, "{total} vs {want}");
+        assert!(p[3].seconds >= 0.005, "{p:?}");
+        // No headings, no phases.
+        assert_eq!(LineWatcher::new().phases(start, end), Vec::new());
+    }
+
     use super::*;
     use std::process::{Command, Stdio};
 
