@@ -36,7 +36,10 @@ use crate::builder::{read_builder, BuilderInfo};
 use crate::placement::{layout_path_for, place_image_with, placed_manifest, PlaceOptions, Placed};
 use crate::plan::{check_builder, plan_creator, CreatorOptions, PlanError};
 use crate::project::{write_platform_env, Project};
+use crate::sparse::{self, write_sparse, FilledLayout};
 use crate::{appcopy, explain_exit};
+use locald_source_oci_layout::{Existing, OciLayoutDestination};
+use std::collections::HashSet;
 
 /// Why a build did not produce an image.
 #[derive(Debug, thiserror::Error)]
@@ -617,10 +620,11 @@ pub async fn build(
     cancel.check()?;
     timings.app_copy = step.elapsed().as_secs_f64();
 
-    // 4. The run image, in the layout dir where the lifecycle looks for it.
+    // 4. The run image: whole in the app's images, and sparse in the layout
+    // dir, where the lifecycle reads it (see `crate::sparse`).
     let step = Instant::now();
     let run_platform = platform.clone().unwrap_or_else(|| builder.platform.clone());
-    let placed_path = dirs.layout.join(layout_path_for(&run_ref));
+    let placed_path = dirs.images.join(layout_path_for(&run_ref));
     let offline = policy == PullPolicy::Never && run_image_source.is_remote();
     // With --pull missing, a run image from a registry placed less than
     // --pull-interval ago is used as it is (as builders are); local sources are
@@ -654,7 +658,7 @@ pub async fn build(
                 run_image_source.as_ref(),
                 Some(run_image.as_str()),
                 &run_platform,
-                &dirs.layout,
+                &dirs.images,
                 &run_ref,
                 &PlaceOptions {
                     explicit_platform: platform.is_some(),
@@ -677,6 +681,16 @@ pub async fn build(
             placed
         }
     };
+    let run_whole = placed.path.clone();
+    {
+        let image = {
+            let dir = run_whole.clone();
+            blocking(move || locald_source_oci_layout::read_single_image(&dir)).await?
+        };
+        let source = FilledLayout::open(&run_whole, &[])?;
+        let view = dirs.layout.join(layout_path_for(&run_ref));
+        write_sparse(source, &image, &view, &run_ref.to_string(), HashSet::new()).await?;
+    }
     if let Some((uid, gid)) = owner {
         // The exporter, running as the build user, adds the app image beside it.
         locald_core::fsutil::chown_tree(&dirs.layout, uid, gid)
@@ -732,27 +746,49 @@ pub async fn build(
         copy_sbom(&dirs.layers.join("sbom"), out)?;
     }
 
-    // 6. The output.
+    // 6. The output. The lifecycle exported a sparse image (what it reused of
+    // the run image and the previous image it did not write): it is kept whole
+    // in the app's images, filled from there, and copied to the output from
+    // that whole copy. Then the exported layout becomes the sparse previous
+    // image of the next build.
     let step = Instant::now();
     let exported = {
         let dir = image_layout.clone();
-        blocking(move || {
-            let image = locald_source_oci_layout::read_single_image(&dir)?;
-            let source = locald_source_oci_layout::OciLayout::open(&dir)?;
-            Ok((image, source))
-        })
-        .await?
+        blocking(move || locald_source_oci_layout::read_single_image(&dir)).await?
     };
-    let (exported, layout_source) = exported;
+    let kept = dirs.images.join(layout_path_for(&image_ref));
+    {
+        let filled = FilledLayout::open(&image_layout, &[&run_whole, &kept])?;
+        let destination =
+            OciLayoutDestination::open(&kept, vec![image_ref.to_string()], Existing::Replace)
+                .await?;
+        copy_image(
+            &filled,
+            &exported,
+            &destination,
+            &CopyOptions {
+                cancel: cancel.clone(),
+                ..CopyOptions::default()
+            },
+        )
+        .await
+        .context(|| {
+            format!(
+                "could not keep the image the lifecycle exported at {}",
+                image_layout.display()
+            )
+        })?;
+    }
     if let Some(parent) = output.path.as_deref().and_then(Path::parent) {
         std::fs::create_dir_all(parent).map_err(Error::io("create directory", parent))?;
     }
     let written = async {
+        let source = locald_source_oci_layout::OciLayout::open(&kept)?;
         let mut names = vec![image_ref.to_string()];
         names.extend(tags.iter().map(ToString::to_string));
         let destination = (output.open)(names).await?;
         copy_image(
-            &layout_source,
+            &source,
             &exported,
             destination.as_ref(),
             &CopyOptions {
@@ -768,15 +804,21 @@ pub async fn build(
         BuildError::Output(Box::new(OutputFailed {
             output: output.describe.clone(),
             image: image_ref.clone(),
-            layout: image_layout.clone(),
+            layout: kept.clone(),
             source,
         }))
     })?;
-    // The lifecycle keeps the previous image's blobs beside the new one (to
-    // reuse its layers); what neither needs any more goes.
-    let freed =
-        blocking(move || locald_source_oci_layout::prune_layout_blobs(&image_layout)).await?;
-    tracing::debug!(freed, "pruned the app's build layout");
+    // The next build's previous image: sparse, but for its SBOM layer (the
+    // analyzer restores the launch layers' SBOM files from it).
+    let keep: HashSet<Digest> = sparse::sbom_layer(&exported).into_iter().collect();
+    write_sparse(
+        FilledLayout::open(&kept, &[])?,
+        &exported,
+        &image_layout,
+        &image_ref.to_string(),
+        keep,
+    )
+    .await?;
     timings.output = step.elapsed().as_secs_f64();
     timings.total = started.elapsed().as_secs_f64();
 

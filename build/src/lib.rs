@@ -21,6 +21,7 @@ pub mod host;
 pub mod placement;
 pub mod plan;
 pub mod project;
+pub mod sparse;
 
 pub use exit::explain_exit;
 pub use flow::{

@@ -162,6 +162,7 @@ pub async fn place_image_with(
         cancel: options.cancel.clone(),
         reporter: options.reporter.clone().unwrap_or_else(|| Arc::new(Silent)),
         parallel: PARALLEL_LAYERS,
+        ..CopyOptions::default()
     };
     copy_image(source, &resolved, &destination, &copy).await?;
     Ok(Placed {

@@ -6,7 +6,9 @@
 //!   layers/                 -layers, fresh each build
 //!   platform/               -platform (env/NAME files), fresh each build
 //!   cache/                  -cache-dir, the buildpacks' cache: kept
-//!   layout/                 -layout-dir, the OCI layout (run image, app image): kept
+//!   layout/                 -layout-dir: what the lifecycle reads of the run image and
+//!                           the previous app image (sparse layouts), where it exports: kept
+//!   images/                 the run image and the last app image whole (OCI layouts): kept
 //!   project.json            app path, created, last build started, builds
 //! locks/project-<key>.lock  held exclusively while a build of the app runs
 //! ```
@@ -57,6 +59,9 @@ pub struct ProjectDirs {
     pub cache: PathBuf,
     /// `layout/`, kept between builds.
     pub layout: PathBuf,
+    /// `images/`, kept between builds: the whole images the layout's sparse
+    /// ones are filled from (see [`crate::sparse`]).
+    pub images: PathBuf,
 }
 
 impl ProjectDirs {
@@ -170,6 +175,7 @@ impl Project {
             platform: self.dir.join("platform"),
             cache: self.dir.join("cache"),
             layout: self.dir.join("layout"),
+            images: self.dir.join("images"),
         }
     }
 
@@ -211,7 +217,7 @@ impl Project {
         if clear_cache {
             fsutil::fresh_dir(&dirs.cache)?;
         }
-        for d in [&dirs.cache, &dirs.layout] {
+        for d in [&dirs.cache, &dirs.layout, &dirs.images] {
             ensure_real_dir(d)?;
         }
         if let Some(owner) = owner {

@@ -125,6 +125,11 @@ pub struct CopyOptions {
     pub reporter: Arc<dyn Reporter>,
     /// Blobs put at once.
     pub parallel: usize,
+    /// Only these layers (`None`: all of them). The destination then holds a
+    /// sparse image: manifest and config, and of the layers only these (what
+    /// the CNB lifecycle reads fastest: it takes a missing layer's diff ID from
+    /// the config instead of hashing the blob).
+    pub only_layers: Option<HashSet<Digest>>,
 }
 
 impl Default for CopyOptions {
@@ -133,6 +138,7 @@ impl Default for CopyOptions {
             cancel: Cancel::default(),
             reporter: Arc::new(Silent),
             parallel: 4,
+            only_layers: None,
         }
     }
 }
@@ -205,6 +211,12 @@ async fn copy_blobs(
         .iter()
         .enumerate()
         .filter(|(_, l)| seen.insert(l.digest.clone()))
+        .filter(|(_, l)| {
+            options
+                .only_layers
+                .as_ref()
+                .is_none_or(|only| only.contains(&l.digest))
+        })
         .collect();
     futures::stream::iter(unique)
         .map(|(i, layer)| async move {

@@ -57,7 +57,10 @@
 //! `io.buildpacks.lifecycle.metadata` (each layer's diff id by role), and the tag
 //! as `org.opencontainers.image.ref.name`, as the lifecycle's layout export
 //! names it. A layer whose content the previous image at that path already has
-//! is reused (`Reusing layer 'ID'`).
+//! is reused (`Reusing layer 'ID'`), not written again when its blob is absent.
+//! As the lifecycle's, the layouts may be sparse: a run image or previous image
+//! layer whose blob is absent is taken from the config (its diff ID), and the
+//! export then lacks that blob too.
 //!
 //! What a build does is the test buildpacks' business
 //! ([`crate::builder::BUSYBOX_BUILD`]): files in the app select behaviours
@@ -450,7 +453,10 @@ run_config_digest=$(printf "%s\n" "$run_manifest" |
 check_blob "$run_dir" "$run_config_digest" "run image config"
 run_layers=$(printf "%s\n" "$run_manifest" | sed -n 's/.*"layers"[[:space:]]*:[[:space:]]*\[\([^]]*\)\].*/\1/p')
 run_layer_digests=$(printf "%s\n" "$run_layers" | grep -o 'sha256:[0-9a-f]\{64\}')
+# A layer blob may be absent (a sparse layout): the lifecycle then takes the
+# layer's diff ID from the config, and does not write the layer when it exports.
 for d in $run_layer_digests; do
+    [ -e "$(blob_path "$run_dir" "$d")" ] || continue
     check_blob "$run_dir" "$d" "run image layer"
 done
 run_config=$(flat "$(blob_path "$run_dir" "$run_config_digest")")
@@ -744,7 +750,9 @@ add_layer() { # ID ROOT: ROOT holds the layer's files at their paths under /
     read -r al_pdigest al_pdiff al_psize <<EOF_PREV
 $(printf '%s\n' "$prev_keys" | awk -v id="$al_id" -v k="$al_key" '$1 == id && $2 == k { print $3, $4, $5; exit }')
 EOF_PREV
-    if [ -n "$al_pdigest" ] && [ -f "$(blob_path "$out" "$al_pdigest")" ]; then
+    # Reused by the previous image's record, whether or not its blob is there
+    # (as the lifecycle reuses a layer of a sparse previous image, unwritten).
+    if [ -n "$al_pdigest" ]; then
         al_digest=$al_pdigest al_diff=$al_pdiff al_size=$al_psize al_reused=true
         echo "Reusing layer '$al_id'"
     fi
@@ -779,6 +787,7 @@ md_close_bp() {
 }
 
 for d in $run_layer_digests; do
+    [ -e "$(blob_path "$run_dir" "$d")" ] || continue
     cp "$(blob_path "$run_dir" "$d")" "$(blob_path "$out" "$d")" || export_fail "cannot copy layer $d"
 done
 

@@ -224,6 +224,7 @@ pub async fn copy(args: CopyArgs, quiet: bool, cancel: Cancel) -> anyhow::Result
         cancel,
         reporter: crate::progress::reporter(quiet || args.json, total),
         parallel: 4,
+        ..CopyOptions::default()
     };
     let written = match &resolved {
         source::Resolved::Image(image) => {

@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use locald_core::ImageReference;
 use serde_json::Value;
 
 use locald_tests::builder::{
@@ -516,6 +517,62 @@ fn check_build(w: &World, r: &Out, runner: Runner, out: &Path) -> Value {
         check_launcher(r, runner);
     }
     v
+}
+
+/// What the lifecycle reads is sparse: the run image and the previous app image
+/// in the app's layout dir hold their manifest and config but no layer blob
+/// (the busybox builder's images have no SBOM layer), while the app's
+/// `images/` keeps both whole: every layer blob there, of the right size.
+fn check_sparse_layout(v: &Value) {
+    let project = Path::new(
+        v["project"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no project: {v:#}")),
+    );
+    let layers_of = |dir: &Path| -> Vec<(String, u64)> {
+        let index = read_json(&dir.join("index.json"));
+        let digest = index["manifests"][0]["digest"].as_str().unwrap().to_owned();
+        let manifest = read_json(&dir.join("blobs/sha256").join(&digest[7..]));
+        let config = manifest["config"]["digest"].as_str().unwrap();
+        assert!(
+            dir.join("blobs/sha256").join(&config[7..]).is_file(),
+            "{}",
+            dir.display()
+        );
+        manifest["layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| {
+                (
+                    l["digest"].as_str().unwrap()[7..].to_owned(),
+                    l["size"].as_u64().unwrap(),
+                )
+            })
+            .collect()
+    };
+    let image = ImageReference::parse(v["image"].as_str().unwrap()).unwrap();
+    let run = ImageReference::parse(v["run_image"].as_str().unwrap()).unwrap();
+    for r in [&image, &run] {
+        let rel = locald_build::placement::layout_path_for(r);
+        let sparse = project.join("layout").join(&rel);
+        let layers = layers_of(&sparse);
+        assert!(!layers.is_empty(), "{}", sparse.display());
+        for (hex, _) in &layers {
+            assert!(
+                !sparse.join("blobs/sha256").join(hex).exists(),
+                "layer {hex} is in the lifecycle's layout {}",
+                sparse.display()
+            );
+        }
+        let whole = project.join("images").join(&rel);
+        assert_eq!(layers_of(&whole), layers, "{}", whole.display());
+        for (hex, size) in &layers {
+            let m = std::fs::metadata(whole.join("blobs/sha256").join(hex))
+                .unwrap_or_else(|e| panic!("layer {hex} missing from {}: {e}", whole.display()));
+            assert_eq!(m.len(), *size, "{hex}");
+        }
+    }
 }
 
 /// `timings` accounts for the build by stage, and the lifecycle's part by the
@@ -1489,6 +1546,7 @@ fn second_build_sees_the_cache_with(runner: Runner) {
         assert!(all.contains(&want), "{want:?} missing:\n{r}");
     }
     check_layout_output(&w, &w.path("out2"), None, &[("hello.txt", "v2\n")]);
+    check_sparse_layout(&r.json());
     let r = build("out3", &["--clear-cache"]);
     assert_eq!(
         r.probe("cache builds").as_deref(),
