@@ -50,7 +50,7 @@ fn main() {
                 x ^= x >> 7;
                 x ^= x << 17;
                 // Half incompressible, half text: about 2:1 under gzip.
-                if x % 2 == 0 {
+                if x.is_multiple_of(2) {
                     bytes.extend_from_slice(&x.to_le_bytes());
                 } else {
                     bytes.extend_from_slice(b"GLIBC_2.17\0");
