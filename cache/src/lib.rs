@@ -90,6 +90,13 @@ pub struct TreeRecord {
     pub created_at: u64,
     /// What it looked like when it was extracted.
     pub fingerprint: Fingerprint,
+    /// When its metadata fingerprint was last found unchanged by a walk (Unix
+    /// seconds; 0: never since it was made).
+    #[serde(default)]
+    pub walked_at: u64,
+    /// Its [`tree::seal`] as of that walk.
+    #[serde(default)]
+    pub seal: Option<String>,
 }
 
 impl Cache {

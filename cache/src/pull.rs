@@ -284,13 +284,18 @@ impl Cache {
         let offline = update.offline;
         let filter = &options.filter;
         let manifest = &image.manifest_digest;
+        let check = if options.policy == PullPolicy::Always {
+            TreeCheck::Walk
+        } else {
+            TreeCheck::Sealed
+        };
         // A whole-root tree serves any filter.
         if !filter.is_everything() {
-            if let Some(found) = self.intact_tree(manifest, &PathFilter::default(), true) {
+            if let Some(found) = self.intact_tree(manifest, &PathFilter::default(), true, check) {
                 return Ok((found.0, found.1, None));
             }
         }
-        if let Some(found) = self.intact_tree(manifest, filter, true) {
+        if let Some(found) = self.intact_tree(manifest, filter, true, check) {
             return Ok((found.0, found.1, None));
         }
         let lock_name = format!("image-{}.lock", manifest.hex());
@@ -308,7 +313,7 @@ impl Cache {
             }
         };
         // The other process may have finished it while we waited.
-        if let Some(found) = self.intact_tree(manifest, filter, false) {
+        if let Some(found) = self.intact_tree(manifest, filter, false, check) {
             return Ok((found.0, found.1, None));
         }
         let dir = self.tree_dir(manifest, filter);
@@ -435,9 +440,11 @@ impl Cache {
         listings: Listings,
     ) -> Result<TreeRecord> {
         let walk_dir = dir.to_path_buf();
-        let fingerprint = tokio::task::spawn_blocking(move || tree::fingerprint(&walk_dir, false))
-            .await
-            .map_err(|e| Error::Join(e.to_string()))??;
+        let (fingerprint, seal) = tokio::task::spawn_blocking(move || {
+            Ok::<_, Error>((tree::fingerprint(&walk_dir, false)?, tree::seal(&walk_dir)?))
+        })
+        .await
+        .map_err(|e| Error::Join(e.to_string()))??;
         if listings.len() == image.layers.len() {
             write_record(
                 listing_path,
@@ -454,6 +461,8 @@ impl Cache {
             paths: tree_paths(filter),
             created_at: now(),
             fingerprint,
+            walked_at: now(),
+            seal: Some(seal),
         };
         write_record(record_path, &record)?;
         Ok(record)
@@ -486,7 +495,10 @@ impl Cache {
         if old.listings.len() != old.layers.len() {
             return Err("the previous listing is incomplete".into());
         }
-        if self.intact_tree(job.previous, filter, false).is_none() {
+        if self
+            .intact_tree(job.previous, filter, false, TreeCheck::Walk)
+            .is_none()
+        {
             return Err("the previous tree is not intact".into());
         }
         let shared = self
@@ -580,19 +592,54 @@ impl Cache {
         Ok(listings)
     }
 
-    /// The tree of `manifest` with `filter` if it is complete and, by its metadata
-    /// fingerprint, unchanged since it was extracted. A changed one is reported
-    /// (and replaced by the caller).
+    /// The tree of `manifest` with `filter` if it is complete and unchanged since
+    /// it was extracted. With [`TreeCheck::Sealed`], a tree walked less than
+    /// [`TREE_WALK_INTERVAL`] ago whose seal holds is taken without a walk (a few
+    /// dozen `lstat`s whatever its size); otherwise, and with
+    /// [`TreeCheck::Walk`], its metadata fingerprint is computed again (one
+    /// `lstat` per entry) and, when it matches, the walk is recorded. A changed
+    /// one is reported (and replaced by the caller).
     fn intact_tree(
         &self,
         manifest: &Digest,
         filter: &PathFilter,
         warn: bool,
+        check: TreeCheck,
     ) -> Option<(PathBuf, TreeRecord)> {
-        let record: TreeRecord = read_record(&self.tree_record_path(manifest, filter))?;
+        let record_path = self.tree_record_path(manifest, filter);
+        let mut record: TreeRecord = read_record(&record_path)?;
         let dir = self.tree_dir(manifest, filter);
+        let now = now();
+        let recent = now.saturating_sub(record.walked_at) < TREE_WALK_INTERVAL.as_secs();
+        if check == TreeCheck::Sealed && recent {
+            match (&record.seal, tree::seal(&dir)) {
+                (Some(kept), Ok(found)) if *kept == found => {
+                    tracing::debug!(
+                        "cached tree {}: sealed, walked {}s ago",
+                        dir.display(),
+                        now.saturating_sub(record.walked_at)
+                    );
+                    return Some((dir, record));
+                }
+                _ => tracing::debug!("cached tree {}: seal broken, walking it", dir.display()),
+            }
+        }
         match tree::fingerprint(&dir, false) {
-            Ok(f) if f.meta == record.fingerprint.meta => Some((dir, record)),
+            Ok(f) if f.meta == record.fingerprint.meta => {
+                tracing::debug!(
+                    "cached tree {}: walked {} entries, unchanged",
+                    dir.display(),
+                    f.entries
+                );
+                if let Ok(seal) = tree::seal(&dir) {
+                    record.walked_at = now;
+                    record.seal = Some(seal);
+                    if let Err(e) = write_record(&record_path, &record) {
+                        tracing::debug!("could not record the walk of {}: {e}", dir.display());
+                    }
+                }
+                Some((dir, record))
+            }
             Ok(_) if warn => {
                 tracing::warn!(
                     "the cached tree {} was changed on disk; extracting it again",
@@ -628,6 +675,18 @@ impl Cache {
             }
         }
     }
+}
+
+/// How long a walked tree is taken on its seal alone (see [`tree::seal`]).
+pub const TREE_WALK_INTERVAL: Duration = Duration::from_secs(10 * 60);
+
+/// How [`Cache::intact_tree`] checks a tree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TreeCheck {
+    /// On its seal when it was walked recently, else by a walk.
+    Sealed,
+    /// By a walk.
+    Walk,
 }
 
 /// A source that serves blobs from the blob store when it has them and from the

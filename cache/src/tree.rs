@@ -1,10 +1,18 @@
 //! Fingerprints of extracted trees, so a cached tree that was changed on disk is
 //! noticed instead of silently used.
 //!
-//! The metadata fingerprint (paths, types, permission bits, sizes, link targets)
-//! is recomputed on every use: a walk with one `lstat` per entry, no reads. The
-//! content fingerprint also hashes every file and is checked by
-//! `locald builder verify`.
+//! Three checks, from cheap to thorough:
+//!
+//! - the *seal* ([`seal`]): the status (inode, type, mode, size, change times)
+//!   of the tree's root and the entries at most two levels below it, at most
+//!   [`SEAL_ENTRIES`] of them: a few dozen `lstat`s whatever the tree's size.
+//!   Adding, removing or renaming anything in those directories, or changing
+//!   one of those entries, breaks it; a change deeper down does not.
+//! - the metadata fingerprint: a walk with one `lstat` per entry (paths, types,
+//!   permission bits, sizes, link targets), no reads. Done when the tree is
+//!   made, when its seal is broken, when its last walk is older than the
+//!   cache's walk interval, and on `--pull always`.
+//! - the content fingerprint also hashes every file: `locald builder verify`.
 
 use std::ffi::{CStr, CString, OsStr};
 use std::io::Read;
@@ -31,6 +39,77 @@ pub struct Fingerprint {
     /// Hash over the metadata and every file's content, when asked for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub content: Option<String>,
+}
+
+/// How many entries the seal covers at most.
+pub const SEAL_ENTRIES: usize = 512;
+
+/// The seal of the tree at `root`: a hash over the status of the root and of the
+/// entries one and two levels below it (in name order, at most
+/// [`SEAL_ENTRIES`]), change times included, so that anything done to them
+/// since (even put back as it was) breaks it. Costs the same for a tree of a
+/// hundred entries and of a million.
+pub fn seal(root: &Path) -> Result<String> {
+    use std::os::unix::fs::MetadataExt;
+    let mut hasher = Hasher::new(Algorithm::Sha256);
+    let mut count = 0usize;
+    let mut stamp = |rel: &[u8], m: &std::fs::Metadata| {
+        hasher.update(rel);
+        hasher.update(
+            format!(
+                "\0{} {} {:o} {} {} {}.{} {}.{}\n",
+                m.dev(),
+                m.ino(),
+                m.mode(),
+                m.nlink(),
+                m.size(),
+                m.mtime(),
+                m.mtime_nsec(),
+                m.ctime(),
+                m.ctime_nsec()
+            )
+            .as_bytes(),
+        );
+    };
+    let meta = std::fs::symlink_metadata(root).map_err(Error::io("inspect", root))?;
+    if !meta.is_dir() {
+        return Err(Error::io("seal", root)(std::io::Error::from(
+            std::io::ErrorKind::NotADirectory,
+        )));
+    }
+    stamp(b"", &meta);
+    let sorted = |dir: &Path| -> Result<Vec<std::ffi::OsString>> {
+        let mut names: Vec<_> = std::fs::read_dir(dir)
+            .map_err(Error::io("read directory", dir))?
+            .map(|e| e.map(|e| e.file_name()))
+            .collect::<std::io::Result<_>>()
+            .map_err(Error::io("read directory", dir))?;
+        names.sort();
+        Ok(names)
+    };
+    let mut level = vec![(root.to_path_buf(), Vec::new())];
+    for _depth in 0..2 {
+        let mut next = Vec::new();
+        for (dir, rel) in level {
+            for name in sorted(&dir)? {
+                if count == SEAL_ENTRIES {
+                    return Ok(hasher.finish().hex().to_owned());
+                }
+                count += 1;
+                let path = dir.join(&name);
+                let m = std::fs::symlink_metadata(&path).map_err(Error::io("inspect", &path))?;
+                let mut r: Vec<u8> = rel.clone();
+                r.push(b'/');
+                r.extend_from_slice(name.as_bytes());
+                stamp(&r, &m);
+                if m.is_dir() {
+                    next.push((path, r));
+                }
+            }
+        }
+        level = next;
+    }
+    Ok(hasher.finish().hex().to_owned())
 }
 
 /// Walks `root` (never following symlinks) and fingerprints it; with `content`,
@@ -214,6 +293,46 @@ mod tests {
         std::fs::write(d.path().join("cnb/order.toml"), b"[[order]]\n").unwrap();
         std::os::unix::fs::symlink("lifecycle/creator", d.path().join("cnb/c")).unwrap();
         d
+    }
+
+    #[test]
+    fn the_seal_covers_two_levels() {
+        let t = tree();
+        let s0 = seal(t.path()).unwrap();
+        assert_eq!(seal(t.path()).unwrap(), s0, "stable");
+        // A name added or removed one or two levels down breaks it.
+        std::fs::write(t.path().join("cnb/new"), b"x").unwrap();
+        let s1 = seal(t.path()).unwrap();
+        assert_ne!(s1, s0);
+        std::fs::remove_file(t.path().join("cnb/new")).unwrap();
+        let s2 = seal(t.path()).unwrap();
+        assert_ne!(s2, s1);
+        assert_ne!(s2, s0, "put back as it was: the change times still differ");
+        // A mode changed two levels down breaks it.
+        let order = t.path().join("cnb/order.toml");
+        std::fs::set_permissions(&order, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let s3 = seal(t.path()).unwrap();
+        assert_ne!(s3, s2);
+        // Three levels down it does not: the walk finds that.
+        let deep = t.path().join("cnb/lifecycle/creator");
+        std::fs::set_permissions(&deep, std::fs::Permissions::from_mode(0o700)).unwrap();
+        assert_eq!(seal(t.path()).unwrap(), s3);
+        // Not a directory: an error.
+        assert!(seal(&order).is_err());
+    }
+
+    #[test]
+    fn the_seal_is_bounded() {
+        let d = tempfile::tempdir().unwrap();
+        for i in 0..SEAL_ENTRIES + 10 {
+            std::fs::write(d.path().join(format!("f{i:05}")), b"").unwrap();
+        }
+        let s0 = seal(d.path()).unwrap();
+        // The last names (in order) are past the bound.
+        std::fs::write(d.path().join(format!("f{:05}", SEAL_ENTRIES + 5)), b"x").unwrap();
+        assert_eq!(seal(d.path()).unwrap(), s0);
+        std::fs::write(d.path().join("f00000"), b"x").unwrap();
+        assert_ne!(seal(d.path()).unwrap(), s0);
     }
 
     #[test]

@@ -520,26 +520,24 @@ fn check_build(w: &World, r: &Out, runner: Runner, out: &Path) -> Value {
 }
 
 /// What the lifecycle reads is sparse: the run image and the previous app image
-/// in the app's layout dir hold their manifest and config but no layer blob
-/// (the busybox builder's images have no SBOM layer), while the app's
-/// `images/` keeps both whole: every layer blob there, of the right size.
+/// in the app's layout dir hold their manifest and config and, of the layers,
+/// only the previous image's SBOM layer (the one whose diff ID the lifecycle's
+/// metadata label names as `sbom.sha`; the stand-in writes none), while the
+/// app's `images/` keeps both whole: every layer blob there, of the right size.
 fn check_sparse_layout(v: &Value) {
     let project = Path::new(
         v["project"]
             .as_str()
             .unwrap_or_else(|| panic!("no project: {v:#}")),
     );
-    let layers_of = |dir: &Path| -> Vec<(String, u64)> {
+    // (layers as (hex, size), the SBOM layer's hex if the label names one)
+    let read = |dir: &Path| -> (Vec<(String, u64)>, Option<String>) {
         let index = read_json(&dir.join("index.json"));
         let digest = index["manifests"][0]["digest"].as_str().unwrap().to_owned();
         let manifest = read_json(&dir.join("blobs/sha256").join(&digest[7..]));
-        let config = manifest["config"]["digest"].as_str().unwrap();
-        assert!(
-            dir.join("blobs/sha256").join(&config[7..]).is_file(),
-            "{}",
-            dir.display()
-        );
-        manifest["layers"]
+        let config_digest = manifest["config"]["digest"].as_str().unwrap();
+        let config = read_json(&dir.join("blobs/sha256").join(&config_digest[7..]));
+        let layers: Vec<(String, u64)> = manifest["layers"]
             .as_array()
             .unwrap()
             .iter()
@@ -549,24 +547,44 @@ fn check_sparse_layout(v: &Value) {
                     l["size"].as_u64().unwrap(),
                 )
             })
-            .collect()
+            .collect();
+        let sbom = config["config"]["Labels"]["io.buildpacks.lifecycle.metadata"]
+            .as_str()
+            .and_then(|l| serde_json::from_str::<Value>(l).ok())
+            .and_then(|md| md["sbom"]["sha"].as_str().map(str::to_owned))
+            .and_then(|sha| {
+                config["rootfs"]["diff_ids"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .position(|d| d.as_str() == Some(sha.as_str()))
+            })
+            .map(|i| layers[i].0.clone());
+        (layers, sbom)
     };
     let image = ImageReference::parse(v["image"].as_str().unwrap()).unwrap();
     let run = ImageReference::parse(v["run_image"].as_str().unwrap()).unwrap();
     for r in [&image, &run] {
         let rel = locald_build::placement::layout_path_for(r);
         let sparse = project.join("layout").join(&rel);
-        let layers = layers_of(&sparse);
+        let (layers, sbom) = read(&sparse);
         assert!(!layers.is_empty(), "{}", sparse.display());
-        for (hex, _) in &layers {
+        if require::real_lifecycle() && r == &image {
             assert!(
-                !sparse.join("blobs/sha256").join(hex).exists(),
-                "layer {hex} is in the lifecycle's layout {}",
+                sbom.is_some(),
+                "the real lifecycle's image has no SBOM layer"
+            );
+        }
+        for (hex, _) in &layers {
+            assert_eq!(
+                sparse.join("blobs/sha256").join(hex).exists(),
+                sbom.as_deref() == Some(hex.as_str()),
+                "layer {hex} in the lifecycle's layout {} (the SBOM layer is {sbom:?})",
                 sparse.display()
             );
         }
         let whole = project.join("images").join(&rel);
-        assert_eq!(layers_of(&whole), layers, "{}", whole.display());
+        assert_eq!(read(&whole), (layers.clone(), sbom), "{}", whole.display());
         for (hex, size) in &layers {
             let m = std::fs::metadata(whole.join("blobs/sha256").join(hex))
                 .unwrap_or_else(|e| panic!("layer {hex} missing from {}: {e}", whole.display()));

@@ -768,6 +768,53 @@ fn deleted_tree_file_is_noticed_and_restored() {
     assert!(!is_warning(&r.stderr), "{}", r.stderr);
 }
 
+/// (7a') A change deep in a cached tree (a mode, three directories down): a
+/// warm pull takes the tree on its seal, without walking it (what keeps a warm
+/// pull's cost flat); `--pull always` walks it, notices the change and
+/// extracts again; the walk is recorded, so the next warm pull is sealed again.
+#[test]
+fn deep_change_is_found_by_a_walk() {
+    use std::os::unix::fs::PermissionsExt;
+    let st = Setup::new(64 << 10);
+    let home = Home::new();
+    let debug = [("LOCALD_LOG", "locald_cache=debug")];
+    let v = home.pull_json(&st.image, &[]);
+    let tree = PathBuf::from(s(&v, "tree"));
+    let reference = home.reference_extract(&st.image, "ref");
+    let deep = tree.join("cnb/buildpacks/a/payload");
+    let mode = std::fs::metadata(&deep).unwrap().permissions().mode() & 0o7777;
+    std::fs::set_permissions(&deep, std::fs::Permissions::from_mode(0o600)).unwrap();
+    assert_ne!(mode, 0o600);
+
+    let r = home.run_env(&["builder", "pull", &st.image, "--json"], &debug);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stderr.contains("sealed, walked"), "{}", r.stderr);
+    assert!(!r.stderr.contains("entries, unchanged"), "{}", r.stderr);
+    let v2: Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(v2["extracted"], false, "{v2:#}");
+
+    let r = home.run_env(
+        &["builder", "pull", &st.image, "--pull", "always", "--json"],
+        &debug,
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(is_warning(&r.stderr), "no warning:\n{}", r.stderr);
+    let v3: Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(v3["extracted"], true, "{v3:#}");
+    assert_eq!(
+        std::fs::metadata(&deep).unwrap().permissions().mode() & 0o7777,
+        mode
+    );
+    assert_tree_matches(&tree, &reference);
+
+    // A walk that finds the tree unchanged is recorded too.
+    let r = home.run_env(&["builder", "pull", &st.image, "--pull", "always"], &debug);
+    assert!(r.stderr.contains("entries, unchanged"), "{}", r.stderr);
+    let r = home.run_env(&["builder", "pull", &st.image], &debug);
+    assert!(r.stderr.contains("sealed, walked"), "{}", r.stderr);
+    assert!(!is_warning(&r.stderr), "{}", r.stderr);
+}
+
 /// (7b) A cached layer blob overwritten with garbage of the same size, and the
 /// tree deleted: the blob is fetched again (only it), the pull succeeds.
 #[test]
