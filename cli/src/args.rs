@@ -327,7 +327,8 @@ pub enum BuilderCommand {
     /// Check every cached blob and tree byte by byte (each tree against a fresh
     /// extraction of its image from the cached layers, or from its local source);
     /// damaged entries are removed so the next pull fetches them again. (Each use
-    /// already makes a cheap check of file lists, types, sizes and permissions.)
+    /// checks a tree's seal, and walks its file list, types, sizes and permissions
+    /// when that was not done in the last 10 minutes or --pull always is given.)
     Verify(BuilderVerifyArgs),
 }
 
