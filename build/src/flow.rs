@@ -485,6 +485,7 @@ pub async fn build(
         platform: platform.clone().unwrap_or_else(Platform::host),
         explicit_platform: platform.is_some(),
         cancel: cancel.clone(),
+        keep_layers: false,
     };
     // The build reads the tree until the lifecycle ends: hold it so that prune, rm
     // and builder updates keep it. A prune between the pull and the hold may have

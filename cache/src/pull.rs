@@ -75,6 +75,11 @@ pub struct PullOptions {
     pub explicit_platform: bool,
     /// Set to stop.
     pub cancel: Cancel,
+    /// Keep the compressed layers of a remote image beside its tree (about as
+    /// many bytes again), so that a tree changed on disk is repaired, and
+    /// `builder verify` checks it, without the network. Off by default: a pull
+    /// writes only the tree (plus the manifest and config).
+    pub keep_layers: bool,
 }
 
 /// How the cached reference stood.
@@ -328,8 +333,7 @@ impl Cache {
         let extract_options = ExtractOptions {
             filter: filter.clone(),
             cancel: options.cancel.clone(),
-            keep_blobs: source
-                .is_remote()
+            keep_blobs: (source.is_remote() && options.keep_layers)
                 .then(|| self.blobs.clone() as Arc<dyn locald_extract::BlobKeeper>),
             list_entries: true,
         };

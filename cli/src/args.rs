@@ -325,7 +325,7 @@ pub enum BuilderCommand {
     /// interrupted pulls); with --older-than or --all, builders too.
     Prune(BuilderPruneArgs),
     /// Check every cached blob and tree byte by byte (each tree against a fresh
-    /// extraction of its image from the cached layers, or from its local source);
+    /// extraction of its image from the kept layers, or fetched from its source again);
     /// damaged entries are removed so the next pull fetches them again. (Each use
     /// checks a tree's seal, and walks its file list, types, sizes and permissions
     /// when that was not done in the last 10 minutes or --pull always is given.)
@@ -355,6 +355,11 @@ pub struct BuilderPullArgs {
     /// Extract the whole root filesystem, not only /cnb.
     #[arg(long)]
     pub full: bool,
+    /// Keep the image's compressed layers in the cache too (about as many bytes
+    /// again as the tree): a tree changed on disk is then repaired, and `builder
+    /// verify` checks it, without asking the source again (offline, air-gapped).
+    #[arg(long)]
+    pub keep_layers: bool,
     /// Print a JSON summary on stdout.
     #[arg(long)]
     pub json: bool,

@@ -40,12 +40,21 @@ pub fn open_builder_source(
     }
 }
 
-/// Pulls `args`' image into the cache with `filter`.
+/// What a pull keeps: the tree of `filter`'s paths, and the compressed layers
+/// when `keep_layers`.
+pub struct Keep {
+    /// The paths extracted.
+    pub filter: PathFilter,
+    /// Keep the layers too (`--keep-layers`).
+    pub keep_layers: bool,
+}
+
+/// Pulls `args`' image into the cache, keeping what `keep` says.
 pub async fn pull_into_cache(
     cache: &Cache,
     args: &SourceArgs,
     policy: &PullPolicyArgs,
-    filter: PathFilter,
+    keep: Keep,
     quiet: bool,
     no_bars: bool,
     cancel: Cancel,
@@ -53,7 +62,8 @@ pub async fn pull_into_cache(
     let src = open_builder_source(args.source.as_deref(), &args.registry, policy.policy)?;
     let (plat, explicit) = platform(args.platform.as_deref())?;
     let options = PullOptions {
-        filter,
+        filter: keep.filter,
+        keep_layers: keep.keep_layers,
         policy: policy.policy,
         check_interval: policy.pull_interval,
         platform: plat,
@@ -115,7 +125,10 @@ pub async fn pull(args: BuilderPullArgs, quiet: bool, cancel: Cancel) -> anyhow:
         &cache,
         &args.source,
         &args.policy,
-        filter(args.full)?,
+        Keep {
+            filter: filter(args.full)?,
+            keep_layers: args.keep_layers,
+        },
         quiet,
         args.json,
         cancel,
@@ -365,7 +378,10 @@ pub async fn inspect(args: BuilderInspectArgs, quiet: bool, cancel: Cancel) -> a
         &cache,
         &args.source,
         &args.policy,
-        filter(false)?,
+        Keep {
+            filter: filter(false)?,
+            keep_layers: false,
+        },
         quiet,
         args.json,
         cancel,

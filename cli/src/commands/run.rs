@@ -67,6 +67,7 @@ pub async fn run(args: RunArgs, quiet: bool) -> anyhow::Result<i32> {
         platform: plat,
         explicit_platform: explicit,
         cancel: Cancel::new(),
+        keep_layers: false,
     };
     let reporter = if quiet {
         crate::progress::reporter(true, 0)
