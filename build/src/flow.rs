@@ -704,6 +704,14 @@ pub async fn build(
     // 5. The lifecycle (it rewrites the image's index.json when it exports).
     let step = Instant::now();
     let image_layout = dirs.layout.join(layout_path_for(&image_ref));
+    let kept = dirs.images.join(layout_path_for(&image_ref));
+    if !sparse::previous_is_fillable(&image_layout, &kept) {
+        tracing::info!(
+            "the previous image of {image_ref} is no longer kept whole in {}: building without it",
+            dirs.images.display()
+        );
+        locald_core::fsutil::remove_path(&image_layout)?;
+    }
     let image_index = image_layout.join("index.json");
     let index_before = written_at(&image_index);
     let runner_name = runner.name();
@@ -757,7 +765,6 @@ pub async fn build(
         let dir = image_layout.clone();
         blocking(move || locald_source_oci_layout::read_single_image(&dir)).await?
     };
-    let kept = dirs.images.join(layout_path_for(&image_ref));
     {
         let filled = FilledLayout::open(&image_layout, &[&run_whole, &kept])?;
         let destination =

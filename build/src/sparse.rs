@@ -137,6 +137,25 @@ pub async fn write_sparse(
     .await
 }
 
+/// Whether the previous image in the lifecycle's layout at `sparse` can be
+/// filled: each of its layer blobs is there or in the whole copy at `whole`.
+/// When not (the app's `images/` was removed by hand), the lifecycle must not
+/// see it: it would reuse layers nobody has. `true` when there is none.
+pub fn previous_is_fillable(sparse: &Path, whole: &Path) -> bool {
+    if !sparse.join("index.json").exists() {
+        return true;
+    }
+    let Ok(image) = locald_source_oci_layout::read_single_image(sparse) else {
+        return false;
+    };
+    image.layers.iter().all(|l| {
+        [sparse, whole].iter().any(|dir| {
+            std::fs::symlink_metadata(dir.join(l.digest.blob_path()))
+                .is_ok_and(|m| m.is_file() && m.len() == l.size)
+        })
+    })
+}
+
 /// The layer holding the SBOM files of an app image the lifecycle exported
 /// (`sbom.sha` of its `io.buildpacks.lifecycle.metadata` label is that layer's
 /// diff ID), if it has one.

@@ -1565,6 +1565,18 @@ fn second_build_sees_the_cache_with(runner: Runner) {
     }
     check_layout_output(&w, &w.path("out2"), None, &[("hello.txt", "v2\n")]);
     check_sparse_layout(&r.json());
+    // The whole images removed by hand: the lifecycle must not reuse layers of a
+    // previous image nobody has any more; the build still makes a whole image.
+    let project = PathBuf::from(r.json()["project"].as_str().unwrap());
+    std::fs::remove_dir_all(project.join("images")).unwrap();
+    std::fs::write(app.join("hello.txt"), "v3\n").unwrap();
+    let r = build("out2b", &[]);
+    assert!(
+        !r.all().contains("Reusing layer"),
+        "reused a layer nobody has:\n{r}"
+    );
+    check_layout_output(&w, &w.path("out2b"), None, &[("hello.txt", "v3\n")]);
+    check_sparse_layout(&r.json());
     let r = build("out3", &["--clear-cache"]);
     assert_eq!(
         r.probe("cache builds").as_deref(),
