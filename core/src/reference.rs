@@ -253,14 +253,7 @@ fn plain(input: &str) -> Option<Reference> {
         path.to_owned()
     };
     (repository.len() <= 255).then_some(())?;
-    let registry = registry.to_owned();
-    Some(match (tag, digest) {
-        (Some(t), Some(d)) => {
-            Reference::with_tag_and_digest(registry, repository, t.to_owned(), d.to_owned())
-        }
-        (None, Some(d)) => Reference::with_digest(registry, repository, d.to_owned()),
-        (t, None) => Reference::with_tag(registry, repository, t.unwrap_or("latest").to_owned()),
-    })
+    Some(reference(registry.to_owned(), repository, tag, digest))
 }
 
 /// `host[:port]` in the library's grammar: dot-separated labels of letters,
@@ -309,8 +302,23 @@ fn plain_component(c: &str) -> bool {
 
 /// `r` with another registry (the library has no setter).
 fn with_registry(r: &Reference, registry: &str) -> Reference {
-    let (registry, repository) = (registry.to_owned(), r.repository().to_owned());
-    match (r.tag(), r.digest()) {
+    reference(
+        registry.to_owned(),
+        r.repository().to_owned(),
+        r.tag(),
+        r.digest(),
+    )
+}
+
+/// The library's reference of these parts (tag `latest` when neither tag nor
+/// digest is given, as its parser makes it).
+fn reference(
+    registry: String,
+    repository: String,
+    tag: Option<&str>,
+    digest: Option<&str>,
+) -> Reference {
+    match (tag, digest) {
         (Some(t), Some(d)) => {
             Reference::with_tag_and_digest(registry, repository, t.to_owned(), d.to_owned())
         }
