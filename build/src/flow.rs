@@ -728,106 +728,132 @@ pub async fn build(
             .map_err(|e| Error::Join(e.to_string()))?
             .map_err(runner_error)?
     };
-    if let Some(sentence) = explain_exit(status, &plan, &info, &watcher) {
-        if status == RunStatus::Interrupted {
-            return Err(BuildError::Failed {
-                context: sentence,
-                source: Box::new(Error::Cancelled),
+    // Run on the host, buildpacks could write into the builder tree: it is
+    // walked (beside the output's copy) so that the next build never uses a
+    // changed one.
+    let walked = on_host.then(|| {
+        let (cache, tree) = (cache.clone(), pulled.tree.clone());
+        tokio::task::spawn_blocking(move || (cache.walk_after_use(&tree), tree))
+    });
+    let outcome: Result<Written> = async {
+        if let Some(sentence) = explain_exit(status, &plan, &info, &watcher) {
+            if status == RunStatus::Interrupted {
+                return Err(BuildError::Failed {
+                    context: sentence,
+                    source: Box::new(Error::Cancelled),
+                });
+            }
+            return Err(BuildError::Refused {
+                message: sentence,
+                hint: hint_for(status, &info),
+                exit_code: status.exit_code(),
             });
         }
-        return Err(BuildError::Refused {
-            message: sentence,
-            hint: hint_for(status, &info),
-            exit_code: status.exit_code(),
-        });
-    }
-    if written_at(&image_index) == index_before {
-        return Err(BuildError::from(Error::source(format!(
-            "the lifecycle succeeded but wrote no image at {} (where Platform API {} puts -layout exports)",
-            image_layout.display(),
-            plan.env_var("CNB_PLATFORM_API").unwrap_or("?")
-        ))));
-    }
-    let ended = Instant::now();
-    timings.lifecycle = ended.duration_since(step).as_secs_f64();
-    timings.lifecycle_phases = watcher.phases(step, ended);
-    if let Some(out) = &sbom_output_dir {
-        copy_sbom(&dirs.layers.join("sbom"), out)?;
-    }
+        if written_at(&image_index) == index_before {
+            return Err(BuildError::from(Error::source(format!(
+                "the lifecycle succeeded but wrote no image at {} (where Platform API {} puts -layout exports)",
+                image_layout.display(),
+                plan.env_var("CNB_PLATFORM_API").unwrap_or("?")
+            ))));
+        }
+        let ended = Instant::now();
+        timings.lifecycle = ended.duration_since(step).as_secs_f64();
+        timings.lifecycle_phases = watcher.phases(step, ended);
+        if let Some(out) = &sbom_output_dir {
+            copy_sbom(&dirs.layers.join("sbom"), out)?;
+        }
 
-    // 6. The output. The lifecycle exported a sparse image (what it reused of
-    // the run image and the previous image it did not write): it is kept whole
-    // in the app's images, filled from there, and copied to the output from
-    // that whole copy. Then the exported layout becomes the sparse previous
-    // image of the next build.
-    let step = Instant::now();
-    let exported = {
-        let dir = image_layout.clone();
-        blocking(move || locald_source_oci_layout::read_single_image(&dir)).await?
-    };
-    {
-        let filled = FilledLayout::open(&image_layout, &[&run_whole, &kept])?;
-        let destination =
-            OciLayoutDestination::open(&kept, vec![image_ref.to_string()], Existing::Replace)
-                .await?;
-        copy_image(
-            &filled,
-            &exported,
-            &destination,
-            &CopyOptions {
-                cancel: cancel.clone(),
-                ..CopyOptions::default()
-            },
-        )
-        .await
-        .context(|| {
-            format!(
-                "could not keep the image the lifecycle exported at {}",
-                image_layout.display()
+        // 6. The output. The lifecycle exported a sparse image (what it reused of
+        // the run image and the previous image it did not write): it is kept whole
+        // in the app's images, filled from there, and copied to the output from
+        // that whole copy. Then the exported layout becomes the sparse previous
+        // image of the next build.
+        let step = Instant::now();
+        let exported = {
+            let dir = image_layout.clone();
+            blocking(move || locald_source_oci_layout::read_single_image(&dir)).await?
+        };
+        {
+            let filled = FilledLayout::open(&image_layout, &[&run_whole, &kept])?;
+            let destination =
+                OciLayoutDestination::open(&kept, vec![image_ref.to_string()], Existing::Replace)
+                    .await?;
+            copy_image(
+                &filled,
+                &exported,
+                &destination,
+                &CopyOptions {
+                    cancel: cancel.clone(),
+                    ..CopyOptions::default()
+                },
             )
-        })?;
-    }
-    if let Some(parent) = output.path.as_deref().and_then(Path::parent) {
-        std::fs::create_dir_all(parent).map_err(Error::io("create directory", parent))?;
-    }
-    let written = async {
-        let source = locald_source_oci_layout::OciLayout::open(&kept)?;
-        let mut names = vec![image_ref.to_string()];
-        names.extend(tags.iter().map(ToString::to_string));
-        let destination = (output.open)(names).await?;
-        copy_image(
-            &source,
-            &exported,
-            destination.as_ref(),
-            &CopyOptions {
-                cancel: cancel.clone(),
-                reporter: events.push_reporter(),
-                ..CopyOptions::default()
-            },
-        )
+            .await
+            .context(|| {
+                format!(
+                    "could not keep the image the lifecycle exported at {}",
+                    image_layout.display()
+                )
+            })?;
+        }
+        if let Some(parent) = output.path.as_deref().and_then(Path::parent) {
+            std::fs::create_dir_all(parent).map_err(Error::io("create directory", parent))?;
+        }
+        let written = async {
+            let source = locald_source_oci_layout::OciLayout::open(&kept)?;
+            let mut names = vec![image_ref.to_string()];
+            names.extend(tags.iter().map(ToString::to_string));
+            let destination = (output.open)(names).await?;
+            copy_image(
+                &source,
+                &exported,
+                destination.as_ref(),
+                &CopyOptions {
+                    cancel: cancel.clone(),
+                    reporter: events.push_reporter(),
+                    ..CopyOptions::default()
+                },
+            )
+            .await
+        }
         .await
+        .map_err(|source| {
+            BuildError::Output(Box::new(OutputFailed {
+                output: output.describe.clone(),
+                image: image_ref.clone(),
+                layout: kept.clone(),
+                source,
+            }))
+        })?;
+        // The next build's previous image: sparse, but for its SBOM layer (the
+        // analyzer restores the launch layers' SBOM files from it).
+        let keep: HashSet<Digest> = sparse::sbom_layer(&exported).into_iter().collect();
+        write_sparse(
+            FilledLayout::open(&kept, &[])?,
+            &exported,
+            &image_layout,
+            &image_ref.to_string(),
+            keep,
+        )
+        .await?;
+        timings.output = step.elapsed().as_secs_f64();
+        Ok(written)
     }
-    .await
-    .map_err(|source| {
-        BuildError::Output(Box::new(OutputFailed {
-            output: output.describe.clone(),
-            image: image_ref.clone(),
-            layout: kept.clone(),
-            source,
-        }))
-    })?;
-    // The next build's previous image: sparse, but for its SBOM layer (the
-    // analyzer restores the launch layers' SBOM files from it).
-    let keep: HashSet<Digest> = sparse::sbom_layer(&exported).into_iter().collect();
-    write_sparse(
-        FilledLayout::open(&kept, &[])?,
-        &exported,
-        &image_layout,
-        &image_ref.to_string(),
-        keep,
-    )
-    .await?;
-    timings.output = step.elapsed().as_secs_f64();
+    .await;
+    if let Some(walk) = walked {
+        match walk.await.map_err(|e| Error::Join(e.to_string()))? {
+            (Ok(true), _) => {}
+            (Ok(false), tree) => tracing::warn!(
+                "the build changed the cached builder tree {}: it is extracted again before the next build uses it",
+                tree.display()
+            ),
+            (Err(e), tree) => tracing::warn!(
+                "could not check the cached builder tree {} after the build: {}",
+                tree.display(),
+                locald_core::error::chain(&e)
+            ),
+        }
+    }
+    let written = outcome?;
     timings.total = started.elapsed().as_secs_f64();
 
     Ok(Built {

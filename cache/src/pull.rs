@@ -663,6 +663,29 @@ impl Cache {
         }
     }
 
+    /// Walks `tree` (a [`Pulled::tree`]) after a build that could write to it: the
+    /// native runner runs buildpacks on the host, as the tree's owner when that is
+    /// not root. Unchanged, the walk is recorded (the next use goes by the seal);
+    /// changed, the tree's record is removed, so the next use extracts it again.
+    /// Returns whether it was unchanged.
+    pub fn walk_after_use(&self, tree: &Path) -> Result<bool> {
+        let record_path = tree.with_extension("json");
+        let Some(mut record) = read_record::<TreeRecord>(&record_path) else {
+            return Ok(false);
+        };
+        let unchanged =
+            tree::fingerprint(tree, false).is_ok_and(|f| f.meta == record.fingerprint.meta);
+        if unchanged {
+            record.walked_at = now();
+            record.seal = Some(tree::seal(tree)?);
+            write_record(&record_path, &record)?;
+        } else {
+            remove_path(&record_path)?;
+            remove_path(&tree.with_extension("listing"))?;
+        }
+        Ok(unchanged)
+    }
+
     /// Removes extraction temporaries of `dir` left by a killed process.
     fn remove_stale_temporaries(&self, dir: &std::path::Path) {
         let Some(name) = dir.file_name().map(|n| n.to_string_lossy().into_owned()) else {

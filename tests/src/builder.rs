@@ -504,7 +504,9 @@ pub fn skip_marker(id: &str) -> String {
 /// [`crate::standin::FAIL_BUILD`] names this buildpack or is empty; a cache layer
 /// counting builds (`[probe] cache builds=N`), a launch layer with the program of
 /// a `web` process (the default), `[probe] env NAME=VALUE` for each platform env
-/// file; the app's [`crate::standin::PROBE_SANDBOX`] and
+/// file; `write-buildpack-dir` in the app writes a file two directories down
+/// in the buildpack's own directory (`[probe] buildpack-dir-write allowed`,
+/// `denied` or `unset`); the app's [`crate::standin::PROBE_SANDBOX`] and
 /// [`crate::standin::WAIT_FOR_SIGNAL`] behaviours (the first buildpack only).
 pub const BUSYBOX_BUILD: &str = r#"#!/bin/sh
 # locald-tests buildpack @ID@@@VERSION@: what a build sees and leaves behind.
@@ -551,6 +553,16 @@ printf '[[processes]]\n  type = "web"\n  command = ["locald-web"]\n  default = t
 printf '{"bomFormat":"CycloneDX","specVersion":"1.4","version":1,"components":[{"type":"application","name":"locald-web"}]}' \
     >"$layers/web.sbom.cdx.json" || exit 1
 
+if [ -e write-buildpack-dir ]; then
+    d=${CNB_BUILDPACK_DIR:-}
+    if [ -z "$d" ]; then
+        probe "buildpack-dir-write unset"
+    elif (mkdir -p "$d/locald-deep" && : >"$d/locald-deep/written") 2>/dev/null; then
+        probe "buildpack-dir-write allowed"
+    else
+        probe "buildpack-dir-write denied"
+    fi
+fi
 if [ -e probe-network ]; then
     probe "netdev $(tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' ' | sort | tr '\n' ' ')"
 fi

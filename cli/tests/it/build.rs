@@ -1585,6 +1585,71 @@ fn second_build_sees_the_cache_with(runner: Runner) {
     );
 }
 
+/// Files named `name` anywhere under `dir`.
+fn find_named(dir: &Path, name: &str) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let t = e.file_type().unwrap();
+            if t.is_dir() {
+                stack.push(e.path());
+            } else if e.file_name() == name {
+                found.push(e.path());
+            }
+        }
+    }
+    found
+}
+
+/// A buildpack run natively (as the tree's owner) writes a file deep in its own
+/// directory of the cached builder tree, deeper than the tree's seal sees: the
+/// walk after the build notices it, says so, and the next build uses a freshly
+/// extracted tree.
+#[test]
+fn a_native_build_that_changes_the_builder_tree() {
+    let mut w = World::new();
+    let Some((_, src, app)) = setup(&w, &[("hello.txt", "hi\n"), ("write-buildpack-dir", "")])
+    else {
+        return;
+    };
+    if peers::is_root() {
+        let Some(user) = require::ok(standin::test_user(), "the unprivileged test user") else {
+            return;
+        };
+        w.hand_to(user);
+    }
+    let trees = w.path("data").join("locald/trees");
+    let out = w.path("out1");
+    let r = w.build(&app, Runner::Native, &out, &["--source", &src]);
+    check_build(&w, &r, Runner::Native, &out);
+    assert_eq!(
+        r.probe("buildpack-dir-write").as_deref(),
+        Some("allowed"),
+        "{r}"
+    );
+    assert_eq!(
+        find_named(&trees, "written").len(),
+        1,
+        "the write did not land in the tree"
+    );
+    assert!(
+        r.stderr.contains("changed the cached builder tree"),
+        "no warning:\n{r}"
+    );
+
+    std::fs::remove_file(app.join("write-buildpack-dir")).unwrap();
+    let out = w.path("out2");
+    let r = w.build(&app, Runner::Native, &out, &["--source", &src]);
+    check_build(&w, &r, Runner::Native, &out);
+    assert!(!r.stderr.contains("changed the cached builder tree"), "{r}");
+    assert_eq!(
+        find_named(&trees, "written"),
+        Vec::<PathBuf>::new(),
+        "the second build used the changed tree"
+    );
+}
+
 #[test]
 fn env_reaches_the_platform_dir() {
     let w = World::new();
