@@ -71,15 +71,16 @@ impl FilledLayout {
     }
 
     /// The first layout that holds the blob (else the first, whose error then
-    /// names the blob as missing there).
-    fn holder(&self, descriptor: &Descriptor) -> &OciLayout {
+    /// names the blob as missing there), and its position.
+    fn holder(&self, descriptor: &Descriptor) -> (usize, &OciLayout) {
         self.layouts
             .iter()
-            .find(|l| {
+            .enumerate()
+            .find(|(_, l)| {
                 l.blob_file(descriptor)
                     .is_some_and(|p| std::fs::symlink_metadata(p).is_ok_and(|m| m.is_file()))
             })
-            .unwrap_or(&self.layouts[0])
+            .unwrap_or((0, &self.layouts[0]))
     }
 }
 
@@ -93,22 +94,29 @@ impl ImageSource for FilledLayout {
     }
 
     fn open_blob<'a>(&'a self, descriptor: &'a Descriptor) -> BoxFuture<'a, Result<BlobReader>> {
-        self.holder(descriptor).open_blob(descriptor)
+        self.holder(descriptor).1.open_blob(descriptor)
     }
 
     fn open_blob_blocking(
         &self,
         descriptor: &Descriptor,
     ) -> Option<Result<Box<dyn std::io::Read + Send>>> {
-        self.holder(descriptor).open_blob_blocking(descriptor)
+        self.holder(descriptor).1.open_blob_blocking(descriptor)
     }
 
     fn blob_file(&self, descriptor: &Descriptor) -> Option<PathBuf> {
         if self.link {
-            self.holder(descriptor).blob_file(descriptor)
+            self.holder(descriptor).1.blob_file(descriptor)
         } else {
             None
         }
+    }
+
+    /// The fallbacks are the whole images the build keeps: every blob in them
+    /// was verified when a build copied it there, and only builds write there.
+    /// The primary layout (what the lifecycle wrote) is verified as it is read.
+    fn blob_file_verified(&self, descriptor: &Descriptor) -> bool {
+        self.link && self.holder(descriptor).0 > 0
     }
 }
 

@@ -83,6 +83,15 @@ pub trait ImageSource: Send + Sync {
         None
     }
 
+    /// Whether [`ImageSource::blob_file`]'s file for this blob was verified
+    /// against its digest when it was written, by us, into a place only we write
+    /// (the whole images a build keeps): a destination hard-linking it may then
+    /// check its size only. `false` unless a source knows.
+    fn blob_file_verified(&self, descriptor: &Descriptor) -> bool {
+        let _ = descriptor;
+        false
+    }
+
     /// For a registry, `(registry, repository)` of the image it serves now: a
     /// destination in the same registry can mount blobs from that repository
     /// instead of uploading them.
