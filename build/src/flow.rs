@@ -817,6 +817,26 @@ pub async fn build(
         }
         .await
         .map_err(|source| {
+            // A blob of the whole images kept in the app's state that does not
+            // match its digest (changed on disk) is removed, so that the next
+            // build fetches and places it again instead of failing the same way.
+            if let Some(digest) = damaged_blob(&source) {
+                let removed: Vec<PathBuf> = [&kept, &run_whole]
+                    .iter()
+                    .map(|d| d.join(digest.blob_path()))
+                    .filter(|p| std::fs::remove_file(p).is_ok())
+                    .collect();
+                if !removed.is_empty() {
+                    return BuildError::refused(
+                        format!(
+                            "could not write the image to {}: {}; the app's kept copy of {digest} was damaged and is removed",
+                            output.describe,
+                            locald_core::error::chain(&source)
+                        ),
+                        "build again: the next build fetches it again",
+                    );
+                }
+            }
             BuildError::Output(Box::new(OutputFailed {
                 output: output.describe.clone(),
                 image: image_ref.clone(),
@@ -866,6 +886,21 @@ pub async fn build(
         project: project.dir().to_path_buf(),
         timings,
     })
+}
+
+/// The blob a copy failed on because its bytes do not match its digest or size.
+fn damaged_blob(e: &Error) -> Option<&Digest> {
+    match e {
+        Error::LayerCopy { digest, source, .. }
+            if matches!(
+                **source,
+                Error::DigestMismatch { .. } | Error::SizeMismatch { .. }
+            ) =>
+        {
+            Some(digest)
+        }
+        _ => None,
+    }
 }
 
 /// The group file `--buildpack` writes, relative to the platform directory.

@@ -1650,6 +1650,56 @@ fn a_native_build_that_changes_the_builder_tree() {
     );
 }
 
+/// A layer of the run image the app's state keeps whole, changed on disk (same
+/// size): the build refuses to write an image with it (the output is verified),
+/// says what happened, removes the damaged copy, and the next build places the
+/// run image again and succeeds.
+#[test]
+fn a_damaged_kept_run_image_is_placed_again() {
+    let w = World::new();
+    let files = [("hello.txt", "hi\n")];
+    let Some((_, src, app)) = setup(&w, &files) else {
+        return;
+    };
+    let runner = any_runner();
+    let r = w.build(&app, runner, &w.path("out1"), &["--source", &src]);
+    let v = check_build(&w, &r, runner, &w.path("out1"));
+    let run = ImageReference::parse(v["run_image"].as_str().unwrap()).unwrap();
+    let blobs = Path::new(v["project"].as_str().unwrap())
+        .join("images")
+        .join(locald_build::placement::layout_path_for(&run))
+        .join("blobs/sha256");
+    let biggest = std::fs::read_dir(&blobs)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
+        .unwrap();
+    let mut bytes = std::fs::read(&biggest).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x01;
+    // A new file in its place: the placed blob may share its inode with the
+    // source layout's (a hard link), which must stay intact.
+    let tmp = biggest.with_extension("tmp");
+    std::fs::write(&tmp, &bytes).unwrap();
+    std::fs::rename(&tmp, &biggest).unwrap();
+
+    let out2 = w.path("out2");
+    let r = w.build(&app, runner, &out2, &["--source", &src]);
+    assert_eq!(r.code, 1, "{r}");
+    assert!(r.stderr.contains("does not match its digest"), "{r}");
+    assert!(r.stderr.contains("was damaged and is removed"), "{r}");
+    assert!(r.stderr.contains("hint: build again"), "{r}");
+    assert!(
+        !out2.join("index.json").exists(),
+        "an image was written with a damaged layer"
+    );
+    assert!(!biggest.exists(), "the damaged copy is still there");
+
+    let r = w.build(&app, runner, &out2, &["--source", &src]);
+    let v = check_build(&w, &r, runner, &out2);
+    check_layout_output(&w, &out2, v["digest"].as_str(), &files);
+}
+
 #[test]
 fn env_reaches_the_platform_dir() {
     let w = World::new();
