@@ -648,7 +648,7 @@ pub async fn build(
         None if offline => {
             return Err(BuildError::refused(
                 format!(
-                    "--pull never: the run image {run_image} is not in this app's build state yet and would have to be fetched from {}",
+                    "--pull never: the run image {run_image} is not (whole) in this app's build state and would have to be fetched from {}",
                     run_image_source.describe()
                 ),
                 "build once with --pull missing, or give a local run image with --run-image-source",
@@ -788,9 +788,14 @@ pub async fn build(
                 },
             )
             .await
+            .inspect_err(|_| {
+                // What the lifecycle wrote does not hold together (a blob
+                // changed or gone): the next build starts without it.
+                let _ = locald_core::fsutil::remove_path(&image_layout);
+            })
             .context(|| {
                 format!(
-                    "could not keep the image the lifecycle exported at {}",
+                    "could not keep the image the lifecycle exported at {} (removed: the next build starts without a previous image)",
                     image_layout.display()
                 )
             })?;
@@ -846,15 +851,20 @@ pub async fn build(
         })?;
         // The next build's previous image: sparse, but for its SBOM layer (the
         // analyzer restores the launch layers' SBOM files from it).
+        // The image is built and written: a failure here costs the next build
+        // its speed (it reads the lifecycle's whole export), not this one.
         let keep: HashSet<Digest> = sparse::sbom_layer(&exported).into_iter().collect();
-        write_sparse(
-            FilledLayout::open(&kept, &[])?,
-            &exported,
-            &image_layout,
-            &image_ref.to_string(),
-            keep,
-        )
-        .await?;
+        let make_sparse = async {
+            let source = FilledLayout::open(&kept, &[])?;
+            write_sparse(source, &exported, &image_layout, &image_ref.to_string(), keep).await
+        };
+        if let Err(e) = make_sparse.await {
+            tracing::warn!(
+                "could not make {} sparse for the next build: {}",
+                image_layout.display(),
+                locald_core::error::chain(&e)
+            );
+        }
         timings.output = step.elapsed().as_secs_f64();
         Ok(written)
     }
@@ -899,6 +909,9 @@ fn damaged_blob(e: &Error) -> Option<&Digest> {
         {
             Some(digest)
         }
+        // Destinations that check blobs as they write them out (a docker
+        // archive's tar) report the mismatch alone.
+        Error::DigestMismatch { expected, .. } => Some(expected),
         _ => None,
     }
 }

@@ -174,11 +174,18 @@ pub async fn place_image_with(
 
 /// The manifest digest of the single image placed at `dir` by an earlier
 /// [`place_image`] (or written there by anyone in that shape), `None` when
-/// there is none or it cannot be read.
+/// there is none, it cannot be read, or a layer blob is missing or of another
+/// size (a damaged one removed): then it must be placed again.
 pub fn placed_manifest(dir: &Path) -> Option<Digest> {
-    read_single_image(dir)
-        .ok()
-        .map(|image| image.manifest_digest)
+    let image = read_single_image(dir).ok()?;
+    image
+        .layers
+        .iter()
+        .all(|l| {
+            std::fs::symlink_metadata(dir.join(l.digest.blob_path()))
+                .is_ok_and(|m| m.is_file() && m.len() == l.size)
+        })
+        .then_some(image.manifest_digest)
 }
 
 /// Whether `dest` is a complete layout of exactly `image`: its index lists only

@@ -294,13 +294,24 @@ impl Cache {
         } else {
             TreeCheck::Sealed
         };
+        // --keep-layers on a tree extracted without them: extract it again,
+        // keeping them (only the layers the store lacks are fetched).
+        let layers_wanted = options.keep_layers
+            && source.is_remote()
+            && image
+                .layers
+                .iter()
+                .any(|l| self.blobs.open_blob(&l.digest, l.size).is_none());
         // A whole-root tree serves any filter.
-        if !filter.is_everything() {
+        if !filter.is_everything() && !layers_wanted {
             if let Some(found) = self.intact_tree(manifest, &PathFilter::default(), true, check) {
                 return Ok((found.0, found.1, None));
             }
         }
-        if let Some(found) = self.intact_tree(manifest, filter, true, check) {
+        if let Some(found) = self
+            .intact_tree(manifest, filter, true, check)
+            .filter(|_| !layers_wanted)
+        {
             return Ok((found.0, found.1, None));
         }
         let lock_name = format!("image-{}.lock", manifest.hex());
@@ -318,7 +329,10 @@ impl Cache {
             }
         };
         // The other process may have finished it while we waited.
-        if let Some(found) = self.intact_tree(manifest, filter, false, check) {
+        if let Some(found) = self
+            .intact_tree(manifest, filter, false, check)
+            .filter(|_| !layers_wanted)
+        {
             return Ok((found.0, found.1, None));
         }
         let dir = self.tree_dir(manifest, filter);
@@ -444,8 +458,10 @@ impl Cache {
         listings: Listings,
     ) -> Result<TreeRecord> {
         let walk_dir = dir.to_path_buf();
+        // The seal first: a change made during the walk then breaks it.
         let (fingerprint, seal) = tokio::task::spawn_blocking(move || {
-            Ok::<_, Error>((tree::fingerprint(&walk_dir, false)?, tree::seal(&walk_dir)?))
+            let seal = tree::seal(&walk_dir)?;
+            Ok::<_, Error>((tree::fingerprint(&walk_dir, false)?, seal))
         })
         .await
         .map_err(|e| Error::Join(e.to_string()))??;
@@ -628,6 +644,8 @@ impl Cache {
                 _ => tracing::debug!("cached tree {}: seal broken, walking it", dir.display()),
             }
         }
+        // The seal first: a change made during the walk then breaks it.
+        let seal = tree::seal(&dir).ok();
         match tree::fingerprint(&dir, false) {
             Ok(f) if f.meta == record.fingerprint.meta => {
                 tracing::debug!(
@@ -635,12 +653,10 @@ impl Cache {
                     dir.display(),
                     f.entries
                 );
-                if let Ok(seal) = tree::seal(&dir) {
+                if let Some(seal) = seal {
                     record.walked_at = now;
                     record.seal = Some(seal);
-                    if let Err(e) = write_record(&record_path, &record) {
-                        tracing::debug!("could not record the walk of {}: {e}", dir.display());
-                    }
+                    record_walk(&record_path, &record);
                 }
                 Some((dir, record))
             }
@@ -673,12 +689,13 @@ impl Cache {
         let Some(mut record) = read_record::<TreeRecord>(&record_path) else {
             return Ok(false);
         };
+        let seal = tree::seal(tree)?;
         let unchanged =
             tree::fingerprint(tree, false).is_ok_and(|f| f.meta == record.fingerprint.meta);
         if unchanged {
             record.walked_at = now();
-            record.seal = Some(tree::seal(tree)?);
-            write_record(&record_path, &record)?;
+            record.seal = Some(seal);
+            record_walk(&record_path, &record);
         } else {
             remove_path(&record_path)?;
             remove_path(&tree.with_extension("listing"))?;
@@ -700,6 +717,20 @@ impl Cache {
             if e.file_name().to_string_lossy().starts_with(&prefix) {
                 let _ = remove_path(&e.path());
             }
+        }
+    }
+}
+
+/// Writes `record` (a walk's result) over the tree's record, unless that record
+/// changed or went since it was read (a re-extraction or update of the tree by
+/// another process): its word then stands.
+fn record_walk(path: &Path, record: &TreeRecord) {
+    let current: Option<TreeRecord> = read_record(path);
+    let same = current
+        .is_some_and(|c| c.created_at == record.created_at && c.fingerprint == record.fingerprint);
+    if same {
+        if let Err(e) = write_record(path, record) {
+            tracing::debug!("could not record the walk in {}: {e}", path.display());
         }
     }
 }

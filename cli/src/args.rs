@@ -358,6 +358,7 @@ pub struct BuilderPullArgs {
     /// Keep the image's compressed layers in the cache too (about as many bytes
     /// again as the tree): a tree changed on disk is then repaired, and `builder
     /// verify` checks it, without asking the source again (offline, air-gapped).
+    /// A tree already cached without them is extracted again, keeping them.
     #[arg(long)]
     pub keep_layers: bool,
     /// Print a JSON summary on stdout.

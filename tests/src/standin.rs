@@ -841,6 +841,11 @@ mkdir -p "$scratch/app$app" || export_fail "cannot stage the app"
 cp -R "$app/." "$scratch/app$app/" || export_fail "cannot copy the app"
 add_layer "slice-1" "$scratch/app" >/dev/null
 md_app=$al_diff
+# A fault for the tests: an app holding `corrupt-export` gets an app layer blob
+# that is not what the manifest says (a byte too many), as a failing disk would.
+if [ -e "$app/corrupt-export" ] && [ "$al_reused" = false ]; then
+    echo x >>"$(blob_path "$out" "$al_digest")" || export_fail "cannot corrupt"
+fi
 if [ "$al_reused" = true ]; then
     echo "Reusing 1/1 app layer(s)"
 else

@@ -785,6 +785,32 @@ fn builds_from_a_registry() {
         }
         check_layout_output(&w, &out, v["digest"].as_str(), &files);
     }
+    // A layer of the run image the app's state keeps, gone (by hand): within
+    // --pull-interval the placed run image would be used as it is, but an
+    // incomplete one is placed again.
+    let runner = any_runner();
+    let out = w.path("out-replaced");
+    let r = w.build(&app, runner, &out, &["--builder", &builder]);
+    let v = check_build(&w, &r, runner, &out);
+    let run_blobs = Path::new(v["project"].as_str().unwrap())
+        .join("images")
+        .join(locald_build::placement::layout_path_for(
+            &ImageReference::parse(&run).unwrap(),
+        ))
+        .join("blobs/sha256");
+    let remove_a_layer = || {
+        let biggest = std::fs::read_dir(&run_blobs)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .max_by_key(|p| std::fs::metadata(p).unwrap().len())
+            .unwrap();
+        std::fs::remove_file(&biggest).unwrap();
+    };
+    remove_a_layer();
+    let r = w.build(&app, runner, &out, &["--builder", &builder]);
+    let v = check_build(&w, &r, runner, &out);
+    assert!(!r.stderr.contains("already in place"), "{r}");
+    check_layout_output(&w, &out, v["digest"].as_str(), &files);
     // The registry gone: within --pull-interval neither the builder nor the run
     // image is asked for again, and with --pull never nothing is.
     reg.kill();
@@ -800,6 +826,21 @@ fn builds_from_a_registry() {
         check_build(&w, &r, runner, &out);
         assert!(r.stderr.contains("already in place"), "{r}");
     }
+    // Offline, an incomplete run image is refused with what to do, not used.
+    remove_a_layer();
+    let r = w.build(
+        &app,
+        any_runner(),
+        &w.path("out-incomplete"),
+        &["--builder", &builder, "--pull", "never"],
+    );
+    assert_eq!(r.code, 1, "{r}");
+    assert!(
+        r.stderr
+            .contains("is not (whole) in this app's build state"),
+        "{r}"
+    );
+    assert!(r.stderr.contains("hint: "), "{r}");
     // --pull always has to ask, and says what failed.
     let r = w.build(
         &app,
@@ -1698,6 +1739,72 @@ fn a_damaged_kept_run_image_is_placed_again() {
     let r = w.build(&app, runner, &out2, &["--source", &src]);
     let v = check_build(&w, &r, runner, &out2);
     check_layout_output(&w, &out2, v["digest"].as_str(), &files);
+
+    // The same with a docker archive output, which checks blobs as it writes
+    // its tar: refused, nothing written, the damaged copy removed.
+    let mut bytes = std::fs::read(&biggest).unwrap();
+    bytes[middle] ^= 0x01;
+    std::fs::write(&tmp, &bytes).unwrap();
+    std::fs::rename(&tmp, &biggest).unwrap();
+    let archive = w.path("out.tar");
+    let mut args = w.build_args(&app, runner, &w.path("unused"), &["--source", &src]);
+    let at = args.iter().position(|a| a == "--output").unwrap();
+    args[at + 1] = format!("docker-archive:{}", archive.display());
+    let r = w.run(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(r.code, 1, "{r}");
+    assert!(r.stderr.contains("was damaged and is removed"), "{r}");
+    assert!(
+        !archive.exists(),
+        "an archive was written with a damaged layer"
+    );
+    assert!(!biggest.exists(), "the damaged copy is still there");
+    let r = w.run(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(r.code, 0, "{r}");
+    assert!(archive.is_file());
+}
+
+/// The lifecycle's export does not hold together (a blob of the wrong size, a
+/// fault of the stand-in's): the build fails naming it, writes nothing, and drops
+/// that export, so the next build starts without it as a previous image and
+/// succeeds.
+#[test]
+fn a_broken_export_is_not_kept() {
+    if require::standin_only("it injects a fault into the stand-in's export") {
+        return;
+    }
+    let w = World::new();
+    let files = [("hello.txt", "hi\n")];
+    let Some((_, src, app)) = setup(&w, &files) else {
+        return;
+    };
+    let runner = any_runner();
+    std::fs::write(app.join("corrupt-export"), "").unwrap();
+    let out = w.path("out");
+    let r = w.build(&app, runner, &out, &["--source", &src]);
+    assert_eq!(r.code, 1, "{r}");
+    assert!(
+        r.stderr
+            .contains("could not keep the image the lifecycle exported"),
+        "{r}"
+    );
+    assert!(
+        r.stderr
+            .contains("the next build starts without a previous image"),
+        "{r}"
+    );
+    assert!(!out.join("index.json").exists(), "an image was written");
+    let layouts: Vec<PathBuf> = find_named(&w.path("data").join("locald/projects"), "index.json")
+        .into_iter()
+        .filter(|p| {
+            p.to_string_lossy().contains("/layout/") && p.to_string_lossy().contains("/app-")
+        })
+        .collect();
+    assert_eq!(layouts, Vec::<PathBuf>::new(), "the broken export was kept");
+
+    std::fs::remove_file(app.join("corrupt-export")).unwrap();
+    let r = w.build(&app, runner, &out, &["--source", &src]);
+    let v = check_build(&w, &r, runner, &out);
+    check_layout_output(&w, &out, v["digest"].as_str(), &files);
 }
 
 #[test]

@@ -842,6 +842,35 @@ fn deep_change_is_found_by_a_walk() {
     assert!(!is_warning(&r.stderr), "{}", r.stderr);
 }
 
+/// `--keep-layers` on a tree already cached without its layers: the tree is
+/// extracted again, keeping them; once they are kept, the next such pull is
+/// warm.
+#[test]
+fn keep_layers_on_a_cached_tree() {
+    let st = Setup::new(64 << 10);
+    let home = Home::new();
+    let v = home.pull_json(&st.image, &[]);
+    let tree = PathBuf::from(s(&v, "tree"));
+    let reference = home.reference_extract(&st.image, "ref");
+    assert!(st
+        .layer_digests()
+        .iter()
+        .all(|d| !home.blob_path(d).exists()));
+
+    let v = home.pull_json(&st.image, &["--keep-layers"]);
+    assert_eq!(v["extracted"], true, "{v:#}");
+    for d in st.layer_digests() {
+        assert!(home.blob_path(&d).is_file(), "{d} not kept");
+    }
+    assert_eq!(s(&v, "tree"), tree.to_str().unwrap());
+    assert_tree_matches(&tree, &reference);
+
+    st.proxy.clear_log();
+    let v = home.pull_json(&st.image, &["--keep-layers"]);
+    assert_eq!(v["extracted"], false, "{v:#}");
+    assert_eq!(st.proxy.blob_gets(), 0, "{:?}", st.proxy.requests());
+}
+
 /// (7b) A cached layer blob overwritten with garbage of the same size, and the
 /// tree deleted: the blob is fetched again (only it), the pull succeeds.
 #[test]

@@ -471,7 +471,6 @@ fn merged_index(
     to_json(&index, "index.json")
 }
 
-/// Hashes the file at `path` and checks it is `size` bytes of `digest`.
 /// Checks the size of the file at `path` only.
 fn check_size(path: &Path, size: u64, what: &str) -> Result<()> {
     let actual = std::fs::metadata(path)
@@ -488,6 +487,7 @@ fn check_size(path: &Path, size: u64, what: &str) -> Result<()> {
     }
 }
 
+/// Hashes the file at `path` and checks it is `size` bytes of `digest`.
 fn verify_file(path: &Path, digest: &Digest, size: u64, what: &str) -> Result<()> {
     use std::io::Read;
     let file = fsutil::open_regular(path, FinalSymlink::Follow).map_err(Error::io("open", path))?;
