@@ -627,40 +627,26 @@ impl Cache {
         check: TreeCheck,
     ) -> Option<(PathBuf, TreeRecord)> {
         let record_path = self.tree_record_path(manifest, filter);
-        let mut record: TreeRecord = read_record(&record_path)?;
+        let record: TreeRecord = read_record(&record_path)?;
         let dir = self.tree_dir(manifest, filter);
         let now = now();
         let recent = now.saturating_sub(record.walked_at) < TREE_WALK_INTERVAL.as_secs();
-        if check == TreeCheck::Sealed && recent {
-            match (&record.seal, tree::seal(&dir)) {
-                (Some(kept), Ok(found)) if *kept == found => {
-                    tracing::debug!(
-                        "cached tree {}: sealed, walked {}s ago",
-                        dir.display(),
-                        now.saturating_sub(record.walked_at)
-                    );
-                    return Some((dir, record));
-                }
-                _ => tracing::debug!("cached tree {}: seal broken, walking it", dir.display()),
-            }
-        }
-        // The seal first: a change made during the walk then breaks it.
+        // Taken once, before any walk: a change made during the walk breaks it.
         let seal = tree::seal(&dir).ok();
-        match tree::fingerprint(&dir, false) {
-            Ok(f) if f.meta == record.fingerprint.meta => {
+        if check == TreeCheck::Sealed && recent {
+            if seal.is_some() && seal == record.seal {
                 tracing::debug!(
-                    "cached tree {}: walked {} entries, unchanged",
+                    "cached tree {}: sealed, walked {}s ago",
                     dir.display(),
-                    f.entries
+                    now.saturating_sub(record.walked_at)
                 );
-                if let Some(seal) = seal {
-                    record.walked_at = now;
-                    record.seal = Some(seal);
-                    record_walk(&record_path, &record);
-                }
-                Some((dir, record))
+                return Some((dir, record));
             }
-            Ok(_) if warn => {
+            tracing::debug!("cached tree {}: seal broken, walking it", dir.display());
+        }
+        match walk_tree(&dir, &record_path, record, seal) {
+            Ok(Some(record)) => Some((dir, record)),
+            Ok(None) if warn => {
                 tracing::warn!(
                     "the cached tree {} was changed on disk; extracting it again",
                     dir.display()
@@ -686,17 +672,12 @@ impl Cache {
     /// Returns whether it was unchanged.
     pub fn walk_after_use(&self, tree: &Path) -> Result<bool> {
         let record_path = tree.with_extension("json");
-        let Some(mut record) = read_record::<TreeRecord>(&record_path) else {
+        let Some(record) = read_record::<TreeRecord>(&record_path) else {
             return Ok(false);
         };
-        let seal = tree::seal(tree)?;
-        let unchanged =
-            tree::fingerprint(tree, false).is_ok_and(|f| f.meta == record.fingerprint.meta);
-        if unchanged {
-            record.walked_at = now();
-            record.seal = Some(seal);
-            record_walk(&record_path, &record);
-        } else {
+        let seal = Some(tree::seal(tree)?);
+        let unchanged = matches!(walk_tree(tree, &record_path, record, seal), Ok(Some(_)));
+        if !unchanged {
             remove_path(&record_path)?;
             remove_path(&tree.with_extension("listing"))?;
         }
@@ -719,6 +700,33 @@ impl Cache {
             }
         }
     }
+}
+
+/// Walks the tree at `dir` (one `lstat` per entry) against `record`, read from
+/// `record_path`; `seal` is the tree's seal taken before the walk. Unchanged,
+/// the walk is recorded and `Some(record)` returned as it is now; changed,
+/// `None`; unreadable, the error.
+fn walk_tree(
+    dir: &Path,
+    record_path: &Path,
+    mut record: TreeRecord,
+    seal: Option<String>,
+) -> Result<Option<TreeRecord>> {
+    let found = tree::fingerprint(dir, false)?;
+    if found.meta != record.fingerprint.meta {
+        return Ok(None);
+    }
+    tracing::debug!(
+        "cached tree {}: walked {} entries, unchanged",
+        dir.display(),
+        found.entries
+    );
+    if let Some(seal) = seal {
+        record.walked_at = now();
+        record.seal = Some(seal);
+        record_walk(record_path, &record);
+    }
+    Ok(Some(record))
 }
 
 /// Writes `record` (a walk's result) over the tree's record, unless that record
