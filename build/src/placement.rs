@@ -178,14 +178,18 @@ pub async fn place_image_with(
 /// size (a damaged one removed): then it must be placed again.
 pub fn placed_manifest(dir: &Path) -> Option<Digest> {
     let image = read_single_image(dir).ok()?;
-    image
-        .layers
-        .iter()
-        .all(|l| {
+    has_layers(&image, &[dir]).then_some(image.manifest_digest)
+}
+
+/// Whether every layer blob of `image` is a regular file of the right size in
+/// one of the layouts `dirs` (its contents are not read).
+pub fn has_layers(image: &ResolvedImage, dirs: &[&Path]) -> bool {
+    image.layers.iter().all(|l| {
+        dirs.iter().any(|dir| {
             std::fs::symlink_metadata(dir.join(l.digest.blob_path()))
                 .is_ok_and(|m| m.is_file() && m.len() == l.size)
         })
-        .then_some(image.manifest_digest)
+    })
 }
 
 /// Whether `dest` is a complete layout of exactly `image`: its index lists only
@@ -217,11 +221,7 @@ fn is_placed(dest: &Path, image: &ResolvedImage) -> bool {
             .ok()?;
             (found == *bytes).then_some(())?;
         }
-        for l in &image.layers {
-            let m = std::fs::symlink_metadata(dest.join(l.digest.blob_path())).ok()?;
-            (m.is_file() && m.len() == l.size).then_some(())?;
-        }
-        Some(())
+        has_layers(image, &[dest]).then_some(())
     };
     check().is_some()
 }

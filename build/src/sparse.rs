@@ -156,12 +156,7 @@ pub fn previous_is_fillable(sparse: &Path, whole: &Path) -> bool {
     let Ok(image) = locald_source_oci_layout::read_single_image(sparse) else {
         return false;
     };
-    image.layers.iter().all(|l| {
-        [sparse, whole].iter().any(|dir| {
-            std::fs::symlink_metadata(dir.join(l.digest.blob_path()))
-                .is_ok_and(|m| m.is_file() && m.len() == l.size)
-        })
-    })
+    crate::placement::has_layers(&image, &[sparse, whole])
 }
 
 /// The layer holding the SBOM files of an app image the lifecycle exported

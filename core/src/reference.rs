@@ -263,13 +263,19 @@ fn plain_host(h: &str) -> bool {
         Some((host, port)) => (host, Some(port)),
         None => (h, None),
     };
-    port.is_none_or(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
-        && !host.is_empty()
-        && host.split('.').all(|l| {
-            !l.is_empty()
-                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-                && !l.starts_with('-')
-                && !l.ends_with('-')
+    port.is_none_or(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit())) && dns_host(host)
+}
+
+/// Dot-separated labels of ASCII letters, digits and inner dashes.
+fn dns_host(host: &str) -> bool {
+    !host.is_empty()
+        && host.split('.').all(|label| {
+            !label.is_empty()
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
         })
 }
 
@@ -342,15 +348,7 @@ fn valid_registry(r: &str) -> bool {
             !a.is_empty() && a.bytes().all(|b| b.is_ascii_hexdigit() || b == b':')
         });
     }
-    !host.is_empty()
-        && host.split('.').all(|label| {
-            !label.is_empty()
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-        })
+    dns_host(host)
 }
 
 #[cfg(test)]
