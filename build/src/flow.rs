@@ -688,9 +688,15 @@ pub async fn build(
             let dir = run_whole.clone();
             blocking(move || locald_source_oci_layout::read_single_image(&dir)).await?
         };
-        let source = FilledLayout::open(&run_whole, &[])?;
         let view = dirs.layout.join(layout_path_for(&run_ref));
-        write_sparse(source, &image, &view, &run_ref.to_string(), HashSet::new()).await?;
+        write_sparse(
+            &run_whole,
+            &image,
+            &view,
+            &run_ref.to_string(),
+            HashSet::new(),
+        )
+        .await?;
     }
     if let Some((uid, gid)) = owner {
         // The exporter, running as the build user, adds the app image beside it.
@@ -854,11 +860,8 @@ pub async fn build(
         // The image is built and written: a failure here costs the next build
         // its speed (it reads the lifecycle's whole export), not this one.
         let keep: HashSet<Digest> = sparse::sbom_layer(&exported).into_iter().collect();
-        let make_sparse = async {
-            let source = FilledLayout::open(&kept, &[])?;
-            write_sparse(source, &exported, &image_layout, &image_ref.to_string(), keep).await
-        };
-        if let Err(e) = make_sparse.await {
+        let name = image_ref.to_string();
+        if let Err(e) = write_sparse(&kept, &exported, &image_layout, &name, keep).await {
             tracing::warn!(
                 "could not make {} sparse for the next build: {}",
                 image_layout.display(),

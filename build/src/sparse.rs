@@ -120,17 +120,19 @@ impl ImageSource for FilledLayout {
     }
 }
 
-/// Writes `image` of `source` at `dir` as a single-image layout named `name`
-/// holding its manifest, its config and, of its layers, only `keep`; replaces
-/// what was at `dir`. Blobs are copied, never hard-linked (the lifecycle's layout
-/// directory may be handed to the build user).
+/// Writes `image`, kept whole in the layout at `whole`, at `dir` as a
+/// single-image layout named `name` holding its manifest, its config and, of
+/// its layers, only `keep`; replaces what was at `dir`. Blobs are copied, never
+/// hard-linked (the lifecycle's layout directory may be handed to the build
+/// user).
 pub async fn write_sparse(
-    source: FilledLayout,
+    whole: &Path,
     image: &ResolvedImage,
     dir: &Path,
     name: &str,
     keep: HashSet<Digest>,
 ) -> Result<Written> {
+    let source = FilledLayout::open(whole, &[])?;
     let destination =
         OciLayoutDestination::open(dir, vec![name.to_owned()], Existing::Replace).await?;
     copy_image(
