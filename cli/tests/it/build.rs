@@ -792,20 +792,7 @@ fn builds_from_a_registry() {
     let out = w.path("out-replaced");
     let r = w.build(&app, runner, &out, &["--builder", &builder]);
     let v = check_build(&w, &r, runner, &out);
-    let run_blobs = Path::new(v["project"].as_str().unwrap())
-        .join("images")
-        .join(locald_build::placement::layout_path_for(
-            &ImageReference::parse(&run).unwrap(),
-        ))
-        .join("blobs/sha256");
-    let remove_a_layer = || {
-        let biggest = std::fs::read_dir(&run_blobs)
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .max_by_key(|p| std::fs::metadata(p).unwrap().len())
-            .unwrap();
-        std::fs::remove_file(&biggest).unwrap();
-    };
+    let remove_a_layer = || std::fs::remove_file(largest_kept_run_layer(&v)).unwrap();
     remove_a_layer();
     let r = w.build(&app, runner, &out, &["--builder", &builder]);
     let v = check_build(&w, &r, runner, &out);
@@ -1628,19 +1615,26 @@ fn second_build_sees_the_cache_with(runner: Runner) {
 
 /// Files named `name` anywhere under `dir`.
 fn find_named(dir: &Path, name: &str) -> Vec<PathBuf> {
-    let mut found = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            let t = e.file_type().unwrap();
-            if t.is_dir() {
-                stack.push(e.path());
-            } else if e.file_name() == name {
-                found.push(e.path());
-            }
-        }
-    }
-    found
+    locald_tests::tree::snapshot(dir)
+        .into_keys()
+        .filter(|k| k.rsplit('/').next() == Some(name))
+        .map(|k| dir.join(k))
+        .collect()
+}
+
+/// The largest layer blob of the run image a build (`--json` document `v`)
+/// keeps whole in the app's `images/`.
+fn largest_kept_run_layer(v: &Value) -> PathBuf {
+    let run = ImageReference::parse(v["run_image"].as_str().unwrap()).unwrap();
+    let blobs = Path::new(v["project"].as_str().unwrap())
+        .join("images")
+        .join(locald_build::placement::layout_path_for(&run))
+        .join("blobs/sha256");
+    std::fs::read_dir(&blobs)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
+        .unwrap()
 }
 
 /// A buildpack run natively (as the tree's owner) writes a file deep in its own
@@ -1705,16 +1699,7 @@ fn a_damaged_kept_run_image_is_placed_again() {
     let runner = any_runner();
     let r = w.build(&app, runner, &w.path("out1"), &["--source", &src]);
     let v = check_build(&w, &r, runner, &w.path("out1"));
-    let run = ImageReference::parse(v["run_image"].as_str().unwrap()).unwrap();
-    let blobs = Path::new(v["project"].as_str().unwrap())
-        .join("images")
-        .join(locald_build::placement::layout_path_for(&run))
-        .join("blobs/sha256");
-    let biggest = std::fs::read_dir(&blobs)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
-        .unwrap();
+    let biggest = largest_kept_run_layer(&v);
     let mut bytes = std::fs::read(&biggest).unwrap();
     let middle = bytes.len() / 2;
     bytes[middle] ^= 0x01;
