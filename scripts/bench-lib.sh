@@ -61,3 +61,34 @@ bench_move_aside() {
         if [ -e "$old" ] || [ -L "$old" ]; then mv "$old" "$trash/"; fi
     done
 }
+# bench_start_registry DIR: an empty distribution registry (docker-registry) storing
+# in DIR/data, its access log in DIR/log, on a free loopback port; sets $port,
+# adds its pid to $bench_registry_pids (kill them on exit) and waits until it
+# answers (the benchmark stops with its log if it does not).
+bench_registry_pids=()
+bench_start_registry() {
+    local reg=$1
+    mkdir -p "$reg"
+    port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+    cat > "$reg/config.yml" <<YAML
+version: 0.1
+log:
+  level: info
+  accesslog:
+    disabled: false
+storage:
+  filesystem:
+    rootdirectory: $reg/data
+http:
+  addr: 127.0.0.1:$port
+YAML
+    docker-registry serve "$reg/config.yml" > "$reg/log" 2>&1 &
+    bench_registry_pids+=($!)
+    for _ in $(seq 100); do curl -fs "http://127.0.0.1:$port/v2/" >/dev/null && return 0; sleep 0.1; done
+    echo "the registry did not start:"; cat "$reg/log"; exit 1
+}
+# bench_stop_registries: kills the registries bench_start_registry started.
+bench_stop_registries() {
+    local p
+    for p in "${bench_registry_pids[@]}"; do kill "$p" 2>/dev/null || true; done
+}
